@@ -1,0 +1,200 @@
+//! Errors of the coordinator, its storage and its transport.
+
+use std::time::Duration;
+
+use alldata_keygen::EventKey;
+
+use crate::commit::CommitLevel;
+use crate::topology::NodeId;
+
+/// A storage backend's error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The key already holds different bytes. Nothing was written; the stored
+    /// value is untouched.
+    #[error("key {0} already holds a different event")]
+    Conflict(EventKey),
+    /// The backend refuses this key or event (e.g. outside its time window, too
+    /// large). Nothing was written; retrying the same write will fail the same way.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The backend failed (I/O error, closed, corrupt). Nothing is known to be
+    /// written.
+    #[error("storage failure: {0}")]
+    Failed(String),
+}
+
+/// A peer transport's error for one replica write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// No connection could be made (refused, unknown host, node down). Nothing
+    /// was written.
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    /// The transport's own deadline passed. The write may have landed.
+    #[error("peer did not answer in time")]
+    Timeout,
+    /// The connection broke after the request was sent. The write may have landed.
+    #[error("connection failed mid-request: {0}")]
+    Network(String),
+    /// The peer holds different bytes for this key. Not retried elsewhere.
+    #[error("peer holds a different event for this key")]
+    Conflict,
+    /// The peer refused the write (bad credentials, too large, its storage
+    /// failed, ...). Nothing is known to be written.
+    #[error("peer rejected the write: {0}")]
+    Rejected(String),
+}
+
+/// Why one replica write failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaError {
+    /// The local storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The transport to a peer failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The coordinator's per-replica timeout passed. The write may have landed.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ReplicaError {
+    /// Whether the write may have landed despite the error (timeouts, broken connections).
+    pub fn may_have_written(&self) -> bool {
+        matches!(
+            self,
+            ReplicaError::Timeout(_)
+                | ReplicaError::Transport(TransportError::Timeout | TransportError::Network(_))
+        )
+    }
+
+    /// Whether the replica holds different bytes for the key.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            ReplicaError::Storage(StorageError::Conflict(_))
+                | ReplicaError::Transport(TransportError::Conflict)
+        )
+    }
+}
+
+/// One replica write that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaFailure {
+    /// The node the write went to.
+    pub node: NodeId,
+    /// What went wrong.
+    pub error: ReplicaError,
+}
+
+/// Why a put was not acknowledged.
+///
+/// Whatever the variant, writes still in flight when the error is returned run to
+/// completion in the background; their outcome is published as a
+/// [`crate::ReplicationReport`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PutError {
+    /// Fewer nodes are known than the replication factor. Nothing was written.
+    #[error("replication factor {replication_factor} needs {replication_factor} nodes, only {nodes} known; nothing was written")]
+    NotEnoughNodes {
+        /// The replication factor.
+        replication_factor: usize,
+        /// Nodes known (peers + local).
+        nodes: usize,
+    },
+    /// The commit level can no longer be reached: every remaining write failed and
+    /// no unused peer (or replacement) was left. Some replicas may hold the event.
+    #[error("commit level {level} needs {required} replicas, only {acked} acknowledged ({} failed{})", failures.len(), if *may_have_written { "; some failed writes may still have landed" } else { "" })]
+    CommitNotReached {
+        /// The commit level asked for.
+        level: CommitLevel,
+        /// Acknowledgements required.
+        required: usize,
+        /// Acknowledgements received.
+        acked: usize,
+        /// Whether a failed write may have landed (timeouts).
+        may_have_written: bool,
+        /// Each failed write and why.
+        failures: Vec<ReplicaFailure>,
+    },
+    /// The overall deadline passed before the commit level was met. Writes in
+    /// flight may still land: the outcome is unknown, not failed.
+    #[error("commit level {level} not reached within {deadline:?} ({acked}/{required} acknowledged, {} still in flight); the event may still be stored", pending.len())]
+    Timeout {
+        /// The commit level asked for.
+        level: CommitLevel,
+        /// The overall deadline.
+        deadline: Duration,
+        /// Acknowledgements required.
+        required: usize,
+        /// Acknowledgements received.
+        acked: usize,
+        /// Nodes whose write was still in flight.
+        pending: Vec<NodeId>,
+        /// Each failed write so far and why.
+        failures: Vec<ReplicaFailure>,
+    },
+    /// A replica holds different bytes for this key (keys are write-once). Not
+    /// retried on other peers.
+    #[error("key {key} already holds a different event (on {node})")]
+    Conflict {
+        /// The key.
+        key: EventKey,
+        /// The node that reported the conflict.
+        node: NodeId,
+    },
+    /// The coordinator's background task stopped (runtime shutting down).
+    #[error("the coordinator is shutting down")]
+    Shutdown,
+}
+
+impl PutError {
+    /// Whether the event may be stored despite the error.
+    pub fn may_have_written(&self) -> bool {
+        match self {
+            PutError::NotEnoughNodes { .. } => false,
+            PutError::CommitNotReached {
+                acked,
+                may_have_written,
+                ..
+            } => *acked > 0 || *may_have_written,
+            PutError::Timeout { .. } | PutError::Shutdown => true,
+            PutError::Conflict { .. } => false,
+        }
+    }
+}
+
+/// Options that cannot work, reported at construction.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OptionsError {
+    /// The replication factor must be at least 1.
+    #[error("replication factor must be at least 1")]
+    ZeroReplicationFactor,
+    /// Other-zone plus other-region replicas exceed the non-local replicas.
+    #[error("other_zone_replicas ({zone}) + other_region_replicas ({region}) exceed replication factor {replication_factor} - 1")]
+    TooManyRemoteReplicas {
+        /// Other-zone replicas asked for.
+        zone: usize,
+        /// Other-region replicas asked for.
+        region: usize,
+        /// The replication factor.
+        replication_factor: usize,
+    },
+    /// A timeout or deadline is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// The per-replica timeout is longer than the overall deadline.
+    #[error("replica timeout {replica:?} exceeds the overall deadline {deadline:?}")]
+    ReplicaTimeoutAfterDeadline {
+        /// Per-replica timeout.
+        replica: Duration,
+        /// Overall deadline.
+        deadline: Duration,
+    },
+}

@@ -1,0 +1,61 @@
+//! The heart of AllData: the write coordinator.
+//!
+//! A [`Coordinator`] takes an event, stores it in the local [`Storage`], picks
+//! replica peers at random under a zone/region placement policy, hands each
+//! replica write to a [`PeerTransport`], moves a failed replica write onto an
+//! unused peer, and answers once the [`CommitLevel`] (ONE / QUORUM / ALL) is met
+//! or can no longer be met. Writes still in flight after the answer finish in the
+//! background and publish a [`ReplicationReport`].
+//!
+//! The crate does no I/O of its own: storage and transport are trait objects, and
+//! placement ([`placement`]) and commit counting ([`Tracker`]) are pure functions
+//! and state over an injected RNG.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use alldata_coordinator::{CommitLevel, Coordinator, Locality, Location, MemStorage, NoPeers, Options, PutOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let options = Options { replication_factor: 1, ..Options::default() };
+//! let node = Coordinator::new("n1".into(), Location::new("eu", "a"), options,
+//!                             Arc::new(MemStorage::new()), Arc::new(NoPeers)).unwrap();
+//! let ack = node.append_with(r#"{"hello":"world"}"#.into(), PutOptions::level(CommitLevel::One))
+//!     .await
+//!     .unwrap();
+//! assert_eq!(ack.acked.len(), 1);
+//! let report = ack.completion.wait().await.unwrap();
+//! assert!(report.is_complete());
+//! # }
+//! ```
+//!
+//! # Layout
+//! - [`topology`]: node ids, locations, the peer set.
+//! - [`placement`]: which peers get a put's replicas, and replacements.
+//! - [`commit`]: commit levels and the per-put [`Tracker`].
+//! - `coordinator`: the async driver ([`Coordinator`]).
+//! - `storage`, `transport`: the [`Storage`] and [`PeerTransport`] traits, [`MemStorage`].
+//! - `sim` (feature `test-util`): [`sim::SimNetwork`], an in-memory multi-node
+//!   transport with fault injection.
+
+pub mod commit;
+mod coordinator;
+mod error;
+pub mod placement;
+mod storage;
+pub mod topology;
+mod transport;
+
+#[cfg(feature = "test-util")]
+pub mod sim;
+
+pub use alldata_keygen::{EventKey, KeyGenerator};
+pub use commit::{CommitLevel, Tracker, UnknownCommitLevel, Verdict};
+pub use coordinator::{
+    Completion, Coordinator, Options, PutAck, PutOptions, ReplicationReport, Stats,
+};
+pub use error::{
+    OptionsError, PutError, ReplicaError, ReplicaFailure, StorageError, TransportError,
+};
+pub use storage::{EventStream, MemStorage, PutStatus, ScanRange, Storage, StorageFault};
+pub use topology::{Category, Locality, Location, NodeId, Peer, PeerChange, TopologyError};
+pub use transport::{NoPeers, PeerTransport};

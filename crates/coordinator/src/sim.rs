@@ -1,0 +1,195 @@
+//! An in-memory multi-node network with fault injection (feature `test-util`).
+//!
+//! Each node has a [`MemStorage`]; [`SimNetwork::transport`] gives a node's
+//! [`PeerTransport`] that writes straight into the target node's storage unless a
+//! fault, a partition or a downed node says otherwise. Every call is counted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use alldata_keygen::EventKey;
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::{StorageError, TransportError};
+use crate::storage::{MemStorage, PutStatus};
+use crate::topology::{NodeId, Peer};
+use crate::transport::PeerTransport;
+
+/// A fault injected on calls to one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer at once with `TransportError::Rejected`; nothing is written.
+    Error,
+    /// Never answer; nothing is written.
+    Hang,
+    /// Write, then answer after this delay.
+    Delay(Duration),
+    /// Lose the request: never answer, nothing written (a dropped packet).
+    DropRequest,
+    /// Write, then lose the reply: never answer (outcome unknown to the caller).
+    DropReply,
+    /// Wait this long, then answer with `TransportError::Rejected` (nothing written).
+    DelayedError(Duration),
+}
+
+#[derive(Debug)]
+struct NodeState {
+    storage: Arc<MemStorage>,
+    fault: Option<Fault>,
+    down: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    nodes: BTreeMap<NodeId, NodeState>,
+    partitions: HashSet<(NodeId, NodeId)>,
+    calls: HashMap<NodeId, usize>,
+    key_calls: HashMap<(NodeId, EventKey), usize>,
+}
+
+/// The simulated network. Cheap to clone; all clones share state.
+#[derive(Debug, Clone, Default)]
+pub struct SimNetwork {
+    state: Arc<Mutex<State>>,
+}
+
+impl SimNetwork {
+    /// An empty network.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a node with empty storage (or returns the existing node's storage).
+    pub fn add_node(&self, id: impl Into<NodeId>) -> Arc<MemStorage> {
+        let mut st = self.lock();
+        let node = st.nodes.entry(id.into()).or_insert_with(|| NodeState {
+            storage: Arc::new(MemStorage::new()),
+            fault: None,
+            down: false,
+        });
+        Arc::clone(&node.storage)
+    }
+
+    /// A node's storage.
+    ///
+    /// # Panics
+    /// When the node was never added (a test bug).
+    pub fn storage(&self, id: &str) -> Arc<MemStorage> {
+        Arc::clone(&self.lock().nodes[&NodeId::new(id)].storage)
+    }
+
+    /// The transport that node `from` uses to reach its peers.
+    pub fn transport(&self, from: impl Into<NodeId>) -> Arc<dyn PeerTransport> {
+        Arc::new(SimTransport {
+            from: from.into(),
+            net: self.clone(),
+        })
+    }
+
+    /// Injects `fault` into every later call to `node` (`None` clears it).
+    pub fn set_fault(&self, node: &str, fault: Option<Fault>) {
+        if let Some(n) = self.lock().nodes.get_mut(&NodeId::new(node)) {
+            n.fault = fault;
+        }
+    }
+
+    /// Takes a node down (calls fail as unreachable) or brings it back up; its
+    /// storage survives.
+    pub fn set_down(&self, node: &str, down: bool) {
+        if let Some(n) = self.lock().nodes.get_mut(&NodeId::new(node)) {
+            n.down = down;
+        }
+    }
+
+    /// Cuts the link between `a` and `b` in both directions.
+    pub fn partition(&self, a: &str, b: &str) {
+        let (a, b) = (NodeId::new(a), NodeId::new(b));
+        let mut st = self.lock();
+        st.partitions.insert((a.clone(), b.clone()));
+        st.partitions.insert((b, a));
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        self.lock().partitions.clear();
+    }
+
+    /// Calls made to `node` so far.
+    pub fn calls(&self, node: &str) -> usize {
+        self.lock().calls.get(&NodeId::new(node)).copied().unwrap_or(0)
+    }
+
+    /// Calls made to `node` for `key` so far.
+    pub fn calls_for(&self, node: &str, key: &EventKey) -> usize {
+        self.lock()
+            .key_calls
+            .get(&(NodeId::new(node), *key))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Nodes whose storage holds `key`.
+    pub fn holders(&self, key: &EventKey) -> Vec<NodeId> {
+        self.lock()
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.storage.contains(key))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+/// One node's view of the [`SimNetwork`].
+#[derive(Debug)]
+struct SimTransport {
+    from: NodeId,
+    net: SimNetwork,
+}
+
+fn store(storage: &MemStorage, key: EventKey, event: Bytes) -> Result<PutStatus, TransportError> {
+    storage.put_now(key, event).map_err(|e| match e {
+        StorageError::Conflict(_) => TransportError::Conflict,
+        other => TransportError::Rejected(other.to_string()),
+    })
+}
+
+#[async_trait]
+impl PeerTransport for SimTransport {
+    async fn put(&self, peer: &Peer, key: EventKey, event: Bytes) -> Result<PutStatus, TransportError> {
+        let (storage, fault) = {
+            let mut st = self.net.lock();
+            *st.calls.entry(peer.id.clone()).or_default() += 1;
+            *st.key_calls.entry((peer.id.clone(), key)).or_default() += 1;
+            if st.partitions.contains(&(self.from.clone(), peer.id.clone())) {
+                return Err(TransportError::Unreachable(format!("partitioned from {}", peer.id)));
+            }
+            match st.nodes.get(&peer.id) {
+                Some(n) if !n.down => (Arc::clone(&n.storage), n.fault),
+                _ => return Err(TransportError::Unreachable(format!("{} is down", peer.id))),
+            }
+        };
+        match fault {
+            None => store(&storage, key, event),
+            Some(Fault::Error) => Err(TransportError::Rejected("injected error".into())),
+            Some(Fault::Hang | Fault::DropRequest) => futures::future::pending().await,
+            Some(Fault::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                store(&storage, key, event)
+            }
+            Some(Fault::DropReply) => {
+                let _ = store(&storage, key, event);
+                futures::future::pending().await
+            }
+            Some(Fault::DelayedError(d)) => {
+                tokio::time::sleep(d).await;
+                Err(TransportError::Rejected("injected error".into()))
+            }
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Who the coordinator can place replicas on, and where they are.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// The name of a node (the local one or a peer). Unique within a cluster.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(Arc<str>);
+
+impl NodeId {
+    /// A node id from text.
+    pub fn new(id: impl AsRef<str>) -> Self {
+        Self(Arc::from(id.as_ref()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+impl From<&str> for NodeId {
+    fn from(s: &str) -> Self {
+        Self::new(s)
+    }
+}
+
+impl From<String> for NodeId {
+    fn from(s: String) -> Self {
+        Self(Arc::from(s))
+    }
+}
+
+/// An absolute position: a zone inside a region.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    /// The region (e.g. a data centre group or cloud region).
+    pub region: String,
+    /// The zone inside the region (e.g. a rack or availability zone).
+    pub zone: String,
+}
+
+impl Location {
+    /// A location from region and zone names.
+    pub fn new(region: impl Into<String>, zone: impl Into<String>) -> Self {
+        Self {
+            region: region.into(),
+            zone: zone.into(),
+        }
+    }
+
+    /// Where `self` is, seen from a node at `local`.
+    pub fn relative_to(&self, local: &Location) -> Locality {
+        if self.region != local.region {
+            Locality::OtherRegion(self.region.clone())
+        } else if self.zone != local.zone {
+            Locality::OtherZone(self.zone.clone())
+        } else {
+            Locality::LocalZone
+        }
+    }
+}
+
+impl Default for Location {
+    fn default() -> Self {
+        Self::new("default", "default")
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.region, self.zone)
+    }
+}
+
+/// Where a peer is relative to the local node (the original's `add_peer(peer, zone | region | local)`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Locality {
+    /// In the local node's zone.
+    LocalZone,
+    /// In another zone (named) of the local node's region.
+    OtherZone(String),
+    /// In another region (named).
+    OtherRegion(String),
+}
+
+impl Locality {
+    /// The placement category of this locality.
+    pub fn category(&self) -> Category {
+        match self {
+            Locality::LocalZone => Category::LocalZone,
+            Locality::OtherZone(_) => Category::OtherZone,
+            Locality::OtherRegion(_) => Category::OtherRegion,
+        }
+    }
+
+    /// The zone or region name that spreads replicas within the category.
+    pub(crate) fn group(&self) -> &str {
+        match self {
+            Locality::LocalZone => "",
+            Locality::OtherZone(z) => z,
+            Locality::OtherRegion(r) => r,
+        }
+    }
+}
+
+/// The kind of place a replica lands in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Category {
+    /// The local node's own storage.
+    Local,
+    /// A peer in the local zone.
+    LocalZone,
+    /// A peer in another zone of the local region.
+    OtherZone,
+    /// A peer in another region.
+    OtherRegion,
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Category::Local => "local",
+            Category::LocalZone => "local-zone",
+            Category::OtherZone => "other-zone",
+            Category::OtherRegion => "other-region",
+        })
+    }
+}
+
+/// A peer the coordinator may place replicas on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer's node id.
+    pub id: NodeId,
+    /// How the transport reaches it (for HTTP: `host:port` of its peer endpoint).
+    pub address: String,
+    /// Where it is relative to the local node.
+    pub locality: Locality,
+}
+
+/// What [`Topology::add_peer`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerChange {
+    /// The peer was new.
+    Added,
+    /// The peer was known; its address or locality changed.
+    Updated,
+    /// The peer was known exactly like this; nothing changed.
+    Unchanged,
+}
+
+/// Why a peer could not be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    /// The peer id is the local node's own id (a node never holds two replicas).
+    #[error("peer id {0} is the local node's own id")]
+    SelfPeer(NodeId),
+    /// The peer id is empty.
+    #[error("peer id must not be empty")]
+    EmptyId,
+}
+
+/// The local node and its known peers. Cheap to clone via `Arc`; the coordinator
+/// swaps in a new snapshot on every change, so puts in flight keep a consistent view.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    local: NodeId,
+    location: Location,
+    peers: BTreeMap<NodeId, Peer>,
+}
+
+impl Topology {
+    /// A topology with only the local node.
+    pub fn new(local: NodeId, location: Location) -> Self {
+        Self {
+            local,
+            location,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// The local node's id.
+    pub fn local(&self) -> &NodeId {
+        &self.local
+    }
+
+    /// The local node's location.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Adds a peer, or updates its address/locality when the id is known.
+    pub fn add_peer(&mut self, peer: Peer) -> Result<PeerChange, TopologyError> {
+        if peer.id.as_str().is_empty() {
+            return Err(TopologyError::EmptyId);
+        }
+        if peer.id == self.local {
+            return Err(TopologyError::SelfPeer(peer.id));
+        }
+        match self.peers.get_mut(&peer.id) {
+            Some(known) if *known == peer => Ok(PeerChange::Unchanged),
+            Some(known) => {
+                *known = peer;
+                Ok(PeerChange::Updated)
+            }
+            None => {
+                self.peers.insert(peer.id.clone(), peer);
+                Ok(PeerChange::Added)
+            }
+        }
+    }
+
+    /// Adds a peer at an absolute location, classified relative to the local node.
+    pub fn add_peer_at(
+        &mut self,
+        id: NodeId,
+        address: impl Into<String>,
+        location: &Location,
+    ) -> Result<PeerChange, TopologyError> {
+        let locality = location.relative_to(&self.location);
+        self.add_peer(Peer {
+            id,
+            address: address.into(),
+            locality,
+        })
+    }
+
+    /// Removes a peer; returns whether it was known.
+    pub fn drop_peer(&mut self, id: &NodeId) -> bool {
+        self.peers.remove(id).is_some()
+    }
+
+    /// A known peer by id.
+    pub fn peer(&self, id: &NodeId) -> Option<&Peer> {
+        self.peers.get(id)
+    }
+
+    /// All known peers, ordered by id.
+    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.values()
+    }
+
+    /// The number of known peers (the local node not included).
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The number of nodes that can hold a replica: the peers plus the local node.
+    pub fn node_count(&self) -> usize {
+        self.peers.len() + 1
+    }
+
+    /// Peers of one category grouped by zone (other zones) or region (other regions).
+    pub(crate) fn groups(&self, category: Category) -> BTreeMap<&str, Vec<&Peer>> {
+        let mut groups: BTreeMap<&str, Vec<&Peer>> = BTreeMap::new();
+        for p in self.peers.values().filter(|p| p.locality.category() == category) {
+            groups.entry(p.locality.group()).or_default().push(p);
+        }
+        groups
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: &str, locality: Locality) -> Peer {
+        Peer {
+            id: id.into(),
+            address: format!("{id}:1"),
+            locality,
+        }
+    }
+
+    #[test]
+    fn absolute_locations_are_classified_relative_to_local() {
+        let local = Location::new("eu", "a");
+        assert_eq!(Location::new("eu", "a").relative_to(&local), Locality::LocalZone);
+        assert_eq!(
+            Location::new("eu", "b").relative_to(&local),
+            Locality::OtherZone("b".into())
+        );
+        assert_eq!(
+            Location::new("us", "a").relative_to(&local),
+            Locality::OtherRegion("us".into())
+        );
+    }
+
+    #[test]
+    fn add_is_idempotent_updates_address_and_drop_removes() {
+        let mut t = Topology::new("me".into(), Location::default());
+        assert_eq!(t.add_peer(peer("p", Locality::LocalZone)), Ok(PeerChange::Added));
+        assert_eq!(t.add_peer(peer("p", Locality::LocalZone)), Ok(PeerChange::Unchanged));
+        assert_eq!(t.peer_count(), 1);
+        let mut moved = peer("p", Locality::LocalZone);
+        moved.address = "elsewhere:2".into();
+        assert_eq!(t.add_peer(moved), Ok(PeerChange::Updated));
+        assert_eq!(t.peer(&"p".into()).unwrap().address, "elsewhere:2");
+        assert_eq!(t.peer_count(), 1);
+        assert!(t.drop_peer(&"p".into()));
+        assert!(!t.drop_peer(&"p".into()));
+        assert_eq!(t.peer_count(), 0);
+    }
+
+    #[test]
+    fn the_local_node_and_empty_ids_are_not_peers() {
+        let mut t = Topology::new("me".into(), Location::default());
+        assert_eq!(
+            t.add_peer(peer("me", Locality::LocalZone)),
+            Err(TopologyError::SelfPeer("me".into()))
+        );
+        assert_eq!(t.add_peer(peer("", Locality::LocalZone)), Err(TopologyError::EmptyId));
+    }
+}
