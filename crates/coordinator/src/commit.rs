@@ -120,16 +120,17 @@ impl Tracker {
         self.failed += 1;
     }
 
-    /// Whether a replacement write should be started now (RF not yet covered by
-    /// successes and writes in flight, and the cap not reached). Taking it counts
-    /// against the cap; call [`Tracker::started`] if a peer was found.
-    pub fn take_replacement(&mut self) -> bool {
-        if self.acked + self.in_flight < self.replication_factor && self.replacements_left > 0 {
-            self.replacements_left -= 1;
-            true
-        } else {
-            false
-        }
+    /// Whether a replacement write may be started now: RF is not yet covered by
+    /// successes and writes in flight, and the cap is not reached.
+    pub fn may_replace(&self) -> bool {
+        self.acked + self.in_flight < self.replication_factor && self.replacements_left > 0
+    }
+
+    /// A replacement write was started (counts against the cap).
+    pub fn replacement_started(&mut self) {
+        debug_assert!(self.replacements_left > 0);
+        self.replacements_left = self.replacements_left.saturating_sub(1);
+        self.in_flight += 1;
     }
 
     /// Where the put stands.
@@ -206,7 +207,7 @@ mod tests {
                     t.succeeded()
                 } else {
                     t.failed();
-                    assert!(!t.take_replacement());
+                    assert!(!t.may_replace());
                 }
                 assert_ne!(t.verdict(), Verdict::Unreachable, "order {order:?}");
             }

@@ -520,7 +520,7 @@ impl Write {
                         conflict.get_or_insert(node.clone());
                     }
                     failures.push(ReplicaFailure { node, error });
-                    if conflict.is_none() && tracker.take_replacement() {
+                    if conflict.is_none() && tracker.may_replace() {
                         let topology = self.coordinator.topology();
                         let next = placement::replacement(
                             &topology,
@@ -531,7 +531,7 @@ impl Write {
                         if let Some(peer) = next {
                             bump(&stats.replacements);
                             tracing::debug!(key = %self.key, to = %peer.id, "replacing failed replica write");
-                            tracker.started();
+                            tracker.replacement_started();
                             attempts += 1;
                             pending.push(peer.id.clone());
                             writes.push(self.peer_write(peer));
@@ -559,7 +559,9 @@ impl Write {
                     })),
                     (Verdict::Pending, None) => None,
                 };
-                if let (Some(answer), Some(tx)) = (answer, answer_tx.take()) {
+                if let Some(answer) = answer
+                    && let Some(tx) = answer_tx.take()
+                {
                     let _ = tx.send(answer);
                 }
             }
