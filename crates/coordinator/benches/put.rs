@@ -2,8 +2,6 @@
 //! does no work beyond storing into memory: the cost of placement, spawning,
 //! commit tracking and bookkeeping, at RF 1 and RF 3.
 
-use std::sync::Arc;
-
 use alldata_coordinator::sim::SimNetwork;
 use alldata_coordinator::{CommitLevel, Coordinator, Locality, Location, Options, PutOptions};
 use bytes::Bytes;
@@ -17,12 +15,19 @@ fn node(rf: usize) -> Coordinator {
         rng_seed: Some(1),
         ..Options::default()
     };
-    let c = Coordinator::new("n0".into(), Location::default(), options, storage, net.transport("n0"))
-        .expect("valid options");
+    let c = Coordinator::new(
+        "n0".into(),
+        Location::default(),
+        options,
+        storage,
+        net.transport("n0"),
+    )
+    .expect("valid options");
     for i in 1..5 {
         let id = format!("n{i}");
         net.add_node(id.as_str());
-        c.add_peer(id.as_str(), id.as_str(), Locality::LocalZone).expect("peer");
+        c.add_peer(id.as_str(), id.as_str(), Locality::LocalZone)
+            .expect("peer");
     }
     c
 }

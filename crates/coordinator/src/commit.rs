@@ -199,7 +199,11 @@ mod tests {
     #[test]
     fn verdict_does_not_depend_on_arrival_order() {
         // RF 3 QUORUM, one failure among three: committed whichever comes first.
-        for order in [[true, true, false], [false, true, true], [true, false, true]] {
+        for order in [
+            [true, true, false],
+            [false, true, true],
+            [true, false, true],
+        ] {
             let mut t = Tracker::new(3, 2, 0);
             (0..3).for_each(|_| t.started());
             for ok in order {

@@ -19,7 +19,9 @@ use crate::commit::{CommitLevel, Tracker, Verdict};
 use crate::error::{OptionsError, PutError, ReplicaError, ReplicaFailure};
 use crate::placement::{self, Chosen, PlacementPolicy};
 use crate::storage::{PutStatus, Storage};
-use crate::topology::{Category, Locality, Location, NodeId, Peer, PeerChange, Topology, TopologyError};
+use crate::topology::{
+    Category, Locality, Location, NodeId, Peer, PeerChange, Topology, TopologyError,
+};
 use crate::transport::PeerTransport;
 
 /// The coordinator's settings. Start from `Options::default()` and change fields.
@@ -277,11 +279,21 @@ impl Coordinator {
 
     /// A snapshot of the current topology.
     pub fn topology(&self) -> Arc<Topology> {
-        Arc::clone(&self.inner.topology.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(
+            &self
+                .inner
+                .topology
+                .read()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     fn update_topology<R>(&self, f: impl FnOnce(&mut Topology) -> R) -> R {
-        let mut guard = self.inner.topology.write().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self
+            .inner
+            .topology
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         let mut next = Topology::clone(&guard);
         let r = f(&mut next);
         *guard = Arc::new(next);
@@ -372,7 +384,9 @@ impl Coordinator {
         event: Bytes,
         options: PutOptions,
     ) -> Result<PutAck, PutError> {
-        let level = options.commit_level.unwrap_or(self.inner.options.commit_level);
+        let level = options
+            .commit_level
+            .unwrap_or(self.inner.options.commit_level);
         let topology = self.topology();
         let placed = placement::place(&topology, &self.inner.options.policy(), &mut *self.rng());
         let (peers, chosen) = match placed {

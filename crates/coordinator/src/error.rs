@@ -100,7 +100,9 @@ pub struct ReplicaFailure {
 #[non_exhaustive]
 pub enum PutError {
     /// Fewer nodes are known than the replication factor. Nothing was written.
-    #[error("replication factor {replication_factor} needs {replication_factor} nodes, only {nodes} known; nothing was written")]
+    #[error(
+        "replication factor {replication_factor} needs {replication_factor} nodes, only {nodes} known; nothing was written"
+    )]
     NotEnoughNodes {
         /// The replication factor.
         replication_factor: usize,
@@ -177,7 +179,9 @@ pub enum OptionsError {
     #[error("replication factor must be at least 1")]
     ZeroReplicationFactor,
     /// Other-zone plus other-region replicas exceed the non-local replicas.
-    #[error("other_zone_replicas ({zone}) + other_region_replicas ({region}) exceed replication factor {replication_factor} - 1")]
+    #[error(
+        "other_zone_replicas ({zone}) + other_region_replicas ({region}) exceed replication factor {replication_factor} - 1"
+    )]
     TooManyRemoteReplicas {
         /// Other-zone replicas asked for.
         zone: usize,

@@ -20,7 +20,9 @@ pub struct PlacementPolicy {
 
 /// Placement failed before anything was written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("replication factor {replication_factor} needs {replication_factor} nodes, only {nodes} known")]
+#[error(
+    "replication factor {replication_factor} needs {replication_factor} nodes, only {nodes} known"
+)]
 pub struct NotEnoughNodes {
     /// The requested replication factor.
     pub replication_factor: usize,
@@ -226,7 +228,12 @@ mod tests {
     #[test]
     fn zone_replicas_take_distinct_zones_first() {
         let z = |s: &str| Locality::OtherZone(s.into());
-        let t = topo(&[("a1", z("a")), ("a2", z("a")), ("a3", z("a")), ("b1", z("b"))]);
+        let t = topo(&[
+            ("a1", z("a")),
+            ("a2", z("a")),
+            ("a3", z("a")),
+            ("b1", z("b")),
+        ]);
         for seed in 0..50 {
             let (p, _) = place(&t, &policy(3, 2, 0), &mut StdRng::seed_from_u64(seed)).unwrap();
             assert!(ids(&p).contains(&"b1"), "seed {seed}: {:?}", ids(&p));

@@ -122,7 +122,11 @@ impl SimNetwork {
 
     /// Calls made to `node` so far.
     pub fn calls(&self, node: &str) -> usize {
-        self.lock().calls.get(&NodeId::new(node)).copied().unwrap_or(0)
+        self.lock()
+            .calls
+            .get(&NodeId::new(node))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Calls made to `node` for `key` so far.
@@ -161,13 +165,24 @@ fn store(storage: &MemStorage, key: EventKey, event: Bytes) -> Result<PutStatus,
 
 #[async_trait]
 impl PeerTransport for SimTransport {
-    async fn put(&self, peer: &Peer, key: EventKey, event: Bytes) -> Result<PutStatus, TransportError> {
+    async fn put(
+        &self,
+        peer: &Peer,
+        key: EventKey,
+        event: Bytes,
+    ) -> Result<PutStatus, TransportError> {
         let (storage, fault) = {
             let mut st = self.net.lock();
             *st.calls.entry(peer.id.clone()).or_default() += 1;
             *st.key_calls.entry((peer.id.clone(), key)).or_default() += 1;
-            if st.partitions.contains(&(self.from.clone(), peer.id.clone())) {
-                return Err(TransportError::Unreachable(format!("partitioned from {}", peer.id)));
+            if st
+                .partitions
+                .contains(&(self.from.clone(), peer.id.clone()))
+            {
+                return Err(TransportError::Unreachable(format!(
+                    "partitioned from {}",
+                    peer.id
+                )));
             }
             match st.nodes.get(&peer.id) {
                 Some(n) if !n.down => (Arc::clone(&n.storage), n.fault),

@@ -268,7 +268,11 @@ impl Topology {
     /// Peers of one category grouped by zone (other zones) or region (other regions).
     pub(crate) fn groups(&self, category: Category) -> BTreeMap<&str, Vec<&Peer>> {
         let mut groups: BTreeMap<&str, Vec<&Peer>> = BTreeMap::new();
-        for p in self.peers.values().filter(|p| p.locality.category() == category) {
+        for p in self
+            .peers
+            .values()
+            .filter(|p| p.locality.category() == category)
+        {
             groups.entry(p.locality.group()).or_default().push(p);
         }
         groups
@@ -290,7 +294,10 @@ mod tests {
     #[test]
     fn absolute_locations_are_classified_relative_to_local() {
         let local = Location::new("eu", "a");
-        assert_eq!(Location::new("eu", "a").relative_to(&local), Locality::LocalZone);
+        assert_eq!(
+            Location::new("eu", "a").relative_to(&local),
+            Locality::LocalZone
+        );
         assert_eq!(
             Location::new("eu", "b").relative_to(&local),
             Locality::OtherZone("b".into())
@@ -304,8 +311,14 @@ mod tests {
     #[test]
     fn add_is_idempotent_updates_address_and_drop_removes() {
         let mut t = Topology::new("me".into(), Location::default());
-        assert_eq!(t.add_peer(peer("p", Locality::LocalZone)), Ok(PeerChange::Added));
-        assert_eq!(t.add_peer(peer("p", Locality::LocalZone)), Ok(PeerChange::Unchanged));
+        assert_eq!(
+            t.add_peer(peer("p", Locality::LocalZone)),
+            Ok(PeerChange::Added)
+        );
+        assert_eq!(
+            t.add_peer(peer("p", Locality::LocalZone)),
+            Ok(PeerChange::Unchanged)
+        );
         assert_eq!(t.peer_count(), 1);
         let mut moved = peer("p", Locality::LocalZone);
         moved.address = "elsewhere:2".into();
@@ -324,6 +337,9 @@ mod tests {
             t.add_peer(peer("me", Locality::LocalZone)),
             Err(TopologyError::SelfPeer("me".into()))
         );
-        assert_eq!(t.add_peer(peer("", Locality::LocalZone)), Err(TopologyError::EmptyId));
+        assert_eq!(
+            t.add_peer(peer("", Locality::LocalZone)),
+            Err(TopologyError::EmptyId)
+        );
     }
 }

@@ -18,7 +18,12 @@ use crate::topology::Peer;
 #[async_trait]
 pub trait PeerTransport: Send + Sync + 'static {
     /// Asks `peer` to store `event` under `key` with write-once semantics.
-    async fn put(&self, peer: &Peer, key: EventKey, event: Bytes) -> Result<PutStatus, TransportError>;
+    async fn put(
+        &self,
+        peer: &Peer,
+        key: EventKey,
+        event: Bytes,
+    ) -> Result<PutStatus, TransportError>;
 }
 
 /// A transport for a node without peers: every call fails as unreachable.
@@ -27,7 +32,15 @@ pub struct NoPeers;
 
 #[async_trait]
 impl PeerTransport for NoPeers {
-    async fn put(&self, peer: &Peer, _key: EventKey, _event: Bytes) -> Result<PutStatus, TransportError> {
-        Err(TransportError::Unreachable(format!("no transport configured for {}", peer.id)))
+    async fn put(
+        &self,
+        peer: &Peer,
+        _key: EventKey,
+        _event: Bytes,
+    ) -> Result<PutStatus, TransportError> {
+        Err(TransportError::Unreachable(format!(
+            "no transport configured for {}",
+            peer.id
+        )))
     }
 }

@@ -21,7 +21,11 @@ async fn hung_peer_is_replaced_after_its_timeout() {
     // With the zone peer unused by placement (0 zone replicas, 2 local peers), the hung
     // local peer's write moves to the spare after replica_timeout.
     let start = tokio::time::Instant::now();
-    let ack = n.coord.append_with(event(), PutOptions::level(CommitLevel::All)).await.unwrap();
+    let ack = n
+        .coord
+        .append_with(event(), PutOptions::level(CommitLevel::All))
+        .await
+        .unwrap();
     let took = start.elapsed();
     assert!(took >= n.coord.options().replica_timeout, "{took:?}");
     assert!(took < n.coord.options().replica_timeout * 2, "{took:?}");
@@ -31,26 +35,50 @@ async fn hung_peer_is_replaced_after_its_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn everything_down_but_local() {
-    let n = node(opts(3, 0, 0), &[("a", local()), ("b", local()), ("c", zone("z"))]);
+    let n = node(
+        opts(3, 0, 0),
+        &[("a", local()), ("b", local()), ("c", zone("z"))],
+    );
     for id in ["a", "b", "c"] {
         n.net.set_down(id, true);
     }
-    let ack = n.coord.append_with(event(), PutOptions::level(CommitLevel::One)).await.unwrap();
+    let ack = n
+        .coord
+        .append_with(event(), PutOptions::level(CommitLevel::One))
+        .await
+        .unwrap();
     assert_eq!(sorted(ack.acked), ["local"]);
     let report = ack.completion.wait().await.unwrap();
     assert_eq!(report.holders.len(), 1);
-    assert_eq!(report.attempts, 4, "local + 2 placed + 1 replacement, then no unused peer");
+    assert_eq!(
+        report.attempts, 4,
+        "local + 2 placed + 1 replacement, then no unused peer"
+    );
 
-    let err = n.coord.append_with(event(), PutOptions::level(CommitLevel::Quorum)).await.unwrap_err();
+    let err = n
+        .coord
+        .append_with(event(), PutOptions::level(CommitLevel::Quorum))
+        .await
+        .unwrap_err();
     match &err {
-        PutError::CommitNotReached { level, required, acked, failures, may_have_written } => {
+        PutError::CommitNotReached {
+            level,
+            required,
+            acked,
+            failures,
+            may_have_written,
+        } => {
             assert_eq!((*level, *required, *acked), (CommitLevel::Quorum, 2, 1));
             assert_eq!(failures.len(), 3);
             assert!(!may_have_written, "unreachable peers wrote nothing");
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert!(err.to_string().contains("needs 2 replicas, only 1 acknowledged"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("needs 2 replicas, only 1 acknowledged"),
+        "{err}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -58,14 +86,34 @@ async fn overall_deadline_answers_timeout_with_pending_nodes() {
     let mut o = opts(3, 0, 0);
     o.replica_timeout = Duration::from_secs(3);
     o.deadline = Duration::from_secs(5);
-    let n = node(o, &[("a", local()), ("b", local()), ("c", local()), ("d", local())]);
+    let n = node(
+        o,
+        &[
+            ("a", local()),
+            ("b", local()),
+            ("c", local()),
+            ("d", local()),
+        ],
+    );
     for id in ["a", "b", "c", "d"] {
         n.net.set_fault(id, Some(Fault::Hang));
     }
     let start = tokio::time::Instant::now();
-    let err = n.coord.append_with(event(), PutOptions::level(CommitLevel::Quorum)).await.unwrap_err();
+    let err = n
+        .coord
+        .append_with(event(), PutOptions::level(CommitLevel::Quorum))
+        .await
+        .unwrap_err();
     assert_eq!(start.elapsed(), Duration::from_secs(5));
-    let PutError::Timeout { acked, pending, required, .. } = &err else { panic!("{err:?}") };
+    let PutError::Timeout {
+        acked,
+        pending,
+        required,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
     assert_eq!((*acked, *required), (1, 2));
     assert_eq!(pending.len(), 2, "the two replacements started at 3 s");
     assert!(err.may_have_written());
@@ -75,8 +123,19 @@ async fn overall_deadline_answers_timeout_with_pending_nodes() {
 async fn lost_reply_is_reported_as_may_have_written() {
     let n = node(opts(2, 0, 0), &[("d", local())]);
     n.net.set_fault("d", Some(Fault::DropReply));
-    let err = n.coord.append_with(event(), PutOptions::level(CommitLevel::All)).await.unwrap_err();
-    let PutError::CommitNotReached { may_have_written, failures, .. } = &err else { panic!("{err:?}") };
+    let err = n
+        .coord
+        .append_with(event(), PutOptions::level(CommitLevel::All))
+        .await
+        .unwrap_err();
+    let PutError::CommitNotReached {
+        may_have_written,
+        failures,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
     assert!(may_have_written);
     assert!(matches!(failures[0].error, ReplicaError::Timeout(_)));
     assert_eq!(n.net.storage("d").len(), 1, "the write did land");
@@ -88,10 +147,18 @@ async fn conflict_is_not_retried_elsewhere_and_nothing_is_overwritten() {
     let key = n.coord.keys().generate();
     n.net.storage("a").put_now(key, "old".into()).unwrap();
     n.net.storage("spare").put_now(key, "old".into()).unwrap();
-    let err = n.coord.put_with(key, "new".into(), PutOptions::level(CommitLevel::All)).await.unwrap_err();
+    let err = n
+        .coord
+        .put_with(key, "new".into(), PutOptions::level(CommitLevel::All))
+        .await
+        .unwrap_err();
     assert!(matches!(err, PutError::Conflict { .. }), "{err:?}");
     assert_eq!(n.net.storage("a").get_now(&key).unwrap(), "old");
-    assert_eq!(n.net.calls("a") + n.net.calls("spare"), 1, "no replacement after a conflict");
+    assert_eq!(
+        n.net.calls("a") + n.net.calls("spare"),
+        1,
+        "no replacement after a conflict"
+    );
 }
 
 #[tokio::test]
@@ -103,13 +170,25 @@ async fn identical_retry_succeeds_without_a_duplicate() {
     let again = n.coord.put(key, event()).await.unwrap();
     assert!(!again.created, "every replica already held these bytes");
     assert_eq!(n.storage.len(), 1);
-    assert_eq!(n.storage.put(key, event()).await.unwrap(), PutStatus::AlreadyPresent);
+    assert_eq!(
+        n.storage.put(key, event()).await.unwrap(),
+        PutStatus::AlreadyPresent
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topology_changes_while_puts_are_in_flight() {
-    let n = node(opts(3, 0, 0), &[("a", local()), ("b", local()), ("c", local()), ("d", local())]);
-    n.net.set_fault("d", Some(Fault::Delay(Duration::from_millis(1))));
+    let n = node(
+        opts(3, 0, 0),
+        &[
+            ("a", local()),
+            ("b", local()),
+            ("c", local()),
+            ("d", local()),
+        ],
+    );
+    n.net
+        .set_fault("d", Some(Fault::Delay(Duration::from_millis(1))));
     let coord = n.coord.clone();
     let churn = tokio::spawn(async move {
         for i in 0..200 {
@@ -135,7 +214,13 @@ async fn topology_changes_while_puts_are_in_flight() {
                 assert_eq!(holders, dedup);
                 ok += 1;
             }
-            Err(e) => assert!(matches!(e, PutError::NotEnoughNodes { .. } | PutError::CommitNotReached { .. }), "{e:?}"),
+            Err(e) => assert!(
+                matches!(
+                    e,
+                    PutError::NotEnoughNodes { .. } | PutError::CommitNotReached { .. }
+                ),
+                "{e:?}"
+            ),
         }
     }
     churn.await.unwrap();

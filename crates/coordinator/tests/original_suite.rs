@@ -38,7 +38,14 @@ fn construction_keeps_storage_and_options() {
         other_region_replicas: 0,
         ..Options::default()
     };
-    let c = Coordinator::new("n".into(), Location::default(), o.clone(), storage.clone(), Arc::new(NoPeers)).unwrap();
+    let c = Coordinator::new(
+        "n".into(),
+        Location::default(),
+        o.clone(),
+        storage.clone(),
+        Arc::new(NoPeers),
+    )
+    .unwrap();
     assert_eq!(c.options(), &o);
     let as_dyn: Arc<dyn alldata_coordinator::Storage> = storage;
     assert!(Arc::ptr_eq(c.storage(), &as_dyn));
@@ -47,22 +54,43 @@ fn construction_keeps_storage_and_options() {
 #[test]
 fn impossible_options_are_rejected_at_construction() {
     let make = |o: Options| {
-        Coordinator::new("n".into(), Location::default(), o, Arc::new(MemStorage::new()), Arc::new(NoPeers)).unwrap_err()
+        Coordinator::new(
+            "n".into(),
+            Location::default(),
+            o,
+            Arc::new(MemStorage::new()),
+            Arc::new(NoPeers),
+        )
+        .unwrap_err()
     };
     assert_eq!(
-        make(Options { replication_factor: 0, ..Options::default() }),
+        make(Options {
+            replication_factor: 0,
+            ..Options::default()
+        }),
         OptionsError::ZeroReplicationFactor
     );
     assert!(matches!(
-        make(Options { replication_factor: 2, other_zone_replicas: 1, other_region_replicas: 1, ..Options::default() }),
+        make(Options {
+            replication_factor: 2,
+            other_zone_replicas: 1,
+            other_region_replicas: 1,
+            ..Options::default()
+        }),
         OptionsError::TooManyRemoteReplicas { .. }
     ));
     assert_eq!(
-        make(Options { replica_timeout: std::time::Duration::ZERO, ..Options::default() }),
+        make(Options {
+            replica_timeout: std::time::Duration::ZERO,
+            ..Options::default()
+        }),
         OptionsError::ZeroDuration("replica_timeout")
     );
     assert!(matches!(
-        make(Options { replica_timeout: std::time::Duration::from_secs(9), ..Options::default() }),
+        make(Options {
+            replica_timeout: std::time::Duration::from_secs(9),
+            ..Options::default()
+        }),
         OptionsError::ReplicaTimeoutAfterDeadline { .. }
     ));
 }
@@ -106,7 +134,15 @@ fn add_peer_at_classifies_absolute_locations() {
 
 #[test]
 fn drop_peer_removes_and_counts_down() {
-    let n = node(opts(1, 0, 0), &[("l", local()), ("z", zone("a")), ("z2", zone("b")), ("r", region("x"))]);
+    let n = node(
+        opts(1, 0, 0),
+        &[
+            ("l", local()),
+            ("z", zone("a")),
+            ("z2", zone("b")),
+            ("r", region("x")),
+        ],
+    );
     let c = &n.coord;
     assert_eq!(c.topology().peer_count(), 4);
     assert!(c.drop_peer(&"l".into()));
@@ -133,7 +169,13 @@ async fn put_and_finish(n: &common::Node) -> Vec<String> {
 async fn fails_at_once_when_rf_exceeds_nodes() {
     let n = node(opts(3, 0, 0), &[]);
     let err = n.coord.append(event()).await.unwrap_err();
-    assert_eq!(err, PutError::NotEnoughNodes { replication_factor: 3, nodes: 1 });
+    assert_eq!(
+        err,
+        PutError::NotEnoughNodes {
+            replication_factor: 3,
+            nodes: 1
+        }
+    );
     assert!(n.storage.is_empty(), "nothing written");
 }
 
@@ -153,13 +195,19 @@ async fn one_other_zone_replica() {
 
 #[tokio::test]
 async fn two_zone_replicas_with_peers_in_two_zones() {
-    let n = node(opts(3, 2, 0), &[("p1", zone("a")), ("p2", zone("b")), ("l", local())]);
+    let n = node(
+        opts(3, 2, 0),
+        &[("p1", zone("a")), ("p2", zone("b")), ("l", local())],
+    );
     assert_eq!(put_and_finish(&n).await, ["local", "p1", "p2"]);
 }
 
 #[tokio::test]
 async fn two_zone_replicas_with_peers_in_one_zone() {
-    let n = node(opts(3, 2, 0), &[("p1", zone("a")), ("p2", zone("a")), ("l", local())]);
+    let n = node(
+        opts(3, 2, 0),
+        &[("p1", zone("a")), ("p2", zone("a")), ("l", local())],
+    );
     assert_eq!(put_and_finish(&n).await, ["local", "p1", "p2"]);
 }
 
@@ -177,19 +225,28 @@ async fn zone_replicas_fall_back_to_local_zone() {
 
 #[tokio::test]
 async fn one_other_region_replica() {
-    let n = node(opts(2, 0, 1), &[("p1", region("x")), ("l", local()), ("z", zone("a"))]);
+    let n = node(
+        opts(2, 0, 1),
+        &[("p1", region("x")), ("l", local()), ("z", zone("a"))],
+    );
     assert_eq!(put_and_finish(&n).await, ["local", "p1"]);
 }
 
 #[tokio::test]
 async fn two_region_replicas_with_peers_in_two_regions() {
-    let n = node(opts(3, 0, 2), &[("p1", region("x")), ("p2", region("y")), ("l", local())]);
+    let n = node(
+        opts(3, 0, 2),
+        &[("p1", region("x")), ("p2", region("y")), ("l", local())],
+    );
     assert_eq!(put_and_finish(&n).await, ["local", "p1", "p2"]);
 }
 
 #[tokio::test]
 async fn two_region_replicas_with_peers_in_one_region() {
-    let n = node(opts(3, 0, 2), &[("p1", region("x")), ("p2", region("x")), ("l", local())]);
+    let n = node(
+        opts(3, 0, 2),
+        &[("p1", region("x")), ("p2", region("x")), ("l", local())],
+    );
     assert_eq!(put_and_finish(&n).await, ["local", "p1", "p2"]);
 }
 
@@ -207,7 +264,10 @@ async fn region_replicas_fall_back_to_local_zone() {
 
 #[tokio::test]
 async fn rf4_places_zone_region_and_local_zone() {
-    let n = node(opts(4, 1, 1), &[("z", zone("a")), ("r", region("x")), ("l", local())]);
+    let n = node(
+        opts(4, 1, 1),
+        &[("z", zone("a")), ("r", region("x")), ("l", local())],
+    );
     assert_eq!(put_and_finish(&n).await, ["l", "local", "r", "z"]);
 }
 
@@ -219,7 +279,12 @@ async fn error_in_local_storage_fails_rf1() {
     n.storage.set_fault(Some(StorageFault::Error));
     let err = n.coord.append(event()).await.unwrap_err();
     match err {
-        PutError::CommitNotReached { required: 1, acked: 0, failures, .. } => {
+        PutError::CommitNotReached {
+            required: 1,
+            acked: 0,
+            failures,
+            ..
+        } => {
             assert_eq!(failures.len(), 1);
             assert_eq!(failures[0].node.as_str(), "local");
         }
@@ -228,8 +293,18 @@ async fn error_in_local_storage_fails_rf1() {
 }
 
 async fn assert_fails_with(n: &common::Node, failed: &[&str]) {
-    let err = n.coord.append_with(event(), PutOptions::level(CommitLevel::All)).await.unwrap_err();
-    let PutError::CommitNotReached { required: 2, acked, failures, .. } = err else {
+    let err = n
+        .coord
+        .append_with(event(), PutOptions::level(CommitLevel::All))
+        .await
+        .unwrap_err();
+    let PutError::CommitNotReached {
+        required: 2,
+        acked,
+        failures,
+        ..
+    } = err
+    else {
         panic!("unexpected {err:?}");
     };
     assert!(acked <= 1);
@@ -271,7 +346,11 @@ async fn error_in_region_peer_and_extra_peer_fails() {
 async fn error_in_one_peer_is_replaced_by_the_extra_peer() {
     let n = node(opts(2, 1, 0), &[("z", zone("a")), ("r", region("x"))]);
     n.net.set_fault("z", Some(Fault::Error));
-    let ack = n.coord.append_with(event(), PutOptions::level(CommitLevel::All)).await.unwrap();
+    let ack = n
+        .coord
+        .append_with(event(), PutOptions::level(CommitLevel::All))
+        .await
+        .unwrap();
     assert_eq!(sorted(ack.acked), ["local", "r"]);
 }
 
@@ -281,14 +360,22 @@ async fn error_in_one_peer_is_replaced_by_the_extra_peer() {
 async fn quorum_answers_at_exactly_two_of_three() {
     let n = node(opts(3, 0, 0), &[("a", local()), ("b", local())]);
     n.net.set_fault("b", Some(Fault::Hang));
-    let ack = n.coord.append_with(event(), PutOptions::level(CommitLevel::Quorum)).await.unwrap();
+    let ack = n
+        .coord
+        .append_with(event(), PutOptions::level(CommitLevel::Quorum))
+        .await
+        .unwrap();
     assert_eq!((ack.required, ack.acked.len()), (2, 2));
 }
 
 #[tokio::test(start_paused = true)]
 async fn all_answers_at_exactly_three_of_three() {
     let n = node(opts(3, 0, 0), &[("a", local()), ("b", local())]);
-    let ack = n.coord.append_with(event(), PutOptions::level(CommitLevel::All)).await.unwrap();
+    let ack = n
+        .coord
+        .append_with(event(), PutOptions::level(CommitLevel::All))
+        .await
+        .unwrap();
     assert_eq!((ack.required, ack.acked.len()), (3, 3));
 }
 
@@ -297,7 +384,11 @@ async fn one_answers_at_exactly_the_local_write() {
     let n = node(opts(3, 0, 0), &[("a", local()), ("b", local())]);
     n.net.set_fault("a", Some(Fault::Hang));
     n.net.set_fault("b", Some(Fault::Hang));
-    let ack = n.coord.append_with(event(), PutOptions::level(CommitLevel::One)).await.unwrap();
+    let ack = n
+        .coord
+        .append_with(event(), PutOptions::level(CommitLevel::One))
+        .await
+        .unwrap();
     assert_eq!((ack.required, ack.acked.len()), (1, 1));
     assert_eq!(ack.acked[0].as_str(), "local");
 }

@@ -9,7 +9,9 @@ fn generate(c: &mut Criterion) {
     let mut group = c.benchmark_group("keygen");
     group.throughput(Throughput::Elements(1));
     group.bench_function("generate", |b| b.iter(|| black_box(g.generate())));
-    group.bench_function("generate+to_string", |b| b.iter(|| black_box(g.generate().to_string())));
+    group.bench_function("generate+to_string", |b| {
+        b.iter(|| black_box(g.generate().to_string()))
+    });
     group.finish();
 }
 

@@ -148,16 +148,24 @@ impl FromStr for EventKey {
         for (i, &c) in bytes.iter().enumerate() {
             if matches!(i, 8 | 13 | 18 | 23) {
                 if c != b'-' {
-                    return Err(KeyError::Character { index: i, found: c as char });
+                    return Err(KeyError::Character {
+                        index: i,
+                        found: c as char,
+                    });
                 }
                 continue;
             }
             let v = match c {
                 b'0'..=b'9' => c - b'0',
                 b'a'..=b'f' => c - b'a' + 10,
-                _ => return Err(KeyError::Character { index: i, found: c as char }),
+                _ => {
+                    return Err(KeyError::Character {
+                        index: i,
+                        found: c as char,
+                    });
+                }
             };
-            out[nibbles / 2] |= if nibbles % 2 == 0 { v << 4 } else { v };
+            out[nibbles / 2] |= if nibbles.is_multiple_of(2) { v << 4 } else { v };
             nibbles += 1;
         }
         Self::from_bytes(out)
@@ -194,7 +202,9 @@ pub enum KeyError {
     #[error("an event key is 36 characters (or 16 bytes), got {0}")]
     Length(usize),
     /// A character that is neither lowercase hex nor a hyphen in its place.
-    #[error("invalid character {found:?} at position {index} of an event key (lowercase hex with hyphens at 8, 13, 18, 23 expected)")]
+    #[error(
+        "invalid character {found:?} at position {index} of an event key (lowercase hex with hyphens at 8, 13, 18, 23 expected)"
+    )]
     Character {
         /// Byte position of the offending character.
         index: usize,
@@ -341,7 +351,10 @@ mod tests {
         assert!(max < EventKey::min_for_ms(1001));
         assert_eq!(min.to_string(), "00000000-03e8-7000-8000-000000000000");
         assert_eq!(max.to_string(), "00000000-03e8-7fff-bfff-ffffffffffff");
-        assert_eq!(EventKey::max_for_ms(u64::MAX).timestamp_ms(), MAX_TIMESTAMP_MS);
+        assert_eq!(
+            EventKey::max_for_ms(u64::MAX).timestamp_ms(),
+            MAX_TIMESTAMP_MS
+        );
     }
 
     #[test]
@@ -350,13 +363,34 @@ mod tests {
         assert!(good.parse::<EventKey>().is_ok());
         let bad = [
             ("", KeyError::Length(0)),
-            ("0190A8B4-5C2E-7ABC-8DEF-0123456789AB", KeyError::Character { index: 4, found: 'A' }),
+            (
+                "0190A8B4-5C2E-7ABC-8DEF-0123456789AB",
+                KeyError::Character {
+                    index: 4,
+                    found: 'A',
+                },
+            ),
             ("0190a8b45c2e7abc8def0123456789ab", KeyError::Length(32)),
-            ("{0190a8b4-5c2e-7abc-8def-0123456789a}", KeyError::Length(37)),
-            ("0190a8b4_5c2e-7abc-8def-0123456789ab", KeyError::Character { index: 8, found: '_' }),
+            (
+                "{0190a8b4-5c2e-7abc-8def-0123456789a}",
+                KeyError::Length(37),
+            ),
+            (
+                "0190a8b4_5c2e-7abc-8def-0123456789ab",
+                KeyError::Character {
+                    index: 8,
+                    found: '_',
+                },
+            ),
             ("0190a8b4-5c2e-4abc-8def-0123456789ab", KeyError::Version(4)),
             ("0190a8b4-5c2e-7abc-cdef-0123456789ab", KeyError::Variant),
-            ("0190a8b4-5c2e-7abc-8def-0123456789ag", KeyError::Character { index: 35, found: 'g' }),
+            (
+                "0190a8b4-5c2e-7abc-8def-0123456789ag",
+                KeyError::Character {
+                    index: 35,
+                    found: 'g',
+                },
+            ),
         ];
         for (text, want) in bad {
             assert_eq!(text.parse::<EventKey>(), Err(want), "input {text:?}");
@@ -428,7 +462,10 @@ mod tests {
                 })
             })
             .collect();
-        let mut all: Vec<EventKey> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let mut all: Vec<EventKey> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
         let n = all.len();
         all.sort();
         all.dedup();

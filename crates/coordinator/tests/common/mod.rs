@@ -65,7 +65,11 @@ pub fn node(options: Options, peers: &[(&str, Locality)]) -> Node {
         net.add_node(*id);
         coord.add_peer(*id, *id, locality.clone()).expect("peer");
     }
-    Node { net, coord, storage }
+    Node {
+        net,
+        coord,
+        storage,
+    }
 }
 
 /// Node ids as strings, sorted.
