@@ -1,5 +1,349 @@
 //! The HTTP replica endpoint that AllData peers call.
 //!
-//! This crate will accept replica writes from other nodes and store them in the
-//! node's local `Storage` with write-once semantics. It is a placeholder until
-//! that work lands.
+//! Another node's coordinator sends replica writes here (through
+//! `alldata-peer-client-http`); this crate stores them straight into the node's
+//! local [`Storage`] with write-once semantics: a new key is stored, a key that
+//! already holds the same bytes is an idempotent success, a key holding other
+//! bytes is a conflict and the stored value is never touched.
+//!
+//! [`router`] builds the axum [`Router`] (tests drive it with `tower::ServiceExt::oneshot`,
+//! no socket needed); [`serve`] runs it on a listener with graceful shutdown.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use alldata_coordinator::MemStorage;
+//! use alldata_peer_server_http::{PeerState, ServerConfig, serve};
+//!
+//! # #[tokio::main] async fn main() -> std::io::Result<()> {
+//! let state = PeerState::new(Arc::new(MemStorage::new()), ServerConfig::new("cluster-secret"));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8880").await?;
+//! serve(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+//!
+//! # Authentication
+//!
+//! Every route requires `Authorization: Bearer <secret>` carrying the cluster's
+//! shared secret, compared in constant time. Missing or wrong: `401`. An empty
+//! configured secret refuses every request.
+//!
+//! # Routes (version 1)
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `POST /peer/v1/events` | a batch of replica writes, below |
+//! | `GET /peer/v1/events/{key}` | `200` with the stored bytes (`application/octet-stream`), `404` when absent, `400` for a malformed key (`{key}` is the canonical hyphenated lowercase UUID) |
+//! | `GET /peer/v1/health` | `200` `ok` |
+//!
+//! Errors answer with a JSON body `{"code": "...", "message": "..."}`:
+//! `400 malformed` / `bad_key` / `body`, `401 unauthorized`, `404 not_found`,
+//! `413 too_large`, `500 storage` / `internal`. Unknown routes are `404`.
+//!
+//! # Wire format of `POST /peer/v1/events`
+//!
+//! Request and response bodies use `Content-Type: application/x-alldata-batch`.
+//! All integers are big-endian.
+//!
+//! Request body:
+//!
+//! ```text
+//! u8        format      0xA1 (version 1)
+//! u32       count       number of events, >= 1
+//! count times:
+//!   [u8;16] key         the raw EventKey bytes (a UUIDv7; validated)
+//!   u32     len         length of the event in bytes
+//!   [u8;len] event      the event bytes, stored verbatim
+//! ```
+//!
+//! Nothing may follow the last event. A body that is empty, has another format
+//! byte, announces zero events, ends inside a frame, has a `len` larger than the
+//! bytes left, an invalid key, or trailing bytes is refused as a whole with `400`
+//! and nothing of it is stored. A body over the configured limit
+//! ([`ServerConfig::max_body_bytes`]) is `413`.
+//!
+//! Response body of a parsed batch (HTTP `200`; every event has its own result,
+//! in request order):
+//!
+//! ```text
+//! u8        format      0xA1
+//! u32       count       equal to the request's count
+//! count times:
+//!   u8      status      0 stored (new), 1 already present (same bytes),
+//!                       2 conflict (other bytes stored; nothing written),
+//!                       3 rejected by storage, 4 storage failed
+//!   statuses 3 and 4 only:
+//!   u16     mlen        message length (at most 65535)
+//!   [u8;mlen] message   UTF-8 text
+//! ```
+//!
+//! The events of one batch are stored concurrently, so a group-committing
+//! storage can commit them together. A single write is a batch of one. The codec
+//! is in [`wire`].
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use alldata_coordinator::{EventKey, Storage};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use subtle::ConstantTimeEq;
+
+mod error;
+pub mod wire;
+
+pub use error::PeerError;
+pub use wire::{DecodeError, EventStatus};
+
+/// The path of the batch write route.
+pub const EVENTS_PATH: &str = "/peer/v1/events";
+/// The path of the health route.
+pub const HEALTH_PATH: &str = "/peer/v1/health";
+/// The default body limit: 8 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Settings of the replica endpoint.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The cluster's shared secret peers must present. Empty refuses everyone.
+    pub secret: String,
+    /// The largest request body accepted, in bytes (larger: `413`).
+    pub max_body_bytes: usize,
+}
+
+impl ServerConfig {
+    /// Settings with `secret` and the default body limit ([`DEFAULT_MAX_BODY_BYTES`]).
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self {
+            secret: secret.into(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    /// The same settings with another body limit.
+    pub fn with_max_body_bytes(mut self, max_body_bytes: usize) -> Self {
+        self.max_body_bytes = max_body_bytes;
+        self
+    }
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("secret", &"<redacted>")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+/// Counters of the endpoint, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    batches: AtomicU64,
+    events: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl PeerStats {
+    /// Batch requests that parsed and were stored (whatever the per-event results).
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    /// Events received in those batches.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused as a whole (400, 401, 413).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+struct Inner {
+    storage: Arc<dyn Storage>,
+    config: ServerConfig,
+    stats: PeerStats,
+}
+
+/// The endpoint's shared state: the local storage, the settings and counters.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct PeerState {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PeerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerState")
+            .field("config", &self.inner.config)
+            .field("stats", &self.inner.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerState {
+    /// State that stores into `storage` under `config`.
+    pub fn new(storage: Arc<dyn Storage>, config: ServerConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                storage,
+                config,
+                stats: PeerStats::default(),
+            }),
+        }
+    }
+
+    /// The endpoint's counters.
+    pub fn stats(&self) -> &PeerStats {
+        &self.inner.stats
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), PeerError> {
+        let secret = self.inner.config.secret.as_bytes();
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        match presented {
+            Some(p) if !secret.is_empty() && bool::from(p.ct_eq(secret)) => Ok(()),
+            _ => Err(self.refuse(PeerError::Unauthorized)),
+        }
+    }
+
+    fn refuse(&self, error: PeerError) -> PeerError {
+        self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+        error
+    }
+
+    /// Reads the body, refusing more than the limit without buffering it.
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, PeerError> {
+        let limit = self.inner.config.max_body_bytes;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(self.refuse(PeerError::TooLarge { limit }));
+        }
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<LengthLimitError>() => Err(self.refuse(PeerError::TooLarge { limit })),
+            Err(e) => Err(self.refuse(PeerError::Body(e.to_string()))),
+        }
+    }
+}
+
+/// The replica endpoint's routes (see the crate docs), over `state`.
+pub fn router(state: PeerState) -> Router {
+    Router::new()
+        .route(EVENTS_PATH, post(put_events))
+        .route("/peer/v1/events/{key}", get(get_event))
+        .route(HEALTH_PATH, get(health))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serves [`router`]`(state)` on `listener` until `shutdown` completes, then
+/// stops accepting and waits for requests in flight to finish.
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    state: PeerState,
+    shutdown: F,
+) -> io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on a peer connection");
+        }
+    });
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn put_events(
+    State(state): State<PeerState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, PeerError> {
+    state.authorize(&headers)?;
+    let body = state.read_body(&headers, body).await?;
+    let events = wire::decode_request(body).map_err(|e| state.refuse(e.into()))?;
+    let stats = &state.inner.stats;
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats
+        .events
+        .fetch_add(events.len() as u64, Ordering::Relaxed);
+
+    // Store in a task of its own: a peer that hangs up mid-request must not cancel
+    // writes half-way, and a panicking storage must not take the connection down.
+    let storage = Arc::clone(&state.inner.storage);
+    let statuses = tokio::spawn(async move {
+        let puts = events
+            .into_iter()
+            .map(|(key, event)| storage.put(key, event));
+        futures::future::join_all(puts)
+            .await
+            .into_iter()
+            .map(EventStatus::from)
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| PeerError::Internal(format!("storage task failed: {e}")))?;
+
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, wire::CONTENT_TYPE)],
+        wire::encode_response(&statuses),
+    )
+        .into_response())
+}
+
+async fn get_event(
+    State(state): State<PeerState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Response, PeerError> {
+    state.authorize(&headers)?;
+    let key: EventKey = key
+        .parse()
+        .map_err(|e: alldata_keygen::KeyError| state.refuse(PeerError::BadKey(e.to_string())))?;
+    match state.inner.storage.get(key).await {
+        Ok(Some(event)) => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            event,
+        )
+            .into_response()),
+        Ok(None) => Err(PeerError::NotFound),
+        Err(e) => Err(PeerError::Storage(e.to_string())),
+    }
+}
+
+async fn health(
+    State(state): State<PeerState>,
+    headers: HeaderMap,
+) -> Result<&'static str, PeerError> {
+    state.authorize(&headers)?;
+    Ok("ok")
+}
+
+async fn not_found() -> PeerError {
+    PeerError::NotFound
+}

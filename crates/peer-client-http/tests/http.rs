@@ -1,0 +1,471 @@
+//! `HttpTransport` against a real `alldata-peer-server-http` on 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alldata_coordinator::{
+    CommitLevel, Coordinator, KeyGenerator, Locality, Location, MemStorage, Options, Peer,
+    PeerTransport, PutStatus, TransportError,
+};
+use alldata_peer_client_http::{ClientConfig, ClientError, HttpTransport};
+use alldata_peer_server_http::{PeerState, ServerConfig, serve};
+use bytes::Bytes;
+use futures::future::join_all;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const SECRET: &str = "test-cluster-secret";
+
+struct Server {
+    addr: SocketAddr,
+    storage: Arc<MemStorage>,
+    state: PeerState,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(config: ServerConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let storage = Arc::new(MemStorage::new());
+        let state = PeerState::new(storage.clone(), config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            storage,
+            state,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn peer(&self) -> Peer {
+        peer_at(&self.addr.to_string())
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(3), &mut self.task)
+            .await
+            .expect("server stops within 3 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn peer_at(address: &str) -> Peer {
+    Peer {
+        id: "p1".into(),
+        address: address.to_owned(),
+        locality: Locality::LocalZone,
+    }
+}
+
+fn transport(config: ClientConfig) -> HttpTransport {
+    HttpTransport::new(config).unwrap()
+}
+
+fn config() -> ClientConfig {
+    ClientConfig::new(SECRET).with_attempt_timeout(Duration::from_secs(2))
+}
+
+#[tokio::test]
+async fn single_puts_round_trip_with_write_once_semantics() {
+    let server = Server::start(ServerConfig::new(SECRET)).await;
+    let t = transport(config());
+    let key = KeyGenerator::new().generate();
+
+    assert_eq!(
+        t.put(&server.peer(), key, Bytes::from_static(b"one")).await,
+        Ok(PutStatus::Stored)
+    );
+    assert_eq!(
+        server.storage.get_now(&key).unwrap(),
+        Bytes::from_static(b"one")
+    );
+    assert_eq!(
+        t.put(&server.peer(), key, Bytes::from_static(b"one")).await,
+        Ok(PutStatus::AlreadyPresent)
+    );
+    assert_eq!(
+        t.put(&server.peer(), key, Bytes::from_static(b"two")).await,
+        Err(TransportError::Conflict)
+    );
+    assert_eq!(
+        server.storage.get_now(&key).unwrap(),
+        Bytes::from_static(b"one")
+    );
+    assert_eq!(server.state.stats().batches(), 3);
+    assert_eq!(t.stats().requests(), 3);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_puts_are_batched_and_each_caller_gets_its_own_result() {
+    let server = Server::start(ServerConfig::new(SECRET)).await;
+    let t = transport(config());
+    let keys = KeyGenerator::new();
+    let peer = server.peer();
+    // Every fourth key already holds other bytes: those callers must see a conflict.
+    let events: Vec<_> = (0..200)
+        .map(|i| {
+            let key = keys.generate();
+            if i % 4 == 0 {
+                server
+                    .storage
+                    .put_now(key, Bytes::from_static(b"taken"))
+                    .unwrap();
+            }
+            (i, key, Bytes::from(format!("{{\"n\":{i}}}")))
+        })
+        .collect();
+
+    let results = join_all(
+        events
+            .iter()
+            .map(|(_, key, event)| t.put(&peer, *key, event.clone())),
+    )
+    .await;
+
+    for ((i, key, event), result) in events.iter().zip(results) {
+        if i % 4 == 0 {
+            assert_eq!(result, Err(TransportError::Conflict), "event {i}");
+            assert_eq!(
+                server.storage.get_now(key).unwrap(),
+                Bytes::from_static(b"taken")
+            );
+        } else {
+            assert_eq!(result, Ok(PutStatus::Stored), "event {i}");
+            assert_eq!(&server.storage.get_now(key).unwrap(), event);
+        }
+    }
+    let (batches, received) = (
+        server.state.stats().batches(),
+        server.state.stats().events(),
+    );
+    assert_eq!(received, 200);
+    eprintln!("200 concurrent puts took {batches} requests");
+    assert!(batches < 100, "200 concurrent puts took {batches} requests");
+    assert_eq!(t.stats().requests(), batches);
+    assert_eq!(t.stats().events(), 200);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn batching_can_be_turned_off() {
+    let server = Server::start(ServerConfig::new(SECRET)).await;
+    let t = transport(config().with_batching(1, 4 << 20, 8));
+    let keys = KeyGenerator::new();
+    let peer = server.peer();
+    let puts = (0..50).map(|_| t.put(&peer, keys.generate(), Bytes::from_static(b"x")));
+    assert!(
+        join_all(puts)
+            .await
+            .iter()
+            .all(|r| *r == Ok(PutStatus::Stored))
+    );
+    assert_eq!(server.state.stats().batches(), 50);
+    assert_eq!(server.storage.len(), 50);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_byte_limit_splits_batches() {
+    let server = Server::start(ServerConfig::new(SECRET)).await;
+    // Room for about two 100-byte events per request, one request in flight.
+    let t = transport(config().with_batching(256, 5 + 2 * 120, 1));
+    let keys = KeyGenerator::new();
+    let peer = server.peer();
+    let event = Bytes::from(vec![b'e'; 100]);
+    let puts = (0..20).map(|_| t.put(&peer, keys.generate(), event.clone()));
+    assert!(
+        join_all(puts)
+            .await
+            .iter()
+            .all(|r| *r == Ok(PutStatus::Stored))
+    );
+    assert_eq!(server.storage.len(), 20);
+    assert!(
+        server.state.stats().batches() >= 10,
+        "{}",
+        server.state.stats().batches()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_works_too() {
+    let server = Server::start(ServerConfig::new(SECRET)).await;
+    let t = transport(ClientConfig {
+        http2: true,
+        ..config()
+    });
+    let keys = KeyGenerator::new();
+    let peer = server.peer();
+    let puts = (0..100).map(|_| t.put(&peer, keys.generate(), Bytes::from_static(b"h2")));
+    assert!(
+        join_all(puts)
+            .await
+            .iter()
+            .all(|r| *r == Ok(PutStatus::Stored))
+    );
+    assert_eq!(server.storage.len(), 100);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn nothing_listening_is_unreachable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let t = transport(config());
+    let key = KeyGenerator::new().generate();
+    match t
+        .put(&peer_at(&address), key, Bytes::from_static(b"x"))
+        .await
+    {
+        Err(TransportError::Unreachable(message)) => assert!(!message.is_empty()),
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    assert!(matches!(
+        t.get(&peer_at(&address), key).await,
+        Err(TransportError::Unreachable(_))
+    ));
+    assert!(matches!(
+        t.health(&peer_at(&address)).await,
+        Err(TransportError::Unreachable(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_peer_that_accepts_but_never_answers_times_out_within_the_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            open.push(socket); // keep it open, never answer
+        }
+    });
+    let t = transport(config().with_attempt_timeout(Duration::from_millis(300)));
+    let key = KeyGenerator::new().generate();
+
+    let started = Instant::now();
+    assert_eq!(
+        t.put(&peer_at(&address), key, Bytes::from_static(b"x"))
+            .await,
+        Err(TransportError::Timeout)
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+
+    let started = Instant::now();
+    assert_eq!(
+        t.get(&peer_at(&address), key).await,
+        Err(TransportError::Timeout)
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    hold.abort();
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_rejected_with_401() {
+    let server = Server::start(ServerConfig::new(SECRET)).await;
+    let t = transport(ClientConfig::new("not-the-secret"));
+    let key = KeyGenerator::new().generate();
+    match t.put(&server.peer(), key, Bytes::from_static(b"x")).await {
+        Err(TransportError::Rejected(message)) => assert!(message.contains("401"), "{message}"),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    match t.health(&server.peer()).await {
+        Err(TransportError::Rejected(message)) => assert!(message.contains("401"), "{message}"),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert!(server.storage.is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_event_over_the_servers_limit_is_rejected_with_413() {
+    let server = Server::start(ServerConfig::new(SECRET).with_max_body_bytes(1000)).await;
+    let t = transport(config());
+    let key = KeyGenerator::new().generate();
+    match t
+        .put(&server.peer(), key, Bytes::from(vec![0u8; 2000]))
+        .await
+    {
+        Err(TransportError::Rejected(message)) => assert!(message.contains("413"), "{message}"),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert!(server.storage.is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn peer_get_and_health_round_trip() {
+    let server = Server::start(ServerConfig::new(SECRET)).await;
+    let t = transport(config());
+    let keys = KeyGenerator::new();
+    let (stored, absent) = (keys.generate(), keys.generate());
+    let event = Bytes::from_static(b"\x00\x01binary event\xff");
+    assert_eq!(
+        t.put(&server.peer(), stored, event.clone()).await,
+        Ok(PutStatus::Stored)
+    );
+
+    assert_eq!(t.get(&server.peer(), stored).await, Ok(Some(event)));
+    assert_eq!(t.get(&server.peer(), absent).await, Ok(None));
+    assert_eq!(t.health(&server.peer()).await, Ok(()));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_coordinator_replicates_through_http_peers() {
+    let (a, b) = (
+        Server::start(ServerConfig::new(SECRET)).await,
+        Server::start(ServerConfig::new(SECRET)).await,
+    );
+    let options = Options {
+        replication_factor: 3,
+        commit_level: CommitLevel::All,
+        ..Options::default()
+    };
+    let local = Arc::new(MemStorage::new());
+    let node = Coordinator::new(
+        "n0".into(),
+        Location::default(),
+        options,
+        local.clone(),
+        Arc::new(transport(config())),
+    )
+    .unwrap();
+    node.add_peer("a", a.addr.to_string(), Locality::LocalZone)
+        .unwrap();
+    node.add_peer("b", b.addr.to_string(), Locality::LocalZone)
+        .unwrap();
+
+    let ack = node
+        .append(Bytes::from_static(b"{\"replicated\":true}"))
+        .await
+        .unwrap();
+    assert_eq!(ack.acked.len(), 3);
+    for storage in [&local, &a.storage, &b.storage] {
+        assert_eq!(
+            storage.get_now(&ack.key).unwrap(),
+            Bytes::from_static(b"{\"replicated\":true}")
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn after_shutdown_the_peer_is_unreachable() {
+    let server = Server::start(ServerConfig::new(SECRET)).await;
+    let peer = server.peer();
+    let t = transport(config());
+    let keys = KeyGenerator::new();
+    assert_eq!(
+        t.put(&peer, keys.generate(), Bytes::from_static(b"x"))
+            .await,
+        Ok(PutStatus::Stored)
+    );
+    server.shutdown().await;
+    // A pooled connection may be closing under us; either way nothing lands.
+    match t
+        .put(&peer, keys.generate(), Bytes::from_static(b"y"))
+        .await
+    {
+        Err(TransportError::Unreachable(_) | TransportError::Network(_)) => {}
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_settings_are_refused() {
+    assert_eq!(
+        HttpTransport::new(ClientConfig::new("")).unwrap_err(),
+        ClientError::InvalidSecret
+    );
+    assert_eq!(
+        HttpTransport::new(ClientConfig::new("line\nbreak")).unwrap_err(),
+        ClientError::InvalidSecret
+    );
+    assert_eq!(
+        HttpTransport::new(ClientConfig::new("s").with_batching(0, 1, 1)).unwrap_err(),
+        ClientError::Zero("max_batch_events")
+    );
+    assert_eq!(
+        HttpTransport::new(ClientConfig::new("s").with_attempt_timeout(Duration::ZERO))
+            .unwrap_err(),
+        ClientError::Zero("attempt_timeout")
+    );
+    let debug = format!("{:?}", ClientConfig::new("hidden-secret"));
+    assert!(!debug.contains("hidden-secret"));
+}
+
+#[tokio::test]
+async fn callers_that_gave_up_are_not_sent_and_a_timed_out_write_may_still_land() {
+    let server = Server::start(ServerConfig::new(SECRET)).await;
+    server
+        .storage
+        .set_fault(Some(alldata_coordinator::StorageFault::Delay(
+            Duration::from_millis(400),
+        )));
+    let t = transport(
+        config()
+            .with_attempt_timeout(Duration::from_millis(200))
+            .with_batching(256, 4 << 20, 1),
+    );
+    let peer = server.peer();
+    let keys = KeyGenerator::new();
+    let slow = keys.generate();
+
+    // The slow write holds the only request slot until its deadline.
+    let first = {
+        let (t, peer) = (t.clone(), peer.clone());
+        tokio::spawn(async move { t.put(&peer, slow, Bytes::from_static(b"slow")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // These wait in the queue; their callers give up (as a coordinator's own
+    // replica timeout would) before the slot frees.
+    let queued: Vec<_> = (0..10).map(|_| keys.generate()).collect();
+    let gave_up = join_all(queued.iter().map(|key| {
+        tokio::time::timeout(
+            Duration::from_millis(50),
+            t.put(&peer, *key, Bytes::from_static(b"late")),
+        )
+    }))
+    .await;
+    assert!(gave_up.iter().all(|r| r.is_err()));
+
+    assert_eq!(first.await.unwrap(), Err(TransportError::Timeout));
+    // The server keeps storing after the client hung up: the timed-out write lands.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        server.storage.get_now(&slow).unwrap(),
+        Bytes::from_static(b"slow")
+    );
+    server.storage.set_fault(None);
+    let next = keys.generate();
+    assert_eq!(
+        t.put(&peer, next, Bytes::from_static(b"next")).await,
+        Ok(PutStatus::Stored)
+    );
+    assert_eq!(t.stats().abandoned(), 10);
+    assert!(queued.iter().all(|key| !server.storage.contains(key)));
+    assert_eq!(server.state.stats().events(), 2);
+    server.shutdown().await;
+}

@@ -1,0 +1,95 @@
+//! The endpoint's errors and their one mapping onto HTTP responses.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::wire::DecodeError;
+
+/// Why a peer request was not served. Every variant maps to one HTTP status in
+/// [`PeerError::status`], and the response body is JSON
+/// `{"code": "<machine-readable code>", "message": "<text>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// No `Authorization: Bearer <secret>` header, or the wrong secret. 401.
+    #[error("missing or wrong peer credentials")]
+    Unauthorized,
+    /// The body is not a well-formed batch. 400.
+    #[error("malformed batch: {0}")]
+    Malformed(#[from] DecodeError),
+    /// A key in the path is not a valid event key. 400.
+    #[error("invalid event key: {0}")]
+    BadKey(String),
+    /// The body is larger than the configured limit. 413.
+    #[error("body larger than {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// No event under the key, or an unknown route. 404.
+    #[error("not found")]
+    NotFound,
+    /// Reading the request body failed (the client went away). 400.
+    #[error("could not read the request body: {0}")]
+    Body(String),
+    /// The local storage failed while reading. 500.
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// A storage task died (panicked or was cancelled). 500; some events of the
+    /// batch may have been written.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl PeerError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            PeerError::Unauthorized => StatusCode::UNAUTHORIZED,
+            PeerError::Malformed(_) | PeerError::BadKey(_) | PeerError::Body(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            PeerError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            PeerError::NotFound => StatusCode::NOT_FOUND,
+            PeerError::Storage(_) | PeerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable code in the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PeerError::Unauthorized => "unauthorized",
+            PeerError::Malformed(_) => "malformed",
+            PeerError::BadKey(_) => "bad_key",
+            PeerError::TooLarge { .. } => "too_large",
+            PeerError::NotFound => "not_found",
+            PeerError::Body(_) => "body",
+            PeerError::Storage(_) => "storage",
+            PeerError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for PeerError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "peer request failed");
+        } else {
+            tracing::debug!(error = %self, %status, "peer request refused");
+        }
+        let body = serde_json::json!({ "code": self.code(), "message": self.to_string() });
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
