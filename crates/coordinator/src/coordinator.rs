@@ -13,7 +13,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::commit::{CommitLevel, Tracker, Verdict};
 use crate::error::{OptionsError, PutError, ReplicaError, ReplicaFailure};
@@ -209,6 +209,8 @@ struct Inner {
     keys: KeyGenerator,
     reports: broadcast::Sender<ReplicationReport>,
     stats: AtomicStats,
+    /// Puts whose writes have not all finished yet.
+    running: watch::Sender<usize>,
 }
 
 /// Places replicas, drives replica writes and answers at the commit level.
@@ -258,6 +260,7 @@ impl Coordinator {
                 keys: KeyGenerator::new(),
                 reports,
                 stats: AtomicStats::default(),
+                running: watch::Sender::new(0),
             }),
         })
     }
@@ -354,6 +357,19 @@ impl Coordinator {
         self.inner.reports.subscribe()
     }
 
+    /// Puts whose replica writes (including background ones) are still running.
+    pub fn running_puts(&self) -> usize {
+        *self.inner.running.borrow()
+    }
+
+    /// Waits until every put's replica writes have finished (for graceful
+    /// shutdown: stop taking puts first, then drain).
+    pub async fn drain(&self) {
+        let mut rx = self.inner.running.subscribe();
+        // The sender lives in `self`, so `wait_for` cannot fail while we hold it.
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
     fn rng(&self) -> MutexGuard<'_, StdRng> {
         self.inner.rng.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -409,6 +425,7 @@ impl Coordinator {
             level,
             chosen,
         };
+        self.inner.running.send_modify(|n| *n += 1);
         tokio::spawn(write.run(peers, answer_tx, done_tx));
         let answer = answer_rx.await.unwrap_or(Err(PutError::Shutdown));
         match &answer {
@@ -603,5 +620,6 @@ impl Write {
         }
         let _ = self.coordinator.inner.reports.send(report.clone());
         let _ = done_tx.send(report);
+        self.coordinator.inner.running.send_modify(|n| *n -= 1);
     }
 }

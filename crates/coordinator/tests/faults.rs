@@ -226,3 +226,25 @@ async fn topology_changes_while_puts_are_in_flight() {
     churn.await.unwrap();
     assert!(ok > 150, "only {ok} of 200 succeeded");
 }
+
+#[tokio::test(start_paused = true)]
+async fn drain_waits_for_background_writes() {
+    let n = node(opts(3, 0, 0), &[("a", local()), ("slow", local())]);
+    n.net
+        .set_fault("slow", Some(Fault::Delay(Duration::from_millis(300))));
+    let ack = n
+        .coord
+        .append_with(event(), PutOptions::level(CommitLevel::One))
+        .await
+        .unwrap();
+    assert_eq!(
+        n.coord.running_puts(),
+        1,
+        "the slow replica is still being written"
+    );
+    let start = tokio::time::Instant::now();
+    n.coord.drain().await;
+    assert!(start.elapsed() >= Duration::from_millis(250));
+    assert_eq!(n.coord.running_puts(), 0);
+    assert_eq!(n.net.holders(&ack.key).len(), 3);
+}
