@@ -8,8 +8,10 @@
 //!   `Storage` / `PeerTransport` traits.
 //! - [`storage_leveldb`], [`peer_client_http`], [`peer_server_http`],
 //!   [`server_http`]: the production storage and HTTP layers.
+//! - [`node`]: a complete node wired from those crates (what `alldata node` runs).
 
 pub use alldata_coordinator as coordinator;
+pub mod node;
 pub use alldata_keygen as keygen;
 pub use alldata_peer_client_http as peer_client_http;
 pub use alldata_peer_server_http as peer_server_http;

@@ -1,0 +1,193 @@
+//! The `alldata` command: `alldata node` runs one node of a cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use alldata::coordinator::{CommitLevel, Location, Options};
+use alldata::node::{Node, NodeConfig, PeerSpec, parse_commit_level};
+use alldata::storage_leveldb::Durability;
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// AllData: a masterless, append-only, replicated event store.
+#[derive(Debug, Parser)]
+#[command(name = "alldata", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one node: the client API on --listen, the replica endpoint on --peer-listen.
+    Node(NodeArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    /// Every acknowledged put is fsynced (group commit).
+    Sync,
+    /// OS-buffered writes: faster, survive a process crash but not a machine crash.
+    Buffered,
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// This node's id, unique in the cluster.
+    #[arg(long, env = "ALLDATA_ID")]
+    id: String,
+    /// HOST:PORT of the client API (HTTP + JSON).
+    #[arg(long, env = "ALLDATA_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// HOST:PORT of the replica endpoint other nodes call.
+    #[arg(long, env = "ALLDATA_PEER_LISTEN", default_value = "127.0.0.1:8081")]
+    peer_listen: SocketAddr,
+    /// LevelDB data directory (created if missing).
+    #[arg(long, env = "ALLDATA_DATA_DIR")]
+    data_dir: PathBuf,
+    /// This node's region.
+    #[arg(long, env = "ALLDATA_REGION", default_value = "default")]
+    region: String,
+    /// This node's zone inside its region.
+    #[arg(long, env = "ALLDATA_ZONE", default_value = "default")]
+    zone: String,
+    /// A peer as ID=HOST:PORT@REGION/ZONE, where HOST:PORT is its --peer-listen.
+    /// Repeatable; in the environment, separate peers with commas.
+    #[arg(long = "peer", env = "ALLDATA_PEERS", value_delimiter = ',')]
+    peers: Vec<PeerSpec>,
+    /// Replicas per event, the local one included.
+    #[arg(long, env = "ALLDATA_REPLICATION_FACTOR", default_value_t = 1)]
+    replication_factor: usize,
+    /// Default commit level: one, quorum or all (a request may override it).
+    #[arg(long, env = "ALLDATA_COMMIT_LEVEL", default_value = "quorum", value_parser = parse_commit_level)]
+    commit_level: CommitLevel,
+    /// Replicas placed in other zones of this region.
+    #[arg(long, env = "ALLDATA_OTHER_ZONE_REPLICAS", default_value_t = 0)]
+    other_zone_replicas: usize,
+    /// Replicas placed in other regions.
+    #[arg(long, env = "ALLDATA_OTHER_REGION_REPLICAS", default_value_t = 0)]
+    other_region_replicas: usize,
+    /// Storage durability.
+    #[arg(long, env = "ALLDATA_DURABILITY", value_enum, default_value = "sync")]
+    durability: DurabilityArg,
+    /// File holding the shared cluster secret (peers authenticate with it).
+    #[arg(long, env = "ALLDATA_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: PathBuf,
+    /// Per-replica write timeout in milliseconds; a slower replica write moves to an unused peer.
+    #[arg(long, env = "ALLDATA_REPLICA_TIMEOUT_MS", default_value_t = 2000)]
+    replica_timeout_ms: u64,
+    /// Overall put deadline in milliseconds (504 after it; the outcome is then unknown).
+    #[arg(long, env = "ALLDATA_DEADLINE_MS", default_value_t = 5000)]
+    deadline_ms: u64,
+    /// Largest accepted event in bytes (413 above it).
+    #[arg(long, env = "ALLDATA_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
+    max_event_bytes: usize,
+}
+
+impl NodeArgs {
+    fn into_config(self) -> anyhow::Result<NodeConfig> {
+        let secret = std::fs::read_to_string(&self.cluster_secret_file).with_context(|| {
+            format!(
+                "cannot read the cluster secret file {}",
+                self.cluster_secret_file.display()
+            )
+        })?;
+        let secret = secret.trim().to_owned();
+        anyhow::ensure!(
+            !secret.is_empty(),
+            "the cluster secret file {} is empty",
+            self.cluster_secret_file.display()
+        );
+        let mut config = NodeConfig::new(self.id, self.listen, self.peer_listen, self.data_dir);
+        config.location = Location::new(self.region, self.zone);
+        config.peers = self.peers;
+        config.options = Options {
+            replication_factor: self.replication_factor,
+            commit_level: self.commit_level,
+            other_zone_replicas: self.other_zone_replicas,
+            other_region_replicas: self.other_region_replicas,
+            replica_timeout: Duration::from_millis(self.replica_timeout_ms),
+            deadline: Duration::from_millis(self.deadline_ms),
+            ..Options::default()
+        };
+        config.durability = match self.durability {
+            DurabilityArg::Sync => Durability::Sync,
+            DurabilityArg::Buffered => Durability::Buffered,
+        };
+        config.cluster_secret = secret;
+        config.max_event_bytes = self.max_event_bytes;
+        Ok(config)
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    let node = Node::start(config).await?;
+    println!(
+        "alldata node {} serving clients on {} and peers on {}",
+        node.id(),
+        node.api_addr(),
+        node.peer_addr()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutdown requested: finishing in-flight requests");
+    node.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Node(args) => run_node(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
