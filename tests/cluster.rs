@@ -1,0 +1,363 @@
+//! Multi-process tests: real `alldata node` processes on 127.0.0.1 with their own
+//! LevelDB directories, killed and restarted.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const SECRET: &str = "test-cluster-secret";
+
+struct Proc {
+    id: String,
+    api: u16,
+    peer: u16,
+    region: &'static str,
+    zone: &'static str,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    secret_file: PathBuf,
+    nodes: Vec<Proc>,
+    rf: usize,
+    client: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Cluster {
+    /// `n` nodes over zones eu/a, eu/b, us/a (round-robin), replication factor `rf`.
+    async fn start(n: usize, rf: usize) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let secret_file = tmp.path().join("secret");
+        std::fs::write(&secret_file, SECRET).unwrap();
+        let places = [("eu", "a"), ("eu", "b"), ("us", "a")];
+        let nodes = (0..n)
+            .map(|i| Proc {
+                id: format!("n{}", i + 1),
+                api: free_port(),
+                peer: free_port(),
+                region: places[i % 3].0,
+                zone: places[i % 3].1,
+                dir: tmp.path().join(format!("n{}", i + 1)),
+                child: None,
+            })
+            .collect();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let mut c = Cluster {
+            _tmp: tmp,
+            secret_file,
+            nodes,
+            rf,
+            client,
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        for i in 0..n {
+            c.wait_healthy(i).await;
+        }
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let me = &self.nodes[i];
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_alldata"));
+        cmd.arg("node")
+            .args(["--id", &me.id])
+            .args(["--listen", &format!("127.0.0.1:{}", me.api)])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", me.peer)])
+            .args(["--data-dir", me.dir.to_str().unwrap()])
+            .args(["--region", me.region, "--zone", me.zone])
+            .args(["--replication-factor", &self.rf.to_string()])
+            .args(["--replica-timeout-ms", "1000", "--deadline-ms", "3000"])
+            .args(["--durability", "buffered"])
+            .arg("--cluster-secret-file")
+            .arg(&self.secret_file);
+        for p in self.nodes.iter().filter(|p| p.id != me.id) {
+            cmd.arg("--peer")
+                .arg(format!("{}=127.0.0.1:{}@{}/{}", p.id, p.peer, p.region, p.zone));
+        }
+        cmd.env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("start alldata node");
+        self.nodes[i].child = Some(child);
+    }
+
+    async fn wait_healthy(&self, i: usize) {
+        let url = format!("http://127.0.0.1:{}/health", self.nodes[i].api);
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self.client.get(&url).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "node {} never became healthy", self.nodes[i].id);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self, i: usize, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.nodes[i].api, path)
+    }
+
+    async fn post(&self, i: usize, level: &str, body: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(i, &format!("/events?commit={level}")))
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let json = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// Keys stored locally on node `i` (the scan reads local storage only).
+    async fn local_keys(&self, i: usize) -> Vec<String> {
+        let body = self
+            .client
+            .get(self.url(i, "/events?limit=100000"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        body.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["key"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// How many of the live nodes hold each key.
+    async fn replica_counts(&self, alive: &[usize]) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for &i in alive {
+            for k in self.local_keys(i).await {
+                *counts.entry(k).or_default() += 1;
+            }
+        }
+        counts
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn dir_exists(p: &Path) -> bool {
+    p.join("CURRENT").exists() || p.exists()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_survives_a_killed_node_and_the_node_recovers() {
+    let mut c = Cluster::start(3, 3).await;
+
+    // All up: ALL reaches every node.
+    let mut before = Vec::new();
+    for i in 0..30 {
+        let (status, body) = c.post(i % 3, "all", &format!(r#"{{"phase":"up","i":{i}}}"#)).await;
+        assert_eq!(status, 201, "{body}");
+        before.push(body["key"].as_str().unwrap().to_owned());
+    }
+    let counts = c.replica_counts(&[0, 1, 2]).await;
+    for k in &before {
+        assert_eq!(counts.get(k), Some(&3), "{k} not on all 3 nodes");
+    }
+
+    // SIGKILL n3; QUORUM keeps acknowledging every put on the survivors.
+    c.kill(2);
+    let mut during = Vec::new();
+    for i in 0..60 {
+        let (status, body) = c.post(i % 2, "quorum", &format!(r#"{{"phase":"down","i":{i}}}"#)).await;
+        assert_eq!(status, 201, "put {i} with n3 down: {body}");
+        during.push(body["key"].as_str().unwrap().to_owned());
+    }
+    // ALL has no spare node: 503 with required vs acked.
+    let (status, body) = c.post(0, "all", r#"{"phase":"all-down"}"#).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "commit_not_reached", "{body}");
+    let counts = c.replica_counts(&[0, 1]).await;
+    for k in &during {
+        assert!(counts.get(k).copied().unwrap_or(0) >= 2, "{k} acknowledged at QUORUM but on < 2 nodes");
+    }
+
+    // Restart n3 on its old directory: it serves what it stored before.
+    assert!(dir_exists(&c.nodes[2].dir));
+    c.spawn(2);
+    c.wait_healthy(2).await;
+    let on_n3 = c.local_keys(2).await;
+    for k in &before {
+        assert!(on_n3.contains(k), "restarted n3 lost {k}");
+        let r = c.client.get(c.url(2, &format!("/events/{k}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Events written while it was down are readable through it (it asks its peers).
+    let r = c.client.get(c.url(2, &format!("/events/{}", during[0]))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_put_reaches_rf_nodes_once_background_writes_finish() {
+    let c = Cluster::start(4, 3).await;
+    let mut keys = Vec::new();
+    for i in 0..40 {
+        let (status, body) = c.post(i % 4, "one", &format!(r#"{{"i":{i}}}"#)).await;
+        assert_eq!(status, 201, "{body}");
+        keys.push(body["key"].as_str().unwrap().to_owned());
+    }
+    let start = Instant::now();
+    loop {
+        let counts = c.replica_counts(&[0, 1, 2, 3]).await;
+        let short: Vec<_> = keys.iter().filter(|k| counts.get(*k).copied().unwrap_or(0) != 3).collect();
+        if short.is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{} keys not on exactly 3 nodes", short.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_error_codes_and_the_node_keeps_serving() {
+    let c = Cluster::start(1, 1).await;
+    let client = &c.client;
+    // Wrong and missing secret on the peer port.
+    let peer = format!("http://127.0.0.1:{}/peer/v1/events", c.nodes[0].peer);
+    let r = client.post(&peer).header("authorization", "Bearer wrong").body(vec![0xA1u8, 0, 0, 0, 0]).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client.post(&peer).body(vec![1u8, 2, 3]).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // Garbage to the peer port with the right secret.
+    let r = client
+        .post(&peer)
+        .header("authorization", format!("Bearer {SECRET}"))
+        .body(vec![0xA1u8, 0, 0, 0, 9, 1, 2])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
+        (client.post(c.url(0, "/events")).body("{not json"), 400),
+        (client.post(c.url(0, "/events")).body(vec![0xffu8, 0xfe, 0x00]), 400),
+        (client.post(c.url(0, "/events")).body(format!(r#"{{"big":"{}"}}"#, "x".repeat(2 << 20))), 413),
+        (client.get(c.url(0, "/events/not-a-key")), 400),
+        (client.put(c.url(0, "/events/0190a8b4-5c2e-4abc-8def-0123456789ab")).body("{}"), 400),
+        (client.get(c.url(0, "/events/0190a8b4-5c2e-7abc-8def-0123456789ab")), 404),
+        (client.get(c.url(0, "/no/such/route")), 404),
+        (client.delete(c.url(0, "/events")), 405),
+        (client.post(c.url(0, "/events?commit=most")).body("{}"), 400),
+    ];
+    for (req, want) in cases {
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null);
+        assert_eq!(status, want, "{body}");
+        assert!(body["error"]["code"].is_string(), "error body {body}");
+    }
+    // Still serving.
+    let (status, body) = c.post(0, "one", r#"{"still":"alive"}"#).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[test]
+fn bad_flags_a_taken_port_and_a_locked_directory_exit_with_a_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_alldata"))
+            .args(args)
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("run alldata")
+    };
+    let out = run(&["node", "--id", "x", "--data-dir", "d", "--replication-factor", "zero"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replication-factor"));
+
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tmp.path().join("d");
+    let out = run(&[
+        "node",
+        "--id",
+        "x",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--cluster-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("port is taken") || err.contains("cannot listen"), "{err}");
+
+    // A data directory held by a running node.
+    let api = free_port();
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_alldata"))
+        .args(["node", "--id", "h", "--data-dir", dir.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{api}"), "--peer-listen", "127.0.0.1:0"])
+        .arg("--cluster-secret-file")
+        .arg(&secret)
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it printed its banner (storage open).
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains("serving"), "{line}");
+    let out = run(&[
+        "node",
+        "--id",
+        "y",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--cluster-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("data directory"), "{err}");
+}
