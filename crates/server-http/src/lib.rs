@@ -1,4 +1,102 @@
-//! The client-facing HTTP + JSON ingest and read API of an AllData node.
+//! The client-facing HTTP + JSON API of an AllData node.
 //!
-//! This crate will expose `POST /events`, `GET /events/{key}`, time-ordered
-//! scans, health and metrics. It is a placeholder until that work lands.
+//! [`router`] builds an axum [`Router`] over an [`ApiState`] (the node's
+//! [`Coordinator`](alldata_coordinator::Coordinator), an optional
+//! [`PeerReader`] and an [`ApiConfig`]); [`serve`] runs it on a TCP listener
+//! with graceful shutdown.
+//!
+//! | Route | Answer |
+//! | --- | --- |
+//! | `POST /events[?commit=one\|quorum\|all]` | 201 `{"key":…}` + `Location: /events/{key}` |
+//! | `POST /` | the same (the 2013 client: chunked body, no Content-Type, expects 201) |
+//! | `PUT /events/{key}[?commit=…]` | 201 stored now, 200 already stored with the same bytes, 409 different bytes |
+//! | `POST /events/batch[?commit=…]` | 200 NDJSON: one `{"key":…}` or `{"error":…}` per input line, in order |
+//! | `GET /events/{key}` | 200 the stored bytes (local storage, else asked from peers), 404 |
+//! | `GET /events?from=&to=&limit=` | 200 NDJSON `{"key":…,"event":…}` in time order, streamed |
+//! | `GET /health` | 200 node id, zone, region, peers and whether each answered lately |
+//! | `GET /metrics` | 200 Prometheus text |
+//!
+//! Errors are `{"error":{"code":"…","message":"…"}}` with the status of
+//! [`ApiError::status`]: 400 malformed JSON/key/parameter or refused key, 404,
+//! 405 (with `Allow`), 409, 413, 503 when the commit level cannot be reached,
+//! 504 when the deadline passed and the outcome is unknown.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use alldata_coordinator::{Coordinator, Location, MemStorage, NoPeers, Options};
+//! use alldata_server_http::{ApiConfig, ApiState, serve};
+//!
+//! # #[tokio::main] async fn main() -> std::io::Result<()> {
+//! let coordinator = Coordinator::new(
+//!     "n1".into(),
+//!     Location::new("eu", "a"),
+//!     Options::default(),
+//!     Arc::new(MemStorage::new()),
+//!     Arc::new(NoPeers),
+//! )
+//! .expect("valid options");
+//! let state = ApiState::new(coordinator, None, ApiConfig::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! serve(listener, state, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod handlers;
+mod metrics;
+mod peers;
+mod state;
+
+use std::future::Future;
+
+use axum::Router;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+
+pub use config::{ApiConfig, KeyValidator};
+pub use error::ApiError;
+pub use peers::PeerReader;
+pub use state::ApiState;
+
+/// The API's routes over `state` (see the crate docs for the table).
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", post(handlers::post_event))
+        .route("/events", post(handlers::post_event).get(handlers::scan))
+        .route("/events/batch", post(handlers::batch))
+        .route(
+            "/events/{key}",
+            get(handlers::get_event).put(handlers::put_event),
+        )
+        .route("/health", get(handlers::health))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            handlers::count_responses,
+        ))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops
+/// accepting connections and waits for requests in flight to finish. Accepted
+/// connections get `TCP_NODELAY`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,110 @@
+//! Settings of the client API.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alldata_coordinator::EventKey;
+
+/// A check of client-supplied keys (`PUT /events/{key}`), e.g. the storage's
+/// acceptance window. `Err(reason)` answers 400 `key_rejected` and nothing is
+/// written.
+pub type KeyValidator = Arc<dyn Fn(EventKey) -> Result<(), String> + Send + Sync>;
+
+/// Settings of the client API. The default commit level is not here: it is the
+/// coordinator's (`Options::commit_level`); `?commit=` overrides it per request.
+///
+/// Start from `ApiConfig::default()` and change fields or use the `with_*`
+/// methods.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// The largest event accepted, in bytes (default 1 MiB). Larger: 413.
+    pub max_event_bytes: usize,
+    /// The largest batch body accepted, in bytes (default 64 MiB); each line is
+    /// also held to `max_event_bytes`.
+    pub max_batch_bytes: usize,
+    /// How many puts of one batch run at once (default 64).
+    pub batch_concurrency: usize,
+    /// Events a scan returns when `limit` is not given (default 1000).
+    pub default_scan_limit: usize,
+    /// The largest `limit` a scan accepts (default 100 000); larger: 400.
+    pub max_scan_limit: usize,
+    /// Checks client-supplied keys before anything is written (default none).
+    pub key_validator: Option<KeyValidator>,
+    /// How long a read from one peer may take (default 2 s).
+    pub peer_read_timeout: Duration,
+    /// How often every peer is probed through the [`crate::PeerReader`], when
+    /// one is given (default every 10 s; `None`: never, health then comes only
+    /// from replica writes and reads).
+    pub health_probe_interval: Option<Duration>,
+    /// A peer whose last success is older than this is no longer "answered
+    /// lately" (default 60 s).
+    pub peer_fresh_for: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 1024 * 1024,
+            max_batch_bytes: 64 * 1024 * 1024,
+            batch_concurrency: 64,
+            default_scan_limit: 1000,
+            max_scan_limit: 100_000,
+            key_validator: None,
+            peer_read_timeout: Duration::from_secs(2),
+            health_probe_interval: Some(Duration::from_secs(10)),
+            peer_fresh_for: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ApiConfig {
+    /// Sets the largest accepted event.
+    pub fn with_max_event_bytes(mut self, bytes: usize) -> Self {
+        self.max_event_bytes = bytes;
+        self
+    }
+
+    /// Sets the largest accepted batch body.
+    pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = bytes;
+        self
+    }
+
+    /// Sets the check of client-supplied keys.
+    pub fn with_key_validator(
+        mut self,
+        validator: impl Fn(EventKey) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.key_validator = Some(Arc::new(validator));
+        self
+    }
+
+    /// Sets (or with `None` turns off) the periodic peer health probe.
+    pub fn with_health_probe_interval(mut self, interval: Option<Duration>) -> Self {
+        self.health_probe_interval = interval;
+        self
+    }
+
+    /// Sets the per-peer read timeout.
+    pub fn with_peer_read_timeout(mut self, timeout: Duration) -> Self {
+        self.peer_read_timeout = timeout;
+        self
+    }
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("batch_concurrency", &self.batch_concurrency)
+            .field("default_scan_limit", &self.default_scan_limit)
+            .field("max_scan_limit", &self.max_scan_limit)
+            .field("key_validator", &self.key_validator.as_ref().map(|_| ".."))
+            .field("peer_read_timeout", &self.peer_read_timeout)
+            .field("health_probe_interval", &self.health_probe_interval)
+            .field("peer_fresh_for", &self.peer_fresh_for)
+            .finish()
+    }
+}

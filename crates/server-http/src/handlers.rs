@@ -1,0 +1,609 @@
+//! The request handlers.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use alldata_coordinator::{CommitLevel, EventKey, Locality, PutOptions, ScanRange, StorageError};
+use axum::body::{Body, HttpBody};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::metrics::{PutOutcome, ReadOutcome};
+use crate::state::ApiState;
+
+const JSON: &str = "application/json";
+const NDJSON: &str = "application/x-ndjson";
+
+/// `?commit=one|quorum|all`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct CommitParams {
+    commit: Option<String>,
+}
+
+/// `?from=&to=&limit=`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ScanParams {
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+}
+
+fn commit_level(
+    query: Result<Query<CommitParams>, QueryRejection>,
+) -> Result<Option<CommitLevel>, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::BadParam(e.body_text()))?;
+    match params.commit.as_deref() {
+        None | Some("") => Ok(None),
+        Some(text) => text
+            .parse::<CommitLevel>()
+            .map(Some)
+            .map_err(|e| ApiError::BadParam(e.to_string())),
+    }
+}
+
+/// Shortens client text echoed in error messages.
+fn clip(text: &str) -> String {
+    const MAX: usize = 80;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+fn parse_key(path: Result<Path<String>, PathRejection>) -> Result<EventKey, ApiError> {
+    let Path(text) = path.map_err(|e| ApiError::MalformedKey {
+        key: String::new(),
+        reason: e.body_text(),
+    })?;
+    text.parse::<EventKey>()
+        .map_err(|e| ApiError::MalformedKey {
+            key: clip(&text),
+            reason: e.to_string(),
+        })
+}
+
+/// Reads a whole body, answering 413 beyond `limit` bytes.
+async fn read_body(body: Body, limit: usize, what: &'static str) -> Result<Bytes, ApiError> {
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ApiError::TooLarge { what, limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::TooLarge { what, limit }),
+        Err(e) => Err(ApiError::BadBody(e.to_string())),
+    }
+}
+
+fn validate_json(bytes: &[u8]) -> Result<(), ApiError> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map(drop)
+        .map_err(|e| ApiError::MalformedJson(e.to_string()))
+}
+
+fn outcome_of(error: &ApiError) -> PutOutcome {
+    match error {
+        ApiError::Conflict { .. } => PutOutcome::Conflict,
+        ApiError::KeyRejected { .. } => PutOutcome::Rejected,
+        ApiError::NotEnoughNodes { .. } => PutOutcome::NotEnoughNodes,
+        ApiError::CommitNotReached { .. } => PutOutcome::CommitNotReached,
+        ApiError::Timeout { .. } => PutOutcome::Timeout,
+        _ => PutOutcome::Error,
+    }
+}
+
+/// Stores `event` (already validated) under `key` (or a new key) through the
+/// coordinator. Returns the key and whether any replica stored it now.
+async fn store(
+    state: &ApiState,
+    key: Option<EventKey>,
+    event: Bytes,
+    level: Option<CommitLevel>,
+) -> Result<(EventKey, bool), ApiError> {
+    let coordinator = &state.inner.coordinator;
+    let effective = level.unwrap_or(coordinator.options().commit_level);
+    let key = key.unwrap_or_else(|| coordinator.keys().generate());
+    let started = Instant::now();
+    let result = coordinator
+        .put_with(
+            key,
+            event,
+            PutOptions {
+                commit_level: level,
+            },
+        )
+        .await;
+    let metrics = &state.inner.metrics;
+    match result {
+        Ok(ack) => {
+            let outcome = if ack.created {
+                PutOutcome::Created
+            } else {
+                PutOutcome::Existing
+            };
+            metrics.put(effective, outcome, started.elapsed());
+            Ok((key, ack.created))
+        }
+        Err(e) => {
+            let local = coordinator.topology().local().clone();
+            let error = ApiError::from_put(e, key, local.as_str());
+            metrics.put(effective, outcome_of(&error), started.elapsed());
+            Err(error)
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut response = (status, body.into()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+    response
+}
+
+fn key_response(status: StatusCode, key: EventKey) -> Response {
+    let mut response = json_response(status, json!({ "key": key }).to_string());
+    if let Ok(location) = HeaderValue::from_str(&format!("/events/{key}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// `POST /events` and `POST /` (the 2013 client): store one JSON event under a
+/// new key.
+pub(crate) async fn post_event(
+    State(state): State<ApiState>,
+    query: Result<Query<CommitParams>, QueryRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let level = commit_level(query)?;
+    let limit = state.inner.config.max_event_bytes;
+    let event = read_body(request.into_body(), limit, "event").await?;
+    validate_json(&event)?;
+    let (key, _) = store(&state, None, event, level).await?;
+    Ok(key_response(StatusCode::CREATED, key))
+}
+
+/// `PUT /events/{key}`: store one JSON event under a client-chosen key.
+pub(crate) async fn put_event(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<CommitParams>, QueryRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let key = parse_key(path)?;
+    let level = commit_level(query)?;
+    if let Some(validator) = &state.inner.config.key_validator {
+        validator(key).map_err(|reason| ApiError::KeyRejected { key, reason })?;
+    }
+    let limit = state.inner.config.max_event_bytes;
+    let event = read_body(request.into_body(), limit, "event").await?;
+    validate_json(&event)?;
+    let (key, created) = store(&state, Some(key), event, level).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(key_response(status, key))
+}
+
+/// The non-empty lines of an NDJSON body (a trailing `\r` is dropped).
+fn ndjson_lines(body: &Bytes) -> Vec<Bytes> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    while start < body.len() {
+        let end = body[start..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(body.len(), |i| start + i);
+        let mut line_end = end;
+        if line_end > start && body[line_end - 1] == b'\r' {
+            line_end -= 1;
+        }
+        let line = &body[start..line_end];
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            lines.push(body.slice(start..line_end));
+        }
+        start = end + 1;
+    }
+    lines
+}
+
+async fn batch_line(
+    state: ApiState,
+    line: Bytes,
+    level: Option<CommitLevel>,
+) -> Result<EventKey, ApiError> {
+    let limit = state.inner.config.max_event_bytes;
+    if line.len() > limit {
+        return Err(ApiError::TooLarge {
+            what: "event",
+            limit,
+        });
+    }
+    validate_json(&line)?;
+    store(&state, None, line, level).await.map(|(key, _)| key)
+}
+
+/// `POST /events/batch`: NDJSON in, one NDJSON result line per event out, in
+/// order. The puts run concurrently; results stream as they complete in order.
+pub(crate) async fn batch(
+    State(state): State<ApiState>,
+    query: Result<Query<CommitParams>, QueryRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let level = commit_level(query)?;
+    let limit = state.inner.config.max_batch_bytes;
+    let body = read_body(request.into_body(), limit, "batch").await?;
+    let lines = ndjson_lines(&body);
+    state.inner.metrics.batch(lines.len());
+    let concurrency = state.inner.config.batch_concurrency.max(1);
+    let results = futures::stream::iter(lines)
+        .map(move |line| batch_line(state.clone(), line, level))
+        .buffered(concurrency)
+        .map(|result| {
+            let value = match result {
+                Ok(key) => json!({ "key": key }),
+                Err(error) => error.to_json(),
+            };
+            let mut line = value.to_string().into_bytes();
+            line.push(b'\n');
+            Ok::<Bytes, Infallible>(Bytes::from(line))
+        });
+    let mut response = (StatusCode::OK, Body::from_stream(results)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    Ok(response)
+}
+
+/// Asks every peer at once for `key`; the first that has it answers.
+async fn read_from_peers(state: &ApiState, key: EventKey) -> Option<(String, Bytes)> {
+    let reader = state.inner.reader.clone()?;
+    let timeout = state.inner.config.peer_read_timeout;
+    let topology = state.inner.coordinator.topology();
+    let mut reads: FuturesUnordered<_> = topology
+        .peers()
+        .cloned()
+        .map(|peer| {
+            let reader = Arc::clone(&reader);
+            async move {
+                let result = tokio::time::timeout(timeout, reader.get(&peer, key)).await;
+                (peer.id, result)
+            }
+        })
+        .collect();
+    let health = &state.inner.health;
+    while let Some((id, result)) = reads.next().await {
+        match result {
+            Ok(Ok(Some(bytes))) => {
+                health.ok(&id);
+                return Some((id.to_string(), bytes));
+            }
+            Ok(Ok(None)) => health.ok(&id),
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %id, error = %e, %key, "peer read failed");
+                health.failed(&id, e.to_string());
+            }
+            Err(_) => health.failed(&id, "read timed out".to_owned()),
+        }
+    }
+    None
+}
+
+fn event_response(bytes: Bytes, source: &str) -> Response {
+    let mut response = json_response(StatusCode::OK, bytes);
+    if let Ok(value) = HeaderValue::from_str(source) {
+        response.headers_mut().insert("x-alldata-source", value);
+    }
+    response
+}
+
+/// `GET /events/{key}`: the stored bytes, from here or from a peer.
+pub(crate) async fn get_event(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let key = parse_key(path)?;
+    let metrics = &state.inner.metrics;
+    let local_error = match state.inner.coordinator.storage().get(key).await {
+        Ok(Some(bytes)) => {
+            metrics.read(ReadOutcome::Local);
+            return Ok(event_response(bytes, "local"));
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "local read failed; asking peers");
+            Some(e)
+        }
+    };
+    if let Some((peer, bytes)) = read_from_peers(&state, key).await {
+        metrics.read(ReadOutcome::Peer);
+        return Ok(event_response(bytes, &format!("peer:{peer}")));
+    }
+    match local_error {
+        Some(e) => {
+            metrics.read(ReadOutcome::Error);
+            Err(ApiError::Storage(e.to_string()))
+        }
+        None => {
+            metrics.read(ReadOutcome::NotFound);
+            Err(ApiError::EventNotFound(key))
+        }
+    }
+}
+
+/// Parses a scan bound: an event key, or an RFC 3339 time (millisecond
+/// resolution; `from` maps to the first key of its millisecond, `to` to the
+/// last).
+fn parse_bound(name: &str, text: &str, is_from: bool) -> Result<EventKey, ApiError> {
+    if let Ok(key) = text.parse::<EventKey>() {
+        return Ok(key);
+    }
+    // A `+` offset that was not percent-encoded arrives as a space.
+    let time = OffsetDateTime::parse(text, &Rfc3339)
+        .or_else(|e| {
+            if text.contains(' ') {
+                OffsetDateTime::parse(&text.replace(' ', "+"), &Rfc3339)
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(|_| {
+            ApiError::BadParam(format!(
+                "{name} must be an event key or an RFC 3339 time, got {:?}",
+                clip(text)
+            ))
+        })?;
+    let nanos = time.unix_timestamp_nanos();
+    let ms = u64::try_from(nanos.div_euclid(1_000_000))
+        .map_err(|_| ApiError::BadParam(format!("{name} is before 1970-01-01T00:00:00Z")))?;
+    Ok(if is_from {
+        EventKey::min_for_ms(ms)
+    } else {
+        EventKey::max_for_ms(ms)
+    })
+}
+
+fn scan_line(key: EventKey, event: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(event.len() + 64);
+    out.put_slice(b"{\"key\":\"");
+    out.put_slice(key.to_string().as_bytes());
+    out.put_slice(b"\",\"event\":");
+    if serde_json::from_slice::<serde::de::IgnoredAny>(event).is_ok() {
+        // Valid JSON holds raw CR/LF only as whitespace between tokens (inside
+        // strings they must be escaped), so dropping them keeps the event's
+        // meaning and the NDJSON framing.
+        if event.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+            out.extend(
+                event
+                    .iter()
+                    .copied()
+                    .filter(|b| !matches!(b, b'\n' | b'\r')),
+            );
+        } else {
+            out.put_slice(event);
+        }
+    } else {
+        // Not JSON (written by something other than this API): embed as a string.
+        let text = serde_json::Value::String(String::from_utf8_lossy(event).into_owned());
+        out.put_slice(text.to_string().as_bytes());
+    }
+    out.put_slice(b"}\n");
+    out.freeze()
+}
+
+fn scan_error_line(error: &StorageError) -> Bytes {
+    let mut line = ApiError::Storage(error.to_string())
+        .to_json()
+        .to_string()
+        .into_bytes();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// `GET /events?from=&to=&limit=`: this node's events in time order, as NDJSON,
+/// streamed from storage.
+pub(crate) async fn scan(
+    State(state): State<ApiState>,
+    query: Result<Query<ScanParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::BadParam(e.body_text()))?;
+    let config = &state.inner.config;
+    let all = ScanRange::all();
+    let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let from = match non_empty(params.from) {
+        Some(text) => parse_bound("from", &text, true)?,
+        None => all.from,
+    };
+    let to = match non_empty(params.to) {
+        Some(text) => parse_bound("to", &text, false)?,
+        None => all.to,
+    };
+    let limit = match non_empty(params.limit) {
+        None => config.default_scan_limit,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=config.max_scan_limit).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadParam(format!(
+                    "limit must be an integer from 1 to {}, got {:?}",
+                    config.max_scan_limit,
+                    clip(&text)
+                )));
+            }
+        },
+    };
+    let metrics = Arc::clone(&state.inner.metrics);
+    metrics.scan();
+    let events = state
+        .inner
+        .coordinator
+        .storage()
+        .scan(ScanRange::new(from, to), limit);
+    let lines = futures::stream::unfold(Some(events), move |events| {
+        let metrics = Arc::clone(&metrics);
+        async move {
+            let mut events = events?;
+            match events.next().await? {
+                Ok((key, event)) => {
+                    metrics.scanned(1);
+                    Some((
+                        Ok::<Bytes, Infallible>(scan_line(key, &event)),
+                        Some(events),
+                    ))
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "scan failed mid-stream");
+                    Some((Ok(scan_error_line(&error)), None))
+                }
+            }
+        }
+    });
+    let mut response = (StatusCode::OK, Body::from_stream(lines)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    Ok(response)
+}
+
+/// `GET /health`: this node, its peers and whether each answered lately.
+pub(crate) async fn health(State(state): State<ApiState>) -> Response {
+    let coordinator = &state.inner.coordinator;
+    let topology = coordinator.topology();
+    let location = topology.location();
+    let now = Instant::now();
+    let fresh_for = state.inner.config.peer_fresh_for;
+    let ms_ago = |t: Instant| u64::try_from(now.saturating_duration_since(t).as_millis()).ok();
+    let mut up_count = 0usize;
+    let peers: Vec<_> = topology
+        .peers()
+        .map(|peer| {
+            let (region, zone) = match &peer.locality {
+                Locality::LocalZone => {
+                    (Some(location.region.as_str()), Some(location.zone.as_str()))
+                }
+                Locality::OtherZone(zone) => (Some(location.region.as_str()), Some(zone.as_str())),
+                Locality::OtherRegion(region) => (Some(region.as_str()), None),
+            };
+            let seen = state.inner.health.get(&peer.id);
+            let up = seen.up(now, fresh_for);
+            if up == Some(true) {
+                up_count += 1;
+            }
+            json!({
+                "id": peer.id,
+                "address": peer.address,
+                "category": peer.locality.category().to_string(),
+                "region": region,
+                "zone": zone,
+                "up": up,
+                "last_success_ms_ago": seen.last_ok.and_then(ms_ago),
+                "last_failure_ms_ago": seen.last_err.as_ref().and_then(|(t, _)| ms_ago(*t)),
+                "last_error": seen.last_err.as_ref().map(|(_, e)| e.as_str()),
+            })
+        })
+        .collect();
+    let options = coordinator.options();
+    let body = json!({
+        "status": "ok",
+        "node": topology.local(),
+        "region": location.region,
+        "zone": location.zone,
+        "replication_factor": options.replication_factor,
+        "commit_level": options.commit_level.as_str(),
+        "peers_total": peers.len(),
+        "peers_up": up_count,
+        "peers": peers,
+    });
+    json_response(StatusCode::OK, body.to_string())
+}
+
+/// `GET /metrics`: Prometheus text.
+pub(crate) async fn metrics(State(state): State<ApiState>) -> Response {
+    let mut response = (StatusCode::OK, state.metrics_text()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// Any unknown route.
+pub(crate) async fn not_found(uri: Uri) -> ApiError {
+    ApiError::RouteNotFound(clip(uri.path()))
+}
+
+/// A known route with a method it does not serve (axum adds `Allow`).
+pub(crate) async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(clip(method.as_str()))
+}
+
+/// Counts every response by status.
+pub(crate) async fn count_responses(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    state.inner.metrics.response(response.status().as_u16());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ndjson_lines_skip_blank_and_strip_cr() {
+        let body = Bytes::from_static(b"{\"a\":1}\r\n\n  \n[2]\n3");
+        let lines = ndjson_lines(&body);
+        assert_eq!(
+            lines,
+            vec![
+                Bytes::from_static(b"{\"a\":1}"),
+                Bytes::from_static(b"[2]"),
+                Bytes::from_static(b"3"),
+            ]
+        );
+        assert!(ndjson_lines(&Bytes::new()).is_empty());
+    }
+
+    #[test]
+    fn scan_line_keeps_ndjson_framing() {
+        let key = EventKey::min_for_ms(5);
+        let line = scan_line(key, b"{\n  \"a\": \"x\"\r\n}");
+        let text = std::str::from_utf8(&line).unwrap();
+        assert_eq!(text.matches('\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["event"]["a"], "x");
+        assert_eq!(v["key"], key.to_string());
+        let odd = scan_line(key, b"not json");
+        let v: serde_json::Value = serde_json::from_slice(&odd).unwrap();
+        assert_eq!(v["event"], "not json");
+    }
+
+    #[test]
+    fn bounds_accept_keys_and_times() {
+        let key = EventKey::min_for_ms(1_700_000_000_123);
+        assert_eq!(parse_bound("from", &key.to_string(), true).unwrap(), key);
+        let from = parse_bound("from", "2023-11-14T22:13:20.123Z", true).unwrap();
+        assert_eq!(from, EventKey::min_for_ms(1_700_000_000_123));
+        let to = parse_bound("to", "2023-11-14T23:13:20.123 01:00", false).unwrap();
+        assert_eq!(to, EventKey::max_for_ms(1_700_000_000_123));
+        assert!(parse_bound("from", "1969-12-31T23:59:59Z", true).is_err());
+        assert!(parse_bound("from", "yesterday", true).is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! The shared state of the API handlers and its background tasks.
+
+use std::sync::{Arc, Weak};
+
+use alldata_coordinator::{
+    Coordinator, NodeId, ReplicaError, ReplicationReport, StorageError, TransportError,
+};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::broadcast;
+
+use crate::config::ApiConfig;
+use crate::metrics::Metrics;
+use crate::peers::{PeerHealth, PeerReader};
+
+/// What the handlers share: the coordinator, the optional [`PeerReader`], the
+/// configuration, metrics and peer health. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) coordinator: Coordinator,
+    pub(crate) reader: Option<Arc<dyn PeerReader>>,
+    pub(crate) config: ApiConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) health: Arc<PeerHealth>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("coordinator", &self.inner.coordinator)
+            .field("peer_reader", &self.inner.reader.is_some())
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiState {
+    /// The state for a node's API over `coordinator`. `reader` (e.g. the node's
+    /// [`alldata_peer_client_http::HttpTransport`]) lets `GET /events/{key}` ask
+    /// peers for events missing locally and lets the health probe run.
+    ///
+    /// Called inside a tokio runtime, this spawns two cheap background tasks:
+    /// one follows the coordinator's replication reports (per-peer health,
+    /// replica-write and under-replication metrics) and ends when the
+    /// coordinator is dropped; the other probes peers every
+    /// [`ApiConfig::health_probe_interval`] (only with a reader) and ends when
+    /// the state is dropped. Outside a runtime no task is spawned and health
+    /// comes only from reads.
+    pub fn new(
+        coordinator: Coordinator,
+        reader: Option<Arc<dyn PeerReader>>,
+        config: ApiConfig,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let health = Arc::new(PeerHealth::default());
+        let inner = Arc::new(Inner {
+            coordinator,
+            reader,
+            config,
+            metrics,
+            health,
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let reports = inner.coordinator.subscribe_reports();
+            let local = inner.coordinator.topology().local().clone();
+            runtime.spawn(follow_reports(
+                reports,
+                local,
+                Arc::clone(&inner.metrics),
+                Arc::clone(&inner.health),
+            ));
+            if let (Some(_), Some(interval)) = (&inner.reader, inner.config.health_probe_interval)
+                && !interval.is_zero()
+            {
+                runtime.spawn(probe_peers(Arc::downgrade(&inner), interval));
+            }
+        }
+        Self { inner }
+    }
+
+    /// The coordinator the API writes through.
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.inner.coordinator
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ApiConfig {
+        &self.inner.config
+    }
+
+    /// The Prometheus text that `GET /metrics` answers.
+    pub fn metrics_text(&self) -> String {
+        let topology = self.inner.coordinator.topology();
+        let now = tokio::time::Instant::now();
+        let fresh_for = self.inner.config.peer_fresh_for;
+        let up: Vec<(String, bool)> = topology
+            .peers()
+            .map(|p| {
+                let up = self.inner.health.get(&p.id).up(now, fresh_for);
+                (p.id.to_string(), up == Some(true))
+            })
+            .collect();
+        self.inner
+            .metrics
+            .render(&self.inner.coordinator.stats(), &up)
+    }
+}
+
+/// Whether a failed replica write says the peer is not answering (as opposed
+/// to answering with a refusal).
+fn unresponsive(error: &ReplicaError) -> bool {
+    matches!(
+        error,
+        ReplicaError::Timeout(_)
+            | ReplicaError::Transport(
+                TransportError::Timeout
+                    | TransportError::Unreachable(_)
+                    | TransportError::Network(_)
+            )
+            | ReplicaError::Storage(StorageError::Failed(_))
+    )
+}
+
+/// Follows the coordinator's replication reports until the coordinator is gone.
+async fn follow_reports(
+    mut reports: broadcast::Receiver<ReplicationReport>,
+    local: NodeId,
+    metrics: Arc<Metrics>,
+    health: Arc<PeerHealth>,
+) {
+    loop {
+        match reports.recv().await {
+            Ok(report) => {
+                metrics.report(&report);
+                for holder in report.holders.iter().filter(|n| **n != local) {
+                    health.ok(holder);
+                }
+                for failure in report.failures.iter().filter(|f| f.node != local) {
+                    if unresponsive(&failure.error) {
+                        health.failed(&failure.node, failure.error.to_string());
+                    } else {
+                        health.ok(&failure.node);
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                tracing::debug!(skipped, "replication reports skipped (slow follower)");
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+}
+
+/// Probes every peer each `interval` until the API state is dropped.
+async fn probe_peers(state: Weak<Inner>, interval: std::time::Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        // Hold the state only long enough to copy what the probe needs.
+        let Some((reader, peers, health, timeout)) = state.upgrade().and_then(|inner| {
+            let reader = inner.reader.clone()?;
+            let peers: Vec<_> = inner.coordinator.topology().peers().cloned().collect();
+            Some((
+                reader,
+                peers,
+                Arc::clone(&inner.health),
+                inner.config.peer_read_timeout,
+            ))
+        }) else {
+            break;
+        };
+        let mut probes: FuturesUnordered<_> = peers
+            .into_iter()
+            .map(|peer| {
+                let reader = Arc::clone(&reader);
+                async move {
+                    let result = tokio::time::timeout(timeout, reader.health(&peer)).await;
+                    (peer.id, result)
+                }
+            })
+            .collect();
+        while let Some((id, result)) = probes.next().await {
+            match result {
+                Ok(Ok(())) => health.ok(&id),
+                Ok(Err(e)) => health.failed(&id, e.to_string()),
+                Err(_) => health.failed(&id, "health probe timed out".to_owned()),
+            }
+        }
+    }
+}
