@@ -57,7 +57,10 @@ async fn ingest(
             let mut out = Vec::new();
             for i in (t * per_task)..((t + 1) * per_task).min(events) {
                 let api = apis[i % apis.len()];
-                let body = format!(r#"{{"phase":"{name}","level":"{level}","seq":{i},"payload":"{}"}}"#, "x".repeat(200));
+                let body = format!(
+                    r#"{{"phase":"{name}","level":"{level}","seq":{i},"payload":"{}"}}"#,
+                    "x".repeat(200)
+                );
                 let start = Instant::now();
                 let result = client
                     .post(format!("http://{api}/events?commit={level}"))
@@ -70,7 +73,9 @@ async fn ingest(
                         let text = r.text().await.unwrap_or_default();
                         let key = serde_json::from_str::<serde_json::Value>(&text)
                             .ok()
-                            .and_then(|v| v["key"].as_str().and_then(|k| k.parse::<EventKey>().ok()));
+                            .and_then(|v| {
+                                v["key"].as_str().and_then(|k| k.parse::<EventKey>().ok())
+                            });
                         key.map(Ok).unwrap_or(Err(0))
                     }
                     Ok(r) => Err(r.status().as_u16()),
@@ -117,10 +122,16 @@ fn pct(sorted: &[Duration], p: f64) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let events: usize = std::env::var("EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let events: usize = std::env::var("EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
     let tmp = tempfile::tempdir().context("temporary directory")?;
     println!("AllData local cluster: 6 nodes, 2 regions (eu, us), 3 zones (eu-a, eu-b, us-a)");
-    println!("RF 3 = local + 1 other zone + 1 other region; HTTP between nodes; LevelDB (sync, group commit) in {}\n", tmp.path().display());
+    println!(
+        "RF 3 = local + 1 other zone + 1 other region; HTTP between nodes; LevelDB (sync, group commit) in {}\n",
+        tmp.path().display()
+    );
 
     let options = Options {
         replication_factor: 3,
@@ -139,7 +150,9 @@ async fn main() -> anyhow::Result<()> {
         config.options = options.clone();
         config.durability = Durability::Sync;
         config.cluster_secret = "example-cluster-secret".into();
-        let node = Node::start(config).await.with_context(|| format!("starting {id}"))?;
+        let node = Node::start(config)
+            .await
+            .with_context(|| format!("starting {id}"))?;
         storages.push(Arc::clone(node.coordinator().storage()));
         nodes.push(Some(node));
     }
@@ -152,14 +165,22 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     for node in nodes.iter().flatten() {
         for (id, addr, loc) in peers.iter().filter(|p| p.0 != node.id()) {
-            node.coordinator().add_peer_at(id.as_str(), addr.to_string(), loc)?;
+            node.coordinator()
+                .add_peer_at(id.as_str(), addr.to_string(), loc)?;
         }
     }
     for (n, (id, r, z)) in nodes.iter().flatten().zip(NODES) {
-        println!("  {id} {r}/{z:<5} client API http://{}  peers {}", n.api_addr(), n.peer_addr());
+        println!(
+            "  {id} {r}/{z:<5} client API http://{}  peers {}",
+            n.api_addr(),
+            n.peer_addr()
+        );
     }
 
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build()?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let mut phases = Vec::new();
     for level in ["one", "quorum", "all"] {
         let apis: Vec<SocketAddr> = nodes.iter().flatten().map(|n| n.api_addr()).collect();
@@ -169,7 +190,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(n4) = nodes[STOPPED].take() {
         n4.shutdown(Duration::from_secs(5)).await;
     }
-    let replacements_before: u64 = nodes.iter().flatten().map(|n| n.coordinator().stats().replacements).sum();
+    let replacements_before: u64 = nodes
+        .iter()
+        .flatten()
+        .map(|n| n.coordinator().stats().replacements)
+        .sum();
     for level in ["one", "quorum", "all"] {
         let apis: Vec<SocketAddr> = nodes.iter().flatten().map(|n| n.api_addr()).collect();
         phases.push(ingest(&client, &apis, "n4 down", level, events).await);
@@ -178,10 +203,17 @@ async fn main() -> anyhow::Result<()> {
     for n in nodes.iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(5), n.coordinator().drain()).await;
     }
-    let replacements: u64 =
-        nodes.iter().flatten().map(|n| n.coordinator().stats().replacements).sum::<u64>() - replacements_before;
+    let replacements: u64 = nodes
+        .iter()
+        .flatten()
+        .map(|n| n.coordinator().stats().replacements)
+        .sum::<u64>()
+        - replacements_before;
 
-    println!("\n{:<8} {:<7} {:>6} {:>7} {:>9} {:>10} {:>10}  replicas per event  replicas by region/zone", "phase", "level", "acked", "failed", "events/s", "p50", "p99");
+    println!(
+        "\n{:<8} {:<7} {:>6} {:>7} {:>9} {:>10} {:>10}  replicas per event  replicas by region/zone",
+        "phase", "level", "acked", "failed", "events/s", "p50", "p99"
+    );
     for p in &phases {
         let mut per_event: BTreeMap<usize, usize> = BTreeMap::new();
         let mut by_place: BTreeMap<String, usize> = BTreeMap::new();
@@ -193,7 +225,9 @@ async fn main() -> anyhow::Result<()> {
                 }
                 if matches!(s.get(*key).await, Ok(Some(_))) {
                     holders += 1;
-                    *by_place.entry(format!("{}/{}", NODES[i].1, NODES[i].2)).or_default() += 1;
+                    *by_place
+                        .entry(format!("{}/{}", NODES[i].1, NODES[i].2))
+                        .or_default() += 1;
                 }
             }
             *per_event.entry(holders).or_default() += 1;
@@ -217,7 +251,9 @@ async fn main() -> anyhow::Result<()> {
             println!("         failures by HTTP status: {:?}", p.failed);
         }
     }
-    println!("\nWhile n4 was down, {replacements} replica writes aimed at it moved to unused peers.");
+    println!(
+        "\nWhile n4 was down, {replacements} replica writes aimed at it moved to unused peers."
+    );
     println!("Every acknowledged event above is on 3 live nodes unless the table says otherwise.");
 
     for n in nodes.into_iter().flatten() {

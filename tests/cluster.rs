@@ -90,8 +90,10 @@ impl Cluster {
             .arg("--cluster-secret-file")
             .arg(&self.secret_file);
         for p in self.nodes.iter().filter(|p| p.id != me.id) {
-            cmd.arg("--peer")
-                .arg(format!("{}=127.0.0.1:{}@{}/{}", p.id, p.peer, p.region, p.zone));
+            cmd.arg("--peer").arg(format!(
+                "{}=127.0.0.1:{}@{}/{}",
+                p.id, p.peer, p.region, p.zone
+            ));
         }
         cmd.env("RUST_LOG", "error")
             .stdout(Stdio::null())
@@ -109,7 +111,11 @@ impl Cluster {
             {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "node {} never became healthy", self.nodes[i].id);
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "node {} never became healthy",
+                self.nodes[i].id
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -150,7 +156,12 @@ impl Cluster {
             .await
             .unwrap();
         body.lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap()["key"].as_str().unwrap().to_owned())
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["key"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect()
     }
 
@@ -185,7 +196,9 @@ async fn quorum_survives_a_killed_node_and_the_node_recovers() {
     // All up: ALL reaches every node.
     let mut before = Vec::new();
     for i in 0..30 {
-        let (status, body) = c.post(i % 3, "all", &format!(r#"{{"phase":"up","i":{i}}}"#)).await;
+        let (status, body) = c
+            .post(i % 3, "all", &format!(r#"{{"phase":"up","i":{i}}}"#))
+            .await;
         assert_eq!(status, 201, "{body}");
         before.push(body["key"].as_str().unwrap().to_owned());
     }
@@ -198,7 +211,9 @@ async fn quorum_survives_a_killed_node_and_the_node_recovers() {
     c.kill(2);
     let mut during = Vec::new();
     for i in 0..60 {
-        let (status, body) = c.post(i % 2, "quorum", &format!(r#"{{"phase":"down","i":{i}}}"#)).await;
+        let (status, body) = c
+            .post(i % 2, "quorum", &format!(r#"{{"phase":"down","i":{i}}}"#))
+            .await;
         assert_eq!(status, 201, "put {i} with n3 down: {body}");
         during.push(body["key"].as_str().unwrap().to_owned());
     }
@@ -208,7 +223,10 @@ async fn quorum_survives_a_killed_node_and_the_node_recovers() {
     assert_eq!(body["error"]["code"], "commit_not_reached", "{body}");
     let counts = c.replica_counts(&[0, 1]).await;
     for k in &during {
-        assert!(counts.get(k).copied().unwrap_or(0) >= 2, "{k} acknowledged at QUORUM but on < 2 nodes");
+        assert!(
+            counts.get(k).copied().unwrap_or(0) >= 2,
+            "{k} acknowledged at QUORUM but on < 2 nodes"
+        );
     }
 
     // Restart n3 on its old directory: it serves what it stored before.
@@ -218,11 +236,21 @@ async fn quorum_survives_a_killed_node_and_the_node_recovers() {
     let on_n3 = c.local_keys(2).await;
     for k in &before {
         assert!(on_n3.contains(k), "restarted n3 lost {k}");
-        let r = c.client.get(c.url(2, &format!("/events/{k}"))).send().await.unwrap();
+        let r = c
+            .client
+            .get(c.url(2, &format!("/events/{k}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     // Events written while it was down are readable through it (it asks its peers).
-    let r = c.client.get(c.url(2, &format!("/events/{}", during[0]))).send().await.unwrap();
+    let r = c
+        .client
+        .get(c.url(2, &format!("/events/{}", during[0])))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -238,11 +266,18 @@ async fn every_acknowledged_put_reaches_rf_nodes_once_background_writes_finish()
     let start = Instant::now();
     loop {
         let counts = c.replica_counts(&[0, 1, 2, 3]).await;
-        let short: Vec<_> = keys.iter().filter(|k| counts.get(*k).copied().unwrap_or(0) != 3).collect();
+        let short: Vec<_> = keys
+            .iter()
+            .filter(|k| counts.get(*k).copied().unwrap_or(0) != 3)
+            .collect();
         if short.is_empty() {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "{} keys not on exactly 3 nodes", short.len());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} keys not on exactly 3 nodes",
+            short.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -253,9 +288,20 @@ async fn bad_input_gets_error_codes_and_the_node_keeps_serving() {
     let client = &c.client;
     // Wrong and missing secret on the peer port.
     let peer = format!("http://127.0.0.1:{}/peer/v1/events", c.nodes[0].peer);
-    let r = client.post(&peer).header("authorization", "Bearer wrong").body(vec![0xA1u8, 0, 0, 0, 0]).send().await.unwrap();
+    let r = client
+        .post(&peer)
+        .header("authorization", "Bearer wrong")
+        .body(vec![0xA1u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = client.post(&peer).body(vec![1u8, 2, 3]).send().await.unwrap();
+    let r = client
+        .post(&peer)
+        .body(vec![1u8, 2, 3])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     // Garbage to the peer port with the right secret.
     let r = client
@@ -269,11 +315,29 @@ async fn bad_input_gets_error_codes_and_the_node_keeps_serving() {
 
     let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
         (client.post(c.url(0, "/events")).body("{not json"), 400),
-        (client.post(c.url(0, "/events")).body(vec![0xffu8, 0xfe, 0x00]), 400),
-        (client.post(c.url(0, "/events")).body(format!(r#"{{"big":"{}"}}"#, "x".repeat(2 << 20))), 413),
+        (
+            client
+                .post(c.url(0, "/events"))
+                .body(vec![0xffu8, 0xfe, 0x00]),
+            400,
+        ),
+        (
+            client
+                .post(c.url(0, "/events"))
+                .body(format!(r#"{{"big":"{}"}}"#, "x".repeat(2 << 20))),
+            413,
+        ),
         (client.get(c.url(0, "/events/not-a-key")), 400),
-        (client.put(c.url(0, "/events/0190a8b4-5c2e-4abc-8def-0123456789ab")).body("{}"), 400),
-        (client.get(c.url(0, "/events/0190a8b4-5c2e-7abc-8def-0123456789ab")), 404),
+        (
+            client
+                .put(c.url(0, "/events/0190a8b4-5c2e-4abc-8def-0123456789ab"))
+                .body("{}"),
+            400,
+        ),
+        (
+            client.get(c.url(0, "/events/0190a8b4-5c2e-7abc-8def-0123456789ab")),
+            404,
+        ),
         (client.get(c.url(0, "/no/such/route")), 404),
         (client.delete(c.url(0, "/events")), 405),
         (client.post(c.url(0, "/events?commit=most")).body("{}"), 400),
@@ -302,7 +366,15 @@ fn bad_flags_a_taken_port_and_a_locked_directory_exit_with_a_message() {
             .output()
             .expect("run alldata")
     };
-    let out = run(&["node", "--id", "x", "--data-dir", "d", "--replication-factor", "zero"]);
+    let out = run(&[
+        "node",
+        "--id",
+        "x",
+        "--data-dir",
+        "d",
+        "--replication-factor",
+        "zero",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("replication-factor"));
 
@@ -324,13 +396,21 @@ fn bad_flags_a_taken_port_and_a_locked_directory_exit_with_a_message() {
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("port is taken") || err.contains("cannot listen"), "{err}");
+    assert!(
+        err.contains("port is taken") || err.contains("cannot listen"),
+        "{err}"
+    );
 
     // A data directory held by a running node.
     let api = free_port();
     let mut holder = Command::new(env!("CARGO_BIN_EXE_alldata"))
         .args(["node", "--id", "h", "--data-dir", dir.to_str().unwrap()])
-        .args(["--listen", &format!("127.0.0.1:{api}"), "--peer-listen", "127.0.0.1:0"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{api}"),
+            "--peer-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--cluster-secret-file")
         .arg(&secret)
         .env("RUST_LOG", "off")
@@ -340,7 +420,9 @@ fn bad_flags_a_taken_port_and_a_locked_directory_exit_with_a_message() {
     // Wait until it printed its banner (storage open).
     let mut line = String::new();
     use std::io::BufRead;
-    std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    std::io::BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert!(line.contains("serving"), "{line}");
     let out = run(&[
         "node",
