@@ -1,0 +1,311 @@
+//! [`LevelDbStorage`]: the coordinator's `Storage` trait on LevelDB.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use alldata_coordinator::{EventStream, PutStatus, ScanRange, Storage, StorageError};
+use alldata_keygen::EventKey;
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::{self, Db};
+use crate::error::OpenError;
+use crate::interval::{AcceptWindow, IntervalClosed, IntervalLength};
+use crate::options::{Durability, Options};
+use crate::writer::{Command, Writer};
+
+/// Events fetched per blocking read of a scan.
+const SCAN_CHUNK: usize = 1024;
+/// Event bytes fetched per blocking read of a scan (soft limit).
+const SCAN_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Write-once event storage on one LevelDB database.
+///
+/// * `put` is put-if-absent. All puts go through one writer thread that gathers
+///   concurrent puts into one write batch (one `fsync` in
+///   [`Durability::Sync`]): group commit.
+/// * `get` and `scan` run on tokio's blocking pool; scans stream in chunks of
+///   1024 events, never loading the whole range.
+/// * Keys are routed by their UTC timestamp into consolidation intervals; only
+///   keys in the [`AcceptWindow`] around "now" are accepted, others are
+///   [`StorageError::Rejected`]. Intervals that leave the window are closed and
+///   reported ([`LevelDbStorage::closed_intervals`]).
+///
+/// Open with [`LevelDbStorage::open`] inside a tokio runtime. Dropping the store
+/// closes the database in the background once in-flight operations and open
+/// scan streams are done; [`LevelDbStorage::close`] waits for it.
+pub struct LevelDbStorage {
+    tx: mpsc::Sender<Command>,
+    db: Db,
+    writer_done: oneshot::Receiver<()>,
+    closed_rx: Mutex<Option<mpsc::UnboundedReceiver<IntervalClosed>>>,
+    path: PathBuf,
+    length: IntervalLength,
+    window: AcceptWindow,
+    durability: Durability,
+}
+
+impl std::fmt::Debug for LevelDbStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LevelDbStorage")
+            .field("path", &self.path)
+            .field("interval", &self.length)
+            .field("window", &self.window)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+fn closed_error() -> StorageError {
+    StorageError::Failed("the LevelDB storage is closed".into())
+}
+
+fn join_error(e: tokio::task::JoinError) -> StorageError {
+    StorageError::Failed(format!("blocking LevelDB task failed: {e}"))
+}
+
+impl LevelDbStorage {
+    /// Opens (creating if needed) the store in `options.path`, starts its writer
+    /// thread and, unless turned off, its interval-check task. Intervals that
+    /// left the window while the store was closed are closed and reported at once.
+    ///
+    /// Must be called inside a tokio runtime. Fails with a typed [`OpenError`]
+    /// when the directory is not writable, is locked by another process or
+    /// handle, or holds a corrupt or foreign database.
+    pub async fn open(options: Options) -> Result<Self, OpenError> {
+        let path = options.path.clone();
+        let opts = options.clone();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (db, writer) = tokio::task::spawn_blocking(move || {
+            let db: Db = Arc::new(db::open(&opts)?);
+            // Close what left the window while the store was closed, before
+            // anything else can happen.
+            let writer = Writer::new(db.clone(), &opts, events_tx)
+                .and_then(|mut w| w.check().map(|_| w))
+                .map_err(|e| OpenError::Failed {
+                    path: opts.path.clone(),
+                    message: e.to_string(),
+                });
+            match writer {
+                Ok(w) => Ok((db, w)),
+                Err(e) => {
+                    if let Some(inner) = Arc::into_inner(db) {
+                        inner.close_now();
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| OpenError::Failed {
+            path: path.clone(),
+            message: format!("open task failed: {e}"),
+        })??;
+
+        let (tx, rx) = mpsc::channel(options.queue_depth);
+        let (done_tx, done_rx) = oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("alldata-leveldb-writer".into())
+            .spawn(move || {
+                writer.run(rx);
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            return Err(OpenError::Failed {
+                path,
+                message: format!("could not start the writer thread: {e}"),
+            });
+        }
+        if let Some(every) = options.rotation_check {
+            let weak = tx.downgrade();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(every);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticker.tick().await; // the writer checked at start
+                loop {
+                    ticker.tick().await;
+                    let Some(tx) = weak.upgrade() else { break };
+                    if tx.send(Command::Check { reply: None }).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(LevelDbStorage {
+            tx,
+            db,
+            writer_done: done_rx,
+            closed_rx: Mutex::new(Some(events_rx)),
+            path,
+            length: options.interval,
+            window: options.window,
+            durability: options.durability,
+        })
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The consolidation interval length.
+    pub fn interval_length(&self) -> IntervalLength {
+        self.length
+    }
+
+    /// The acceptance window.
+    pub fn accept_window(&self) -> AcceptWindow {
+        self.window
+    }
+
+    /// The durability mode.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// The stream of "interval closed" notifications, in closing order. Events
+    /// are buffered from `open` on, so none is missed; the receiver can be taken
+    /// once (later calls return `None`).
+    pub fn closed_intervals(&self) -> Option<mpsc::UnboundedReceiver<IntervalClosed>> {
+        self.closed_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Closes every interval that left the acceptance window now (the background
+    /// task does this periodically) and returns what was closed. The same
+    /// notifications also go to [`LevelDbStorage::closed_intervals`].
+    pub async fn check_intervals(&self) -> Result<Vec<IntervalClosed>, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Check { reply: Some(reply) })
+            .await
+            .map_err(|_| closed_error())?;
+        rx.await.map_err(|_| closed_error())?
+    }
+
+    /// Compacts the whole database (e.g. after intervals closed), on the writer
+    /// thread: puts wait meanwhile.
+    pub async fn compact(&self) -> Result<(), StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Compact { reply })
+            .await
+            .map_err(|_| closed_error())?;
+        rx.await.map_err(|_| closed_error())?
+    }
+
+    /// Stops the writer after the puts already queued and closes the database.
+    /// When this returns, the directory can be opened again, unless a scan
+    /// stream of this store is still alive (the database closes when the last
+    /// one is dropped).
+    pub async fn close(self) {
+        let LevelDbStorage {
+            tx,
+            db,
+            writer_done,
+            ..
+        } = self;
+        drop(tx);
+        let _ = writer_done.await;
+        if let Some(inner) = Arc::into_inner(db) {
+            let _ = tokio::task::spawn_blocking(move || inner.close_now()).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for LevelDbStorage {
+    async fn put(&self, key: EventKey, event: Bytes) -> Result<PutStatus, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Put { key, event, reply })
+            .await
+            .map_err(|_| closed_error())?;
+        rx.await.map_err(|_| closed_error())?
+    }
+
+    async fn get(&self, key: EventKey) -> Result<Option<Bytes>, StorageError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.get_event(&key))
+            .await
+            .map_err(join_error)?
+    }
+
+    fn scan(&self, range: ScanRange, limit: usize) -> EventStream {
+        if range.from > range.to || limit == 0 {
+            return Box::pin(futures::stream::empty());
+        }
+        let state = ScanState {
+            db: self.db.clone(),
+            next: db::event_key(&range.from).to_vec(),
+            to: db::event_key(&range.to),
+            remaining: limit,
+            buffer: VecDeque::new(),
+            done: false,
+        };
+        Box::pin(futures::stream::unfold(state, ScanState::step))
+    }
+}
+
+/// A scan in progress: reads the range chunk by chunk on the blocking pool.
+struct ScanState {
+    db: Db,
+    /// The stored key to seek to next.
+    next: Vec<u8>,
+    to: [u8; 17],
+    remaining: usize,
+    buffer: VecDeque<(EventKey, Bytes)>,
+    done: bool,
+}
+
+impl ScanState {
+    async fn step(mut self) -> Option<(Result<(EventKey, Bytes), StorageError>, Self)> {
+        loop {
+            if let Some(item) = self.buffer.pop_front() {
+                return Some((Ok(item), self));
+            }
+            if self.done || self.remaining == 0 {
+                return None;
+            }
+            let db = self.db.clone();
+            let from = std::mem::take(&mut self.next);
+            let to = self.to;
+            let max = self.remaining.min(SCAN_CHUNK);
+            let read = tokio::task::spawn_blocking(move || {
+                let result = db.read_events(&from, &to, max, SCAN_CHUNK_BYTES);
+                (from, result)
+            })
+            .await;
+            match read {
+                Err(e) => {
+                    self.done = true;
+                    return Some((Err(join_error(e)), self));
+                }
+                Ok((_, Err(e))) => {
+                    self.done = true;
+                    return Some((Err(e), self));
+                }
+                Ok((from, Ok((items, more)))) => {
+                    self.remaining -= items.len();
+                    match items.last() {
+                        Some((last, _)) if more => {
+                            // The smallest stored key after `last`.
+                            let mut next = db::event_key(last).to_vec();
+                            next.push(0);
+                            self.next = next;
+                        }
+                        _ => {
+                            self.next = from;
+                            self.done = true;
+                        }
+                    }
+                    self.buffer.extend(items);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The single writer thread: every put and every interval close goes through it,
+//! in order. That serialises put-if-absent per key (LevelDB has no
+//! compare-and-set), gathers concurrent puts into one batch and one sync (group
+//! commit), and makes closing an interval race-free: a put is either written and
+//! counted before its interval closes, or rejected with a clear error.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alldata_coordinator::{PutStatus, StorageError};
+use alldata_keygen::{Clock, EventKey};
+use bytes::Bytes;
+use leveldb::batch::Writebatch;
+use leveldb::database::Slice;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::{self, Db, STATE_CLOSED, STATE_OPEN};
+use crate::interval::{AcceptWindow, Interval, IntervalClosed, IntervalLength, format_utc};
+use crate::options::{Durability, Options};
+
+/// At most this many empty intervals are reported closed in one check (after a
+/// long pause or a clock jump); intervals that hold events are always reported.
+const MAX_EMPTY_CLOSES: u64 = 10_000;
+
+/// A sync-mode batch waits for the callers of the previous batch at most half
+/// as long as the last sync took, and never longer than this.
+const MAX_GATHER_WAIT: Duration = Duration::from_millis(1);
+
+/// A reply channel for one put.
+pub(crate) type PutReply = oneshot::Sender<Result<PutStatus, StorageError>>;
+/// A reply channel for one interval check.
+pub(crate) type CheckReply = oneshot::Sender<Result<Vec<IntervalClosed>, StorageError>>;
+
+/// Work for the writer.
+pub(crate) enum Command {
+    /// A write-once put.
+    Put {
+        key: EventKey,
+        event: Bytes,
+        reply: PutReply,
+    },
+    /// Close the intervals that left the acceptance window.
+    Check { reply: Option<CheckReply> },
+    /// Compact the database (blocking, so done here rather than on the runtime).
+    Compact {
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+}
+
+/// The result of one put inside a batch.
+enum Outcome {
+    /// Known now, independent of the batch.
+    Now(Result<PutStatus, StorageError>),
+    /// Valid only if the batch commits.
+    IfCommitted(Result<PutStatus, StorageError>),
+}
+
+pub(crate) struct Writer {
+    db: Db,
+    clock: Arc<dyn Clock>,
+    length: IntervalLength,
+    window: AcceptWindow,
+    sync: bool,
+    max_batch: usize,
+    /// Event counts of open intervals that hold events, by start.
+    counts: BTreeMap<u64, u64>,
+    /// No key below this is ever accepted again (end of the last closed interval).
+    closed_upto: u64,
+    /// Empty intervals from here on are reported when they close.
+    next_to_close: u64,
+    events: mpsc::UnboundedSender<IntervalClosed>,
+    /// How long the last batch write (and sync) took.
+    last_write: Duration,
+}
+
+impl Writer {
+    /// Loads the interval records (blocking). Records of another interval length
+    /// (the option changed) are replaced by recounting the stored keys.
+    pub(crate) fn new(
+        db: Db,
+        options: &Options,
+        events: mpsc::UnboundedSender<IntervalClosed>,
+    ) -> Result<Self, StorageError> {
+        let length = options.interval;
+        let len = length.as_millis();
+        let mut counts = BTreeMap::new();
+        let mut closed_upto = 0u64;
+        let mut foreign = Vec::new();
+        for r in db.interval_records()? {
+            if r.state == STATE_CLOSED {
+                closed_upto = closed_upto.max(r.start_ms.saturating_add(r.length_ms));
+            } else if r.length_ms == len {
+                counts.insert(r.start_ms, r.count);
+            } else {
+                foreign.push(r);
+            }
+        }
+        if !foreign.is_empty() {
+            let mut batch = Writebatch::new();
+            let mut recount = BTreeSet::new();
+            for r in &foreign {
+                batch.delete(Slice::from(&db::interval_key(r.length_ms, r.start_ms)[..]));
+                let end = r.start_ms.saturating_add(r.length_ms);
+                let mut s = Interval::containing(r.start_ms, length).start_ms();
+                while s < end {
+                    recount.insert(s);
+                    s = s.saturating_add(len);
+                }
+            }
+            for s in recount {
+                if counts.contains_key(&s) || s.saturating_add(len) <= closed_upto {
+                    continue;
+                }
+                let n = db.count_events(s, s.saturating_add(len))?;
+                if n > 0 {
+                    batch.put(
+                        Slice::from(&db::interval_key(len, s)[..]),
+                        Slice::from(&db::interval_value(n, STATE_OPEN)[..]),
+                    );
+                    counts.insert(s, n);
+                }
+            }
+            db.write(&batch, true)?;
+            tracing::info!(
+                path = %db.path().display(),
+                records = foreign.len(),
+                "interval length changed; recounted open intervals as {length}"
+            );
+        }
+        let now = options.clock.now_ms();
+        let next_to_close = closed_upto.max(options.window.oldest_ms(length, now));
+        Ok(Writer {
+            db,
+            clock: options.clock.clone(),
+            length,
+            window: options.window,
+            sync: options.durability == Durability::Sync,
+            max_batch: options.max_batch,
+            counts,
+            closed_upto,
+            next_to_close,
+            events,
+            last_write: Duration::ZERO,
+        })
+    }
+
+    /// Runs until every sender is gone.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut commands = Vec::with_capacity(self.max_batch);
+        // Puts in the previous batch: about how many callers are writing.
+        let mut expected = 1usize;
+        while let Some(first) = rx.blocking_recv() {
+            commands.push(first);
+            while commands.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(c) => commands.push(c),
+                    Err(_) => break,
+                }
+            }
+            // In sync mode the callers answered by the last batch come back
+            // within microseconds; waiting briefly for them keeps one sync per
+            // round instead of alternating small and large batches.
+            if self.sync && commands.len() < expected {
+                let deadline = Instant::now() + (self.last_write / 2).min(MAX_GATHER_WAIT);
+                while commands.len() < expected && Instant::now() < deadline {
+                    match rx.try_recv() {
+                        Ok(c) => commands.push(c),
+                        Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
+                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    }
+                }
+            }
+            let puts = commands
+                .iter()
+                .filter(|c| matches!(c, Command::Put { .. }))
+                .count();
+            self.process(&mut commands);
+            expected = puts.clamp(1, self.max_batch);
+        }
+    }
+
+    fn process(&mut self, commands: &mut Vec<Command>) {
+        let now = self.clock.now_ms();
+        let mut batch = Writebatch::new();
+        let mut pending: HashMap<EventKey, Bytes> = HashMap::new();
+        let mut delta: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut waiting: Vec<(PutReply, Result<PutStatus, StorageError>)> = Vec::new();
+        let mut checks = Vec::new();
+        let mut compactions = Vec::new();
+        for command in commands.drain(..) {
+            match command {
+                Command::Put { key, event, reply } => {
+                    match self.prepare(now, key, event, &mut batch, &mut pending, &mut delta) {
+                        Outcome::Now(result) => {
+                            let _ = reply.send(result);
+                        }
+                        Outcome::IfCommitted(result) => waiting.push((reply, result)),
+                    }
+                }
+                Command::Check { reply } => checks.push(reply),
+                Command::Compact { reply } => compactions.push(reply),
+            }
+        }
+        if !delta.is_empty() {
+            let len = self.length.as_millis();
+            for (start, added) in &delta {
+                let total = self.counts.get(start).copied().unwrap_or(0) + added;
+                batch.put(
+                    Slice::from(&db::interval_key(len, *start)[..]),
+                    Slice::from(&db::interval_value(total, STATE_OPEN)[..]),
+                );
+            }
+            let started = Instant::now();
+            let written = self.db.write(&batch, self.sync);
+            self.last_write = started.elapsed();
+            match written {
+                Ok(()) => {
+                    for (start, added) in delta {
+                        *self.counts.entry(start).or_insert(0) += added;
+                    }
+                    for (reply, result) in waiting {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, puts = waiting.len(), "write batch failed");
+                    for (reply, _) in waiting {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        } else {
+            // Only in-batch duplicates of nothing: cannot happen, but answer anyway.
+            for (reply, result) in waiting {
+                let _ = reply.send(result);
+            }
+        }
+        for reply in checks {
+            let result = self.check();
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "closing intervals failed; will retry");
+            }
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        }
+        for reply in compactions {
+            let _ = reply.send(self.db.compact_all());
+        }
+    }
+
+    /// Decides one put against the window, this batch and the database.
+    fn prepare(
+        &self,
+        now: u64,
+        key: EventKey,
+        event: Bytes,
+        batch: &mut Writebatch,
+        pending: &mut HashMap<EventKey, Bytes>,
+        delta: &mut BTreeMap<u64, u64>,
+    ) -> Outcome {
+        let ms = key.timestamp_ms();
+        if let Err(message) = self.accepts(now, key, ms) {
+            return Outcome::Now(Err(StorageError::Rejected(message)));
+        }
+        if let Some(existing) = pending.get(&key) {
+            return Outcome::IfCommitted(if *existing == event {
+                Ok(PutStatus::AlreadyPresent)
+            } else {
+                Err(StorageError::Conflict(key))
+            });
+        }
+        match self.db.get_event(&key) {
+            Err(e) => Outcome::Now(Err(e)),
+            Ok(Some(stored)) if stored == event => Outcome::Now(Ok(PutStatus::AlreadyPresent)),
+            Ok(Some(_)) => Outcome::Now(Err(StorageError::Conflict(key))),
+            Ok(None) => {
+                batch.put(
+                    Slice::from(&db::event_key(&key)[..]),
+                    Slice::from(&db::encode_event(&event)[..]),
+                );
+                pending.insert(key, event);
+                *delta
+                    .entry(Interval::containing(ms, self.length).start_ms())
+                    .or_insert(0) += 1;
+                Outcome::IfCommitted(Ok(PutStatus::Stored))
+            }
+        }
+    }
+
+    /// Whether a key with timestamp `ms` may be written at time `now`.
+    fn accepts(&self, now: u64, key: EventKey, ms: u64) -> Result<(), String> {
+        let window_start = self.window.oldest_ms(self.length, now);
+        let oldest = window_start.max(self.closed_upto);
+        let end = self.window.end_ms(self.length, now);
+        let interval = Interval::containing(ms, self.length);
+        if ms < oldest {
+            let why = if ms < self.closed_upto {
+                "its interval is closed"
+            } else {
+                "it is older than the acceptance window"
+            };
+            return Err(format!(
+                "key {key} ({}) is too old: {why} (interval {}); the oldest acceptable time now is {}",
+                format_utc(ms),
+                interval.name(),
+                format_utc(oldest)
+            ));
+        }
+        if ms >= end {
+            return Err(format!(
+                "key {key} ({}) is too far in the future (interval {}); keys must be earlier than {}",
+                format_utc(ms),
+                interval.name(),
+                format_utc(end)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Closes every interval that left the acceptance window, records it, and
+    /// reports it.
+    pub(crate) fn check(&mut self) -> Result<Vec<IntervalClosed>, StorageError> {
+        let now = self.clock.now_ms();
+        let oldest = self.window.oldest_ms(self.length, now);
+        let len = self.length.as_millis();
+        let mut starts: BTreeSet<u64> = self.counts.range(..oldest).map(|(s, _)| *s).collect();
+        if oldest > self.next_to_close && (oldest - self.next_to_close) / len <= MAX_EMPTY_CLOSES {
+            let mut s = self.next_to_close;
+            while s < oldest {
+                starts.insert(s);
+                s += len;
+            }
+        }
+        let mut closed = Vec::with_capacity(starts.len());
+        if !starts.is_empty() {
+            let mut batch = Writebatch::new();
+            for s in &starts {
+                let count = self.counts.get(s).copied().unwrap_or(0);
+                batch.put(
+                    Slice::from(&db::interval_key(len, *s)[..]),
+                    Slice::from(&db::interval_value(count, STATE_CLOSED)[..]),
+                );
+                closed.push(IntervalClosed::new(
+                    Interval::containing(*s, self.length),
+                    count,
+                ));
+            }
+            self.db.write(&batch, true)?;
+            for s in &starts {
+                self.counts.remove(s);
+            }
+        }
+        if oldest > self.next_to_close {
+            self.next_to_close = oldest;
+        }
+        // Nothing below `oldest` is accepted any more; a clock stepping back
+        // does not reopen what was closed.
+        self.closed_upto = self.closed_upto.max(oldest);
+        for event in &closed {
+            tracing::info!(interval = %event.name, events = event.events, "interval closed");
+            let _ = self.events.send(event.clone());
+        }
+        Ok(closed)
+    }
+}

@@ -1,0 +1,334 @@
+//! Durability and opening: crash safety of acknowledged sync puts (a child
+//! process is SIGKILLed mid-stream), reopen after a clean shutdown, typed open
+//! errors, and compression really applied.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alldata_coordinator::{PutStatus, ScanRange, Storage, StorageError};
+use alldata_keygen::{EventKey, KeyGenerator};
+use alldata_storage_leveldb::conformance::{event_for, keys_spread, now_ms};
+use alldata_storage_leveldb::{Compression, Durability, LevelDbStorage, OpenError, Options};
+use bytes::Bytes;
+use futures::TryStreamExt;
+
+const CHILD_ENV: &str = "ALLDATA_CRASH_CHILD_DIR";
+
+/// The event a crash-test writer stores under `key` (length varies with the key).
+fn crash_event(key: &EventKey) -> Bytes {
+    event_for(key, 64 + usize::from(key.as_bytes()[15]) * 4)
+}
+
+/// The writer child: started by `acknowledged_sync_puts_survive_sigkill`, it
+/// writes in sync mode from 8 tasks as fast as it can and prints every
+/// acknowledged key. A no-op in a normal test run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child_writer() {
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let store = Arc::new(
+        LevelDbStorage::open(Options::new(PathBuf::from(dir)).durability(Durability::Sync))
+            .await
+            .expect("child open"),
+    );
+    let keys = Arc::new(KeyGenerator::new());
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, keys) = (store.clone(), keys.clone());
+            tokio::spawn(async move {
+                loop {
+                    let key = keys.generate();
+                    let status = store.put(key, crash_event(&key)).await;
+                    assert_eq!(status, Ok(PutStatus::Stored));
+                    // Acknowledged: report it (one write per line).
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(format!("ACK {key}\n").as_bytes());
+                    let _ = out.flush();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_sync_puts_survive_sigkill() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut acked: Vec<EventKey> = Vec::new();
+    for round in 0..4usize {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &db)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn writer child");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Let it write for a while: a different number of acks each round.
+        let want = 150 + round * 250;
+        let mut round_acks = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while round_acks.len() < want && Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+                // Skip the test harness's own lines ("running 1 test").
+                if !line.starts_with("ACK ") {
+                    continue;
+                }
+                round_acks.push(line);
+                if round_acks.len() == 1 {
+                    // While the child holds the database, another process cannot open it.
+                    match LevelDbStorage::open(Options::new(&db)).await {
+                        Err(OpenError::Locked { path, .. }) => assert_eq!(path, db),
+                        other => panic!("expected Locked while the child runs, got {other:?}"),
+                    }
+                }
+            }
+        }
+        child.kill().expect("SIGKILL the writer");
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "the writer was killed, not finished");
+        reader.join().unwrap();
+        round_acks.extend(rx.try_iter());
+        let parsed: Vec<EventKey> = round_acks
+            .iter()
+            .filter_map(|l| l.strip_prefix("ACK ")?.parse().ok())
+            .collect();
+        assert!(
+            parsed.len() >= want.min(50),
+            "round {round}: only {} acks",
+            parsed.len()
+        );
+        acked.extend(parsed);
+
+        // Reopen and check every acknowledged key, from this and earlier rounds.
+        let store = LevelDbStorage::open(Options::new(&db))
+            .await
+            .expect("reopen after kill");
+        let mut lost = 0;
+        for key in &acked {
+            match store.get(*key).await {
+                Ok(Some(v)) => assert_eq!(v, crash_event(key), "bytes of {key}"),
+                Ok(None) => lost += 1,
+                Err(e) => panic!("get {key}: {e}"),
+            }
+        }
+        assert_eq!(
+            lost, 0,
+            "round {round}: acknowledged puts lost after SIGKILL"
+        );
+        let stored: Vec<_> = store
+            .scan(ScanRange::all(), usize::MAX)
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(stored.len() >= acked.len());
+        println!(
+            "round {round}: {} acknowledged so far, {} stored, 0 lost",
+            acked.len(),
+            stored.len()
+        );
+        store.close().await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "crash test took {:?}",
+        started.elapsed()
+    );
+}
+
+async fn open(path: &Path, durability: Durability) -> LevelDbStorage {
+    LevelDbStorage::open(Options::new(path).durability(durability))
+        .await
+        .expect("open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_after_clean_close_keeps_everything() {
+    for durability in [Durability::Sync, Durability::Buffered] {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys_spread(now_ms(), 1000, 700);
+        let items: Vec<(EventKey, Bytes)> = keys.iter().map(|k| (*k, event_for(k, 300))).collect();
+        let store = open(dir.path(), durability).await;
+        for (k, v) in &items {
+            store.put(*k, v.clone()).await.unwrap();
+        }
+        store.close().await;
+
+        let store = open(dir.path(), durability).await;
+        let all: Vec<_> = store
+            .scan(ScanRange::all(), usize::MAX)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(all, items, "{durability:?}: everything back, in order");
+        // Write-once holds across restarts.
+        let (k, v) = &items[123];
+        assert_eq!(
+            store.put(*k, v.clone()).await,
+            Ok(PutStatus::AlreadyPresent)
+        );
+        assert_eq!(
+            store.put(*k, Bytes::from_static(b"other")).await,
+            Err(StorageError::Conflict(*k))
+        );
+        assert_eq!(store.get(*k).await, Ok(Some(v.clone())));
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_second_open_of_the_same_directory_fails_with_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path(), Durability::Sync).await;
+    let err = LevelDbStorage::open(Options::new(dir.path()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::Locked { .. }), "{err:?}");
+    assert_eq!(err.path(), dir.path());
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+    // The failed open did not disturb the first handle.
+    let key = keys_spread(now_ms(), 1, 1)[0];
+    assert_eq!(first.put(key, Bytes::new()).await, Ok(PutStatus::Stored));
+    first.close().await;
+    // Once closed, the directory opens again.
+    let again = open(dir.path(), Durability::Sync).await;
+    assert_eq!(again.get(key).await, Ok(Some(Bytes::new())));
+    drop(again);
+    // Dropping (without close) also releases it, in the background.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match LevelDbStorage::open(Options::new(dir.path())).await {
+            Ok(s) => break s.close().await,
+            Err(OpenError::Locked { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("reopen after drop: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unusable_directory_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    for path in [file.clone(), file.join("db")] {
+        let err = LevelDbStorage::open(Options::new(&path)).await.unwrap_err();
+        assert!(
+            matches!(err, OpenError::NotWritable { .. }),
+            "{path:?}: {err:?}"
+        );
+        assert_eq!(err.path(), path);
+        assert!(
+            err.to_string().contains("not a writable directory"),
+            "{err}"
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = dir.path().join(std::ffi::OsStr::from_bytes(b"\xff\xfe"));
+        let err = LevelDbStorage::open(Options::new(&bad)).await.unwrap_err();
+        assert!(matches!(err, OpenError::InvalidPath { .. }), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_database_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Sync).await;
+    for k in keys_spread(now_ms(), 10, 20) {
+        store.put(k, event_for(&k, 100)).await.unwrap();
+    }
+    store.close().await;
+    let manifest = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("MANIFEST-")
+        })
+        .expect("a MANIFEST file");
+    let len = std::fs::metadata(&manifest).unwrap().len() as usize;
+    std::fs::write(&manifest, vec![0xa5u8; len.max(64)]).unwrap();
+    let err = LevelDbStorage::open(Options::new(dir.path()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err:?}");
+    assert_eq!(err.path(), dir.path());
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}
+
+/// Total size of LevelDB's table files in `dir`.
+fn table_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ldb" || x == "sst"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_is_really_applied() {
+    let keys = keys_spread(now_ms(), 1000, 2000);
+    let mut sizes = Vec::new();
+    for compression in [Compression::None, Compression::Snappy, Compression::Zstd] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LevelDbStorage::open(
+            Options::new(dir.path())
+                .durability(Durability::Buffered)
+                .compression(compression)
+                .cache_bytes(1 << 20),
+        )
+        .await
+        .unwrap();
+        for k in &keys {
+            // Compressible: the key's JSON repeated to 2 KiB.
+            store.put(*k, event_for(k, 2048)).await.unwrap();
+        }
+        store.compact().await.unwrap();
+        let bytes = table_bytes(dir.path());
+        assert_eq!(
+            store.get(keys[1999]).await,
+            Ok(Some(event_for(&keys[1999], 2048)))
+        );
+        store.close().await;
+        sizes.push((compression, bytes));
+    }
+    println!("table bytes: {sizes:?}");
+    let none = sizes[0].1;
+    assert!(
+        none > 2000 * 2048,
+        "uncompressed tables hold the data: {sizes:?}"
+    );
+    assert!(sizes[1].1 * 4 < none, "snappy compresses: {sizes:?}");
+    assert!(sizes[2].1 * 4 < none, "zstd compresses: {sizes:?}");
+}

@@ -1,0 +1,529 @@
+//! Consolidation intervals: lengths and UTC boundaries, routing of keys into
+//! the previous/current/next interval, rejection of too-old and too-new keys,
+//! and rotation emitting "interval closed".
+
+use std::sync::Arc;
+
+use alldata_coordinator::{PutStatus, ScanRange, Storage, StorageError};
+use alldata_keygen::{EventKey, KeyGenerator, ManualClock};
+use alldata_storage_leveldb::{
+    AcceptWindow, Durability, Interval, IntervalClosed, IntervalLength, LevelDbStorage, Options,
+};
+use bytes::Bytes;
+use futures::TryStreamExt;
+
+/// 2026-11-22T05:17:42.123Z
+const T: u64 = 1_795_324_662_123;
+const MIN: u64 = 60_000;
+const HOUR: u64 = 60 * MIN;
+
+/// Unix ms of 2026-11-22 at `h:m` UTC.
+fn at(h: u64, m: u64) -> u64 {
+    1_795_305_600_000 + h * HOUR + m * MIN
+}
+
+fn key_at(ms: u64) -> EventKey {
+    KeyGenerator::with_clock(ManualClock::new(ms)).generate()
+}
+
+/// Expected (previous, current, next, next end) names for `T` per length.
+fn expected() -> Vec<(IntervalLength, u64, [&'static str; 4])> {
+    vec![
+        (
+            IntervalLength::Day,
+            24 * HOUR,
+            [
+                "2026-11-21T00:00:00Z",
+                "2026-11-22T00:00:00Z",
+                "2026-11-23T00:00:00Z",
+                "2026-11-24T00:00:00Z",
+            ],
+        ),
+        (
+            IntervalLength::ThreeHours,
+            3 * HOUR,
+            [
+                "2026-11-22T00:00:00Z",
+                "2026-11-22T03:00:00Z",
+                "2026-11-22T06:00:00Z",
+                "2026-11-22T09:00:00Z",
+            ],
+        ),
+        (
+            IntervalLength::Hour,
+            HOUR,
+            [
+                "2026-11-22T04:00:00Z",
+                "2026-11-22T05:00:00Z",
+                "2026-11-22T06:00:00Z",
+                "2026-11-22T07:00:00Z",
+            ],
+        ),
+        (
+            IntervalLength::FifteenMinutes,
+            15 * MIN,
+            [
+                "2026-11-22T05:00:00Z",
+                "2026-11-22T05:15:00Z",
+                "2026-11-22T05:30:00Z",
+                "2026-11-22T05:45:00Z",
+            ],
+        ),
+        (
+            IntervalLength::FiveMinutes,
+            5 * MIN,
+            [
+                "2026-11-22T05:10:00Z",
+                "2026-11-22T05:15:00Z",
+                "2026-11-22T05:20:00Z",
+                "2026-11-22T05:25:00Z",
+            ],
+        ),
+    ]
+}
+
+/// The boundary checks, shared with the child run under a non-UTC `TZ`.
+fn check_boundaries() {
+    assert_eq!(T % 1000, 123);
+    for (length, ms, [prev, cur, next, next_end]) in expected() {
+        assert_eq!(length.as_millis(), ms, "{length} in ms");
+        assert_eq!(length.as_duration().as_millis(), u128::from(ms));
+        let current = length.interval_at(T);
+        assert!(current.contains_ms(T));
+        assert_eq!(current.end_ms() - current.start_ms(), ms);
+        assert_eq!(
+            current.previous().start_utc(),
+            prev,
+            "{length} previous start"
+        );
+        assert_eq!(current.start_utc(), cur, "{length} current start");
+        assert_eq!(current.next().start_utc(), next, "{length} next start");
+        assert_eq!(current.next().end_utc(), next_end, "{length} next end");
+        assert_eq!(current.end_utc(), next, "{length} current end = next start");
+        assert_eq!(current.previous().next(), current);
+        // Boundaries: the first ms belongs to the interval, the end does not.
+        assert_eq!(length.interval_at(current.start_ms()), current);
+        assert_eq!(length.interval_at(current.end_ms() - 1), current);
+        assert_eq!(length.interval_at(current.end_ms()), current.next());
+        // The name is the compact UTC start plus the length.
+        let compact: String = cur
+            .chars()
+            .filter(|c| c.is_ascii_digit() || *c == 'T')
+            .take(13)
+            .collect();
+        assert_eq!(current.name(), format!("{compact}Z-{length}"));
+    }
+    assert_eq!(
+        IntervalLength::Hour.interval_at(T).name(),
+        "20261122T0500Z-PT1H"
+    );
+    assert_eq!(
+        IntervalLength::Day.interval_at(T).name(),
+        "20261122T0000Z-P1D"
+    );
+    assert_eq!(
+        IntervalLength::FiveMinutes.interval_at(T).name(),
+        "20261122T0515Z-PT5M"
+    );
+    // Year end: 2026-12-31T23:58Z, PT5M -> next interval is in 2027.
+    let eve = 1_798_761_480_000;
+    let i = IntervalLength::FiveMinutes.interval_at(eve);
+    assert_eq!(i.start_utc(), "2026-12-31T23:55:00Z");
+    assert_eq!(i.next().start_utc(), "2027-01-01T00:00:00Z");
+    assert_eq!(i.next().name(), "20270101T0000Z-PT5M");
+}
+
+#[test]
+fn lengths_and_boundaries_for_every_supported_length() {
+    check_boundaries();
+}
+
+#[test]
+fn lengths_parse_from_iso_durations_and_reject_others() {
+    let parsed: Vec<IntervalLength> = ["P1D", "PT3H", "PT1H", "PT15M", "PT5M"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(parsed, IntervalLength::ALL.to_vec());
+    for bad in ["P3D", "pt1h", "", "PT1H ", "PT10M"] {
+        let err = bad.parse::<IntervalLength>().unwrap_err();
+        assert_eq!(err.input, bad);
+        assert!(err.to_string().contains("PT15M"), "{err}");
+    }
+    assert_eq!(IntervalLength::default(), IntervalLength::Day);
+}
+
+/// Runs only in the child started by `boundaries_are_utc_under_a_non_utc_time_zone`.
+#[tokio::test]
+async fn tz_child() {
+    if std::env::var_os("ALLDATA_TZ_CHILD").is_none() {
+        return;
+    }
+    assert_eq!(std::env::var("TZ").as_deref(), Ok("Asia/Kolkata"));
+    check_boundaries();
+    // The whole put path too: PT1H at T accepts 04:00 and rejects 03:59:59.999.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T)
+        .await
+        .0;
+    assert_eq!(
+        store.put(key_at(at(4, 0)), Bytes::new()).await,
+        Ok(PutStatus::Stored)
+    );
+    assert!(matches!(
+        store.put(key_at(at(4, 0) - 1), Bytes::new()).await,
+        Err(StorageError::Rejected(_))
+    ));
+    store.close().await;
+}
+
+#[test]
+fn boundaries_are_utc_under_a_non_utc_time_zone() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "tz_child", "--nocapture", "--test-threads=1"])
+        .env("ALLDATA_TZ_CHILD", "1")
+        .env("TZ", "Asia/Kolkata")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn open_at(
+    dir: &std::path::Path,
+    length: IntervalLength,
+    window: AcceptWindow,
+    now: u64,
+) -> (LevelDbStorage, ManualClock) {
+    let clock = ManualClock::new(now);
+    let store = LevelDbStorage::open(
+        Options::new(dir)
+            .interval_length(length)
+            .accept_window(window)
+            .durability(Durability::Buffered)
+            .clock(Arc::new(clock.clone()))
+            .rotation_check(None),
+    )
+    .await
+    .expect("open");
+    (store, clock)
+}
+
+fn rejected(result: Result<PutStatus, StorageError>) -> String {
+    match result {
+        Err(StorageError::Rejected(message)) => message,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn keys_route_into_previous_current_and_next_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, clock) =
+        open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    let mut closed_rx = store.closed_intervals().expect("receiver");
+    assert!(
+        store.closed_intervals().is_none(),
+        "the receiver is taken once"
+    );
+
+    // previous 04:00, current 05:00, next 06:00: 3, 5 and 7 events, edges included.
+    let plan = [(at(4, 0), 3), (at(5, 0), 5), (at(6, 0), 7)];
+    for (start, n) in plan {
+        for i in 0..n {
+            let ms = if i == n - 1 {
+                start + HOUR - 1
+            } else {
+                start + i * MIN
+            };
+            assert_eq!(
+                store.put(key_at(ms), Bytes::from(vec![i as u8])).await,
+                Ok(PutStatus::Stored)
+            );
+        }
+    }
+    // Nothing is closed while the clock stays in 05:00.
+    assert_eq!(store.check_intervals().await, Ok(vec![]));
+
+    for (hour, (start, n)) in [(6, plan[0]), (7, plan[1]), (8, plan[2])] {
+        clock.set(at(hour, 0));
+        let closed = store.check_intervals().await.expect("check");
+        let interval = Interval::containing(start, IntervalLength::Hour);
+        assert_eq!(
+            closed,
+            vec![IntervalClosed {
+                interval,
+                name: interval.name(),
+                start: interval.start_utc(),
+                end: interval.end_utc(),
+                events: n,
+            }]
+        );
+        assert_eq!(
+            closed_rx.recv().await,
+            Some(closed[0].clone()),
+            "same event on the channel"
+        );
+        // Nothing more closes on a second check.
+        assert_eq!(store.check_intervals().await, Ok(vec![]));
+    }
+    let names: Vec<_> = [4, 5, 6]
+        .iter()
+        .map(|h| Interval::containing(at(*h, 0), IntervalLength::Hour).name())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "20261122T0400Z-PT1H",
+            "20261122T0500Z-PT1H",
+            "20261122T0600Z-PT1H"
+        ]
+    );
+
+    // Closed stays closed, even when the clock steps back.
+    clock.set(T);
+    let msg = rejected(store.put(key_at(at(5, 30)), Bytes::new()).await);
+    assert!(msg.contains("closed"), "{msg}");
+    // Everything written is still readable, across intervals.
+    let all: Vec<_> = store
+        .scan(ScanRange::all(), usize::MAX)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 15);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn too_old_and_too_new_keys_are_rejected_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _clock) =
+        open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    let old = rejected(store.put(key_at(at(4, 0) - 1), Bytes::new()).await);
+    assert!(old.contains("too old"), "{old}");
+    assert!(old.contains("2026-11-22T03:59:59.999Z"), "{old}");
+    assert!(old.contains("2026-11-22T04:00:00Z"), "{old}");
+    let new = rejected(store.put(key_at(at(7, 0)), Bytes::new()).await);
+    assert!(new.contains("too far in the future"), "{new}");
+    assert!(new.contains("2026-11-22T07:00:00Z"), "{new}");
+    // Far away: the year 1999, the year 3000, the epoch, the largest timestamp.
+    for ms in [917_000_000_000, 32_503_680_000_000, 0, (1 << 48) - 1] {
+        rejected(store.put(key_at(ms), Bytes::new()).await);
+    }
+    // The edges of the window are accepted.
+    for ms in [at(4, 0), at(7, 0) - 1] {
+        assert_eq!(
+            store.put(key_at(ms), Bytes::new()).await,
+            Ok(PutStatus::Stored)
+        );
+    }
+    // Rejected puts stored nothing.
+    let all: Vec<_> = store
+        .scan(ScanRange::all(), 100)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn the_window_is_configurable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_at(
+        dir.path(),
+        IntervalLength::FifteenMinutes,
+        AcceptWindow::new(0, 0),
+        T,
+    )
+    .await;
+    // Only 05:15..05:30.
+    rejected(store.put(key_at(at(5, 15) - 1), Bytes::new()).await);
+    rejected(store.put(key_at(at(5, 30)), Bytes::new()).await);
+    assert_eq!(
+        store.put(key_at(at(5, 15)), Bytes::new()).await,
+        Ok(PutStatus::Stored)
+    );
+    store.close().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_at(
+        dir.path(),
+        IntervalLength::FifteenMinutes,
+        AcceptWindow::new(2, 3),
+        T,
+    )
+    .await;
+    // 04:45..06:15.
+    rejected(store.put(key_at(at(4, 45) - 1), Bytes::new()).await);
+    rejected(store.put(key_at(at(6, 15)), Bytes::new()).await);
+    assert_eq!(
+        store.put(key_at(at(4, 45)), Bytes::new()).await,
+        Ok(PutStatus::Stored)
+    );
+    assert_eq!(
+        store.put(key_at(at(6, 15) - 1), Bytes::new()).await,
+        Ok(PutStatus::Stored)
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn empty_intervals_are_reported_closed_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, clock) = open_at(
+        dir.path(),
+        IntervalLength::FiveMinutes,
+        AcceptWindow::default(),
+        T,
+    )
+    .await;
+    // Window at T: 05:10..05:25. Jump 20 minutes: 05:10, 05:15, 05:20, 05:25 leave it.
+    clock.set(T + 20 * MIN);
+    let closed = store.check_intervals().await.unwrap();
+    let names: Vec<_> = closed.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "20261122T0510Z-PT5M",
+            "20261122T0515Z-PT5M",
+            "20261122T0520Z-PT5M",
+            "20261122T0525Z-PT5M"
+        ]
+    );
+    assert!(closed.iter().all(|c| c.events == 0));
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_loses_no_in_flight_write() {
+    let dir = tempfile::tempdir().unwrap();
+    // Only the current interval is open: 05:00..06:00.
+    let (store, clock) = open_at(
+        dir.path(),
+        IntervalLength::Hour,
+        AcceptWindow::new(0, 0),
+        at(5, 59),
+    )
+    .await;
+    let store = Arc::new(store);
+    let writers: Vec<_> = (0..8u64)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut stored = Vec::new();
+                for i in 0..300u64 {
+                    let key = key_at(at(5, 0) + w * 1000 + i);
+                    match store.put(key, Bytes::from(format!("{w}/{i}"))).await {
+                        Ok(PutStatus::Stored) => stored.push(key),
+                        Err(StorageError::Rejected(m)) => assert!(m.contains("too old"), "{m}"),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                stored
+            })
+        })
+        .collect();
+    // Rotate while the writers run.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    clock.set(at(6, 0));
+    let mut closed = store.check_intervals().await.unwrap();
+    let mut stored = Vec::new();
+    for w in writers {
+        stored.extend(w.await.unwrap());
+    }
+    closed.extend(store.check_intervals().await.unwrap());
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0].name, "20261122T0500Z-PT1H");
+    // Every acknowledged put is stored and counted; nothing else is.
+    stored.sort();
+    let in_interval: Vec<EventKey> = store
+        .scan(closed[0].interval.key_range(), usize::MAX)
+        .map_ok(|(k, _)| k)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(in_interval, stored);
+    assert_eq!(closed[0].events, stored.len() as u64);
+    println!("{} of 2400 puts landed before the rotation", stored.len());
+}
+
+#[tokio::test]
+async fn counts_survive_reopen_and_stale_intervals_close_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    for i in 0..4 {
+        store.put(key_at(at(5, i)), Bytes::new()).await.unwrap();
+    }
+    store.put(key_at(at(6, 1)), Bytes::new()).await.unwrap();
+    store.close().await;
+
+    // Reopen the same hour: still open, more events add to the count.
+    let (store, clock) =
+        open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    store.put(key_at(at(5, 30)), Bytes::new()).await.unwrap();
+    assert_eq!(store.check_intervals().await, Ok(vec![]));
+    clock.set(at(7, 0));
+    let closed = store.check_intervals().await.unwrap();
+    assert_eq!(
+        closed
+            .iter()
+            .map(|c| (c.name.as_str(), c.events))
+            .collect::<Vec<_>>(),
+        [("20261122T0400Z-PT1H", 0), ("20261122T0500Z-PT1H", 5)]
+    );
+    store.close().await;
+
+    // Closed while down: 06:00 (1 event) leaves the window; reported at open.
+    let (store, _) = open_at(
+        dir.path(),
+        IntervalLength::Hour,
+        AcceptWindow::default(),
+        at(9, 0),
+    )
+    .await;
+    let mut rx = store.closed_intervals().unwrap();
+    let event = rx.recv().await.unwrap();
+    assert_eq!(
+        (event.name.as_str(), event.events),
+        ("20261122T0600Z-PT1H", 1)
+    );
+    // The interval closed in the earlier run stays closed.
+    assert!(rx.try_recv().is_err());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn changing_the_interval_length_recounts_open_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    for m in [1, 2, 16, 17, 18, 40] {
+        store.put(key_at(at(5, m)), Bytes::new()).await.unwrap();
+    }
+    store.close().await;
+    let (store, clock) = open_at(
+        dir.path(),
+        IntervalLength::FifteenMinutes,
+        AcceptWindow::default(),
+        at(5, 20),
+    )
+    .await;
+    store.put(key_at(at(5, 25)), Bytes::new()).await.unwrap();
+    clock.set(at(6, 15));
+    let closed = store.check_intervals().await.unwrap();
+    let got: Vec<_> = closed.iter().map(|c| (c.name.as_str(), c.events)).collect();
+    assert_eq!(
+        got,
+        [
+            ("20261122T0500Z-PT15M", 2),
+            ("20261122T0515Z-PT15M", 4),
+            ("20261122T0530Z-PT15M", 1),
+            ("20261122T0545Z-PT15M", 0),
+        ]
+    );
+    store.close().await;
+}
