@@ -181,6 +181,14 @@ impl Node {
                 })?,
         );
         let dyn_storage: Arc<dyn Storage> = storage.clone();
+        if let Some(mut closed) = storage.closed_intervals() {
+            let id = config.id.clone();
+            tokio::spawn(async move {
+                while let Some(c) = closed.recv().await {
+                    tracing::info!(node = %id, interval = %c.name, start = %c.start, end = %c.end, events = c.events, "interval closed");
+                }
+            });
+        }
 
         let transport = HttpTransport::new(
             ClientConfig::new(config.cluster_secret.clone())
