@@ -17,3 +17,8 @@ pub use alldata_peer_client_http as peer_client_http;
 pub use alldata_peer_server_http as peer_server_http;
 pub use alldata_server_http as server_http;
 pub use alldata_storage_leveldb as storage_leveldb;
+
+/// The README's Rust examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -443,3 +443,39 @@ fn bad_flags_a_taken_port_and_a_locked_directory_exit_with_a_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("data directory"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_gracefully_and_a_restart_keeps_the_data() {
+    let mut c = Cluster::start(1, 1).await;
+    let mut keys = Vec::new();
+    for i in 0..20 {
+        let (status, body) = c.post(0, "one", &format!(r#"{{"i":{i}}}"#)).await;
+        assert_eq!(status, 201, "{body}");
+        keys.push(body["key"].as_str().unwrap().to_owned());
+    }
+    let mut child = c.nodes[0].child.take().unwrap();
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "node ignored SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    c.spawn(0);
+    c.wait_healthy(0).await;
+    let stored = c.local_keys(0).await;
+    assert_eq!(
+        stored, keys,
+        "every acknowledged event survives, in time order"
+    );
+}
