@@ -78,7 +78,6 @@ async fn run_peer(shared: Arc<Shared>, url: Arc<str>, mut rx: mpsc::Receiver<Job
             Arc::clone(&shared),
             Arc::clone(&url),
             batch,
-            size,
             permit,
         ));
     }
@@ -88,10 +87,9 @@ async fn send_batch(
     shared: Arc<Shared>,
     url: Arc<str>,
     batch: Vec<Job>,
-    size: usize,
     permit: OwnedSemaphorePermit,
 ) {
-    let body = wire::encode_request(batch.iter().map(|job| (&job.key, &job.event)), size);
+    let body = wire::encode_request(batch.iter().map(|job| (&job.key, &job.event)));
     // Nobody waits past the latest caller's deadline, so neither does the request.
     let deadline = batch
         .iter()

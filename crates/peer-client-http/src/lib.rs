@@ -220,7 +220,7 @@ impl Shared {
             return Err(status_error(status, response).await);
         }
         let body = response.bytes().await.map_err(classify)?;
-        wire::decode_response(&body, count)
+        wire::decode_response(body, count)
             .map_err(|e| TransportError::Network(format!("malformed peer response: {e}")))
     }
 
