@@ -10,6 +10,7 @@
 //!   [`server_http`]: the production storage and HTTP layers.
 //! - [`node`]: a complete node wired from those crates (what `alldata node` runs).
 
+pub mod bench;
 pub use alldata_coordinator as coordinator;
 pub mod node;
 pub use alldata_keygen as keygen;

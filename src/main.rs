@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run one node: the client API on --listen, the replica endpoint on --peer-listen.
     Node(NodeArgs),
+    /// Load-test a local cluster over HTTP and compare it with null/fanout baselines.
+    Bench(alldata::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -181,6 +183,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Node(args) => run_node(args).await,
+            Command::Bench(args) => alldata::bench::run(args).await,
         }
     });
     match result {
