@@ -343,7 +343,17 @@ async fn bad_input_gets_error_codes_and_the_node_keeps_serving() {
         (client.post(c.url(0, "/events?commit=most")).body("{}"), 400),
     ];
     for (req, want) in cases {
-        let r = req.send().await.unwrap();
+        let r = match req.send().await {
+            Ok(r) => r,
+            // The node answers 413 without reading the rest of a huge body and
+            // closes the connection; the client may see the reset before the
+            // answer. (The 413 itself is asserted by server-http's handler tests.)
+            Err(e) if want == 413 => {
+                eprintln!("oversize request: connection closed early ({e})");
+                continue;
+            }
+            Err(e) => panic!("request failed: {e}"),
+        };
         let status = r.status().as_u16();
         let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null);
         assert_eq!(status, want, "{body}");
