@@ -43,7 +43,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::error::Error as _;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,8 +51,12 @@ use std::time::Duration;
 use alldata_coordinator::{EventKey, Peer, PeerTransport, PutStatus, TransportError};
 use async_trait::async_trait;
 use bytes::Bytes;
-use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{mpsc, oneshot};
 
 mod batcher;
@@ -185,10 +188,13 @@ impl TransportStats {
     }
 }
 
+/// The pooled client: hyper-util's legacy client over a plain TCP connector.
+type HyperClient = Client<HttpConnector, Full<Bytes>>;
+
 /// What the sender tasks share with the transport (never the queues, so the
 /// tasks end when the transport is dropped).
 pub(crate) struct Shared {
-    client: reqwest::Client,
+    client: HyperClient,
     auth: HeaderValue,
     pub(crate) config: ClientConfig,
     pub(crate) stats: TransportStats,
@@ -205,49 +211,83 @@ impl Shared {
     ) -> Result<Vec<Result<PutStatus, TransportError>>, TransportError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.stats.events.fetch_add(count as u64, Ordering::Relaxed);
-        let response = self
-            .client
-            .post(url)
-            .header(AUTHORIZATION, self.auth.clone())
-            .header(CONTENT_TYPE, wire::CONTENT_TYPE)
-            .timeout(timeout)
-            .body(body)
-            .send()
-            .await
-            .map_err(classify)?;
-        let status = response.status();
+        let mut request = self.request(Method::POST, url, body)?;
+        request
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(wire::CONTENT_TYPE));
+        let (status, body) = self.exchange(request, timeout).await?;
         if status != StatusCode::OK {
-            return Err(status_error(status, response).await);
+            return Err(status_error(status, body));
         }
-        let body = response.bytes().await.map_err(classify)?;
         wire::decode_response(body, count)
             .map_err(|e| TransportError::Network(format!("malformed peer response: {e}")))
     }
 
-    fn get(&self, url: &str) -> reqwest::RequestBuilder {
-        self.client
-            .get(url)
+    /// A request to `url` with the secret; a URL that cannot be formed means
+    /// nothing was sent.
+    fn request(
+        &self,
+        method: Method,
+        url: &str,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, TransportError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| TransportError::Unreachable(format!("invalid peer URL {url}: {e}")))?;
+        Request::builder()
+            .method(method)
+            .uri(uri)
             .header(AUTHORIZATION, self.auth.clone())
-            .timeout(self.config.attempt_timeout)
+            .body(Full::new(body))
+            .map_err(|e| TransportError::Unreachable(format!("invalid peer request: {e}")))
+    }
+
+    /// Sends `request` and reads the whole response, all within `timeout`. Only
+    /// a 200 body must arrive intact; other statuses keep what could be read.
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), TransportError> {
+        let exchange = async {
+            let response: Response<hyper::body::Incoming> =
+                self.client.request(request).await.map_err(classify)?;
+            let status = response.status();
+            if status == StatusCode::CONFLICT {
+                // The status says it all.
+                return Ok((status, Bytes::new()));
+            }
+            match response.into_body().collect().await {
+                Ok(body) => Ok((status, body.to_bytes())),
+                Err(e) if status == StatusCode::OK => Err(TransportError::Network(error_chain(&e))),
+                // An error body that cannot be read adds nothing.
+                Err(_) => Ok((status, Bytes::new())),
+            }
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(TransportError::Timeout))
+    }
+
+    /// A GET of `url` within the attempt deadline.
+    async fn get(&self, url: &str) -> Result<(StatusCode, Bytes), TransportError> {
+        let request = self.request(Method::GET, url, Bytes::new())?;
+        self.exchange(request, self.config.attempt_timeout).await
     }
 }
 
-/// Maps a reqwest error onto the transport's classes.
-fn classify(error: reqwest::Error) -> TransportError {
-    if error.is_builder() {
-        // The request could not even be formed (a bad peer address): nothing sent.
+/// Maps a client error onto the transport's classes (the deadline is handled
+/// by the caller).
+fn classify(error: hyper_util::client::legacy::Error) -> TransportError {
+    if error.is_connect() {
         TransportError::Unreachable(error_chain(&error))
-    } else if error.is_connect() {
-        TransportError::Unreachable(error_chain(&error))
-    } else if error.is_timeout() {
-        TransportError::Timeout
     } else {
         TransportError::Network(error_chain(&error))
     }
 }
 
-/// The error and its sources, joined (reqwest's own text hides the cause).
-fn error_chain(error: &reqwest::Error) -> String {
+/// The error and its sources, joined (the client's own text hides the cause).
+fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
@@ -259,12 +299,12 @@ fn error_chain(error: &reqwest::Error) -> String {
 }
 
 /// The one mapping of unexpected HTTP statuses onto transport errors.
-async fn status_error(status: StatusCode, response: reqwest::Response) -> TransportError {
+fn status_error(status: StatusCode, body: Bytes) -> TransportError {
     if status == StatusCode::CONFLICT {
         return TransportError::Conflict;
     }
-    // The error body is short JSON; a body that cannot be read adds nothing.
-    let mut message = response.text().await.unwrap_or_default();
+    // The error body is short JSON.
+    let mut message = String::from_utf8_lossy(&body).into_owned();
     if message.len() > 256 {
         let mut end = 256;
         while !message.is_char_boundary(end) {
@@ -328,19 +368,16 @@ impl HttpTransport {
         if config.connect_timeout.is_zero() {
             return Err(ClientError::Zero("connect_timeout"));
         }
-        let builder = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .connect_timeout(config.connect_timeout.min(config.attempt_timeout))
-            .pool_idle_timeout(config.pool_idle_timeout);
-        let builder = if config.http2 {
-            builder.http2_prior_knowledge()
-        } else {
-            builder.http1_only()
-        };
-        let client = builder
-            .build()
-            .map_err(|e| ClientError::Build(e.to_string()))?;
+        // A plain TCP connector: never a proxy, `TCP_NODELAY`, bounded connects.
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout.min(config.attempt_timeout)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .http2_only(config.http2)
+            .build(connector);
         Ok(Self {
             shared: Arc::new(Shared {
                 client,
@@ -410,21 +447,19 @@ impl HttpTransport {
     /// there, `None` when not. Not batched.
     pub async fn get(&self, peer: &Peer, key: EventKey) -> Result<Option<Bytes>, TransportError> {
         let url = format!("{}{EVENTS_PATH}/{key}", base_url(&peer.address));
-        let response = self.shared.get(&url).send().await.map_err(classify)?;
-        match response.status() {
-            StatusCode::OK => response.bytes().await.map(Some).map_err(classify),
-            StatusCode::NOT_FOUND => Ok(None),
-            status => Err(status_error(status, response).await),
+        match self.shared.get(&url).await? {
+            (StatusCode::OK, body) => Ok(Some(body)),
+            (StatusCode::NOT_FOUND, _) => Ok(None),
+            (status, body) => Err(status_error(status, body)),
         }
     }
 
     /// Probes `peer`'s endpoint: `Ok` when it answers and accepts the secret.
     pub async fn health(&self, peer: &Peer) -> Result<(), TransportError> {
         let url = format!("{}{HEALTH_PATH}", base_url(&peer.address));
-        let response = self.shared.get(&url).send().await.map_err(classify)?;
-        match response.status() {
-            StatusCode::OK => Ok(()),
-            status => Err(status_error(status, response).await),
+        match self.shared.get(&url).await? {
+            (StatusCode::OK, _) => Ok(()),
+            (status, body) => Err(status_error(status, body)),
         }
     }
 }
