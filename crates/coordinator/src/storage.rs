@@ -64,6 +64,16 @@ pub trait Storage: Send + Sync + 'static {
     /// the backend promises.
     async fn put(&self, key: EventKey, event: Bytes) -> Result<PutStatus, StorageError>;
 
+    /// Stores several events with the semantics of [`Storage::put`], one result
+    /// per event in order. Backends that can write a batch at once (LevelDB: one
+    /// write batch) override it; the default runs the puts concurrently.
+    async fn put_many(
+        &self,
+        events: Vec<(EventKey, Bytes)>,
+    ) -> Vec<Result<PutStatus, StorageError>> {
+        futures::future::join_all(events.into_iter().map(|(k, e)| self.put(k, e))).await
+    }
+
     /// The event stored under `key`, if any.
     async fn get(&self, key: EventKey) -> Result<Option<Bytes>, StorageError>;
 

@@ -295,10 +295,8 @@ async fn put_events(
     // writes half-way, and a panicking storage must not take the connection down.
     let storage = Arc::clone(&state.inner.storage);
     let statuses = tokio::spawn(async move {
-        let puts = events
-            .into_iter()
-            .map(|(key, event)| storage.put(key, event));
-        futures::future::join_all(puts)
+        storage
+            .put_many(events)
             .await
             .into_iter()
             .map(EventStatus::from)

@@ -37,6 +37,7 @@ where
     put_then_get(make().await).await;
     get_missing_is_none(make().await).await;
     write_once(make().await).await;
+    put_many_is_write_once_per_event(make().await).await;
     empty_and_large_events(make().await).await;
     scan_orders_and_bounds(make().await).await;
     scan_limits(make().await).await;
@@ -169,6 +170,57 @@ pub async fn write_once(storage: Arc<dyn Storage>) {
         vec![(key, first)],
         "write_once: exactly one event stored"
     );
+}
+
+/// `put_many` answers per event, in order, with `put`'s write-once semantics,
+/// including the same key twice inside one batch.
+pub async fn put_many_is_write_once_per_event(storage: Arc<dyn Storage>) {
+    let keys = keys_spread(now_ms(), 5, 4);
+    let old = Bytes::from_static(b"old");
+    storage
+        .put(keys[0], old.clone())
+        .await
+        .expect("put_many: setup");
+    let results = storage
+        .put_many(vec![
+            (keys[0], old.clone()),
+            (keys[0], Bytes::from_static(b"new")),
+            (keys[1], Bytes::from_static(b"one")),
+            (keys[2], Bytes::from_static(b"two")),
+            (keys[2], Bytes::from_static(b"two")),
+            (keys[3], Bytes::from_static(b"three")),
+            (keys[3], Bytes::from_static(b"other")),
+        ])
+        .await;
+    assert_eq!(results.len(), 7, "put_many: one result per event");
+    assert_eq!(results[0], Ok(PutStatus::AlreadyPresent));
+    assert_eq!(results[1], Err(StorageError::Conflict(keys[0])));
+    assert_eq!(results[2], Ok(PutStatus::Stored));
+    // The same key twice in one batch: exactly one of the two stored it.
+    let mut twice = [results[3].clone(), results[4].clone()];
+    twice.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(
+        twice,
+        [Ok(PutStatus::AlreadyPresent), Ok(PutStatus::Stored)]
+    );
+    let stored3 = storage.get(keys[3]).await.expect("get").expect("stored");
+    let winner = if stored3 == Bytes::from_static(b"three") {
+        5
+    } else {
+        6
+    };
+    assert_eq!(
+        results[winner],
+        Ok(PutStatus::Stored),
+        "put_many: the stored one says so"
+    );
+    assert_eq!(results[11 - winner], Err(StorageError::Conflict(keys[3])));
+    assert_eq!(
+        storage.get(keys[0]).await,
+        Ok(Some(old)),
+        "put_many: value untouched"
+    );
+    assert!(storage.put_many(Vec::new()).await.is_empty());
 }
 
 /// Empty events and 1 MiB events round-trip through put, get and scan.

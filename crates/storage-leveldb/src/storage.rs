@@ -228,6 +228,24 @@ impl Storage for LevelDbStorage {
         rx.await.map_err(|_| closed_error())?
     }
 
+    async fn put_many(
+        &self,
+        events: Vec<(EventKey, Bytes)>,
+    ) -> Vec<Result<PutStatus, StorageError>> {
+        let n = events.len();
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::PutMany { events, reply })
+            .await
+            .is_err()
+        {
+            return (0..n).map(|_| Err(closed_error())).collect();
+        }
+        rx.await
+            .unwrap_or_else(|_| (0..n).map(|_| Err(closed_error())).collect())
+    }
+
     async fn get(&self, key: EventKey) -> Result<Option<Bytes>, StorageError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.get_event(&key))

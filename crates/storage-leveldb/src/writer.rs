@@ -29,6 +29,13 @@ const MAX_GATHER_WAIT: Duration = Duration::from_millis(1);
 
 /// A reply channel for one put.
 pub(crate) type PutReply = oneshot::Sender<Result<PutStatus, StorageError>>;
+/// A batch put's reply channel, its results, and which of them hold only if
+/// the write batch commits.
+type ManyReply = (
+    oneshot::Sender<Vec<Result<PutStatus, StorageError>>>,
+    Vec<Result<PutStatus, StorageError>>,
+    Vec<usize>,
+);
 /// A reply channel for one interval check.
 pub(crate) type CheckReply = oneshot::Sender<Result<Vec<IntervalClosed>, StorageError>>;
 
@@ -39,6 +46,11 @@ pub(crate) enum Command {
         key: EventKey,
         event: Bytes,
         reply: PutReply,
+    },
+    /// Several write-once puts answered together, one result per event.
+    PutMany {
+        events: Vec<(EventKey, Bytes)>,
+        reply: oneshot::Sender<Vec<Result<PutStatus, StorageError>>>,
     },
     /// Close the intervals that left the acceptance window.
     Check { reply: Option<CheckReply> },
@@ -171,9 +183,10 @@ impl Writer {
                     }
                 }
             }
+            // Callers, not events: each caller sends one command.
             let puts = commands
                 .iter()
-                .filter(|c| matches!(c, Command::Put { .. }))
+                .filter(|c| matches!(c, Command::Put { .. } | Command::PutMany { .. }))
                 .count();
             self.process(&mut commands);
             expected = puts.clamp(1, self.max_batch);
@@ -186,6 +199,7 @@ impl Writer {
         let mut pending: HashMap<EventKey, Bytes> = HashMap::new();
         let mut delta: BTreeMap<u64, u64> = BTreeMap::new();
         let mut waiting: Vec<(PutReply, Result<PutStatus, StorageError>)> = Vec::new();
+        let mut many: Vec<ManyReply> = Vec::new();
         let mut checks = Vec::new();
         let mut compactions = Vec::new();
         for command in commands.drain(..) {
@@ -196,6 +210,24 @@ impl Writer {
                             let _ = reply.send(result);
                         }
                         Outcome::IfCommitted(result) => waiting.push((reply, result)),
+                    }
+                }
+                Command::PutMany { events, reply } => {
+                    let mut results = Vec::with_capacity(events.len());
+                    let mut if_committed = Vec::new();
+                    for (key, event) in events {
+                        match self.prepare(now, key, event, &mut batch, &mut pending, &mut delta) {
+                            Outcome::Now(result) => results.push(result),
+                            Outcome::IfCommitted(result) => {
+                                if_committed.push(results.len());
+                                results.push(result);
+                            }
+                        }
+                    }
+                    if if_committed.is_empty() {
+                        let _ = reply.send(results);
+                    } else {
+                        many.push((reply, results, if_committed));
                     }
                 }
                 Command::Check { reply } => checks.push(reply),
@@ -222,11 +254,20 @@ impl Writer {
                     for (reply, result) in waiting {
                         let _ = reply.send(result);
                     }
+                    for (reply, results, _) in many {
+                        let _ = reply.send(results);
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, puts = waiting.len(), "write batch failed");
                     for (reply, _) in waiting {
                         let _ = reply.send(Err(e.clone()));
+                    }
+                    for (reply, mut results, if_committed) in many {
+                        for i in if_committed {
+                            results[i] = Err(e.clone());
+                        }
+                        let _ = reply.send(results);
                     }
                 }
             }
@@ -234,6 +275,9 @@ impl Writer {
             // Only in-batch duplicates of nothing: cannot happen, but answer anyway.
             for (reply, result) in waiting {
                 let _ = reply.send(result);
+            }
+            for (reply, results, _) in many {
+                let _ = reply.send(results);
             }
         }
         for reply in checks {
