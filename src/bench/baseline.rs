@@ -27,7 +27,7 @@ type HyperClient = hyper_util::client::legacy::Client<
 >;
 
 /// The forwarding client: hyper-util's pooled legacy client (the leaner one, so
-/// the stricter baseline), or reqwest (what the peer transport uses) with
+/// the stricter baseline; the peer transport uses the same client), or reqwest with
 /// `ALLDATA_BENCH_FANOUT_CLIENT=reqwest`.
 enum Forwarder {
     Reqwest(reqwest::Client),

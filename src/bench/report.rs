@@ -540,7 +540,7 @@ pub(crate) fn markdown(doc: &ResultsFile, docs_dir: &Path, plotted: bool) -> Str
          100 NDJSON lines to `POST /events/batch?commit=…` (200 + one result line per event).\n\
          - Latency is per request (for a batch: the whole batch), from an HDR histogram.\n\
          - Baselines, same load generator, same machine, same HTTP stack as the node \
-         (axum/hyper, HTTP/1.1, TCP_NODELAY; forwarding with hyper-util's pooled HTTP/1.1 client, a leaner client than the reqwest the peer transport uses): \
+         (axum/hyper, HTTP/1.1, TCP_NODELAY; forwarding with hyper-util's pooled HTTP/1.1 client, the client the peer transport uses too): \
          `null` answers 201 after reading the body; `fanout` posts the body to two `null` \
          processes in parallel and answers 201 when both have answered. The cluster and the \
          baselines share the same 2 cores with the load generator, so only ratios are meaningful.\n\
