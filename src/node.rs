@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::coordinator::{CommitLevel, Coordinator, Location, Options, Storage};
+use crate::keygen::{Clock, SystemClock};
 use crate::peer_client_http::{ClientConfig, HttpTransport};
 use crate::peer_server_http::{PeerState, ServerConfig};
 use crate::server_http::{ApiConfig, ApiState};
@@ -137,13 +138,6 @@ impl fmt::Debug for Node {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -212,18 +206,9 @@ impl Node {
         let (window, length) = (storage.accept_window(), storage.interval_length());
         let api_config = ApiConfig::default()
             .with_max_event_bytes(config.max_event_bytes)
-            .with_key_validator(move |key| {
-                let now = now_ms();
-                let (oldest, end) = (window.oldest_ms(length, now), window.end_ms(length, now));
-                let t = key.timestamp_ms();
-                if t < oldest || t >= end {
-                    Err(format!(
-                        "key time {t} ms is outside the accepted window [{oldest}, {end}) ms"
-                    ))
-                } else {
-                    Ok(())
-                }
-            });
+            // The storage's own window check, so a PUT with an unacceptable key is
+            // a 400 before any replica is written.
+            .with_key_validator(move |key| window.check(length, SystemClock.now_ms(), 0, key));
         let api_state = ApiState::new(coordinator.clone(), Some(Arc::new(transport)), api_config);
         let peer_state = PeerState::new(
             Arc::clone(&dyn_storage),

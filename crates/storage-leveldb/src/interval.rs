@@ -207,6 +207,43 @@ impl AcceptWindow {
             .saturating_sub(u64::from(self.past).saturating_mul(len))
     }
 
+    /// Whether `key` may be written at time `now_ms`; the error says why not.
+    /// Keys older than `closed_upto` (intervals already closed) are refused too.
+    pub fn check(
+        &self,
+        length: IntervalLength,
+        now_ms: u64,
+        closed_upto: u64,
+        key: EventKey,
+    ) -> Result<(), String> {
+        let ms = key.timestamp_ms();
+        let oldest = self.oldest_ms(length, now_ms).max(closed_upto);
+        let end = self.end_ms(length, now_ms);
+        let interval = Interval::containing(ms, length);
+        if ms < oldest {
+            let why = if ms < closed_upto {
+                "its interval is closed"
+            } else {
+                "it is older than the acceptance window"
+            };
+            return Err(format!(
+                "key {key} ({}) is too old: {why} (interval {}); the oldest acceptable time now is {}",
+                format_utc(ms),
+                interval.name(),
+                format_utc(oldest)
+            ));
+        }
+        if ms >= end {
+            return Err(format!(
+                "key {key} ({}) is too far in the future (interval {}); keys must be earlier than {}",
+                format_utc(ms),
+                interval.name(),
+                format_utc(end)
+            ));
+        }
+        Ok(())
+    }
+
     /// The first Unix millisecond no longer accepted at time `now_ms` (exclusive end).
     pub fn end_ms(&self, length: IntervalLength, now_ms: u64) -> u64 {
         let len = length.as_millis();

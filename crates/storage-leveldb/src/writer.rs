@@ -16,7 +16,7 @@ use leveldb::database::Slice;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::{self, Db, STATE_CLOSED, STATE_OPEN};
-use crate::interval::{AcceptWindow, Interval, IntervalClosed, IntervalLength, format_utc};
+use crate::interval::{AcceptWindow, Interval, IntervalClosed, IntervalLength};
 use crate::options::{Durability, Options};
 
 /// At most this many empty intervals are reported closed in one check (after a
@@ -305,7 +305,7 @@ impl Writer {
         delta: &mut BTreeMap<u64, u64>,
     ) -> Outcome {
         let ms = key.timestamp_ms();
-        if let Err(message) = self.accepts(now, key, ms) {
+        if let Err(message) = self.window.check(self.length, now, self.closed_upto, key) {
             return Outcome::Now(Err(StorageError::Rejected(message)));
         }
         if let Some(existing) = pending.get(&key) {
@@ -331,36 +331,6 @@ impl Writer {
                 Outcome::IfCommitted(Ok(PutStatus::Stored))
             }
         }
-    }
-
-    /// Whether a key with timestamp `ms` may be written at time `now`.
-    fn accepts(&self, now: u64, key: EventKey, ms: u64) -> Result<(), String> {
-        let window_start = self.window.oldest_ms(self.length, now);
-        let oldest = window_start.max(self.closed_upto);
-        let end = self.window.end_ms(self.length, now);
-        let interval = Interval::containing(ms, self.length);
-        if ms < oldest {
-            let why = if ms < self.closed_upto {
-                "its interval is closed"
-            } else {
-                "it is older than the acceptance window"
-            };
-            return Err(format!(
-                "key {key} ({}) is too old: {why} (interval {}); the oldest acceptable time now is {}",
-                format_utc(ms),
-                interval.name(),
-                format_utc(oldest)
-            ));
-        }
-        if ms >= end {
-            return Err(format!(
-                "key {key} ({}) is too far in the future (interval {}); keys must be earlier than {}",
-                format_utc(ms),
-                interval.name(),
-                format_utc(end)
-            ));
-        }
-        Ok(())
     }
 
     /// Closes every interval that left the acceptance window, records it, and
