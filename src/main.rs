@@ -86,6 +86,11 @@ struct NodeArgs {
     /// Largest accepted event in bytes (413 above it).
     #[arg(long, env = "ALLDATA_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
     max_event_bytes: usize,
+    /// LevelDB memtable size in MiB (1..=1024). Larger means less compaction work
+    /// per event; the node may hold two memtables in memory.
+    #[arg(long, env = "ALLDATA_WRITE_BUFFER_MB", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    write_buffer_mb: u16,
 }
 
 impl NodeArgs {
@@ -120,6 +125,7 @@ impl NodeArgs {
         };
         config.cluster_secret = secret;
         config.max_event_bytes = self.max_event_bytes;
+        config.write_buffer_bytes = usize::from(self.write_buffer_mb) << 20;
         Ok(config)
     }
 }

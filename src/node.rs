@@ -90,7 +90,14 @@ pub struct NodeConfig {
     pub cluster_secret: String,
     /// Largest accepted event in bytes.
     pub max_event_bytes: usize,
+    /// LevelDB's memtable size in bytes. Larger memtables mean fewer level-0
+    /// files and less compaction per event (see `docs/BENCHMARKS.md`); the node
+    /// holds up to two of them in memory. Default 64 MiB.
+    pub write_buffer_bytes: usize,
 }
+
+/// The node's default LevelDB memtable size (64 MiB).
+pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
 impl NodeConfig {
     /// A config with defaults for everything but the identity, addresses and data
@@ -112,6 +119,7 @@ impl NodeConfig {
             durability: Durability::Sync,
             cluster_secret: String::new(),
             max_event_bytes: 1024 * 1024,
+            write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
         }
     }
 }
@@ -162,8 +170,9 @@ impl Node {
         let api_addr = api_listener.local_addr()?;
         let peer_addr = peer_listener.local_addr()?;
 
-        let storage_options =
-            crate::storage_leveldb::Options::new(&config.data_dir).durability(config.durability);
+        let storage_options = crate::storage_leveldb::Options::new(&config.data_dir)
+            .durability(config.durability)
+            .write_buffer_bytes(config.write_buffer_bytes);
         let storage = Arc::new(
             LevelDbStorage::open(storage_options)
                 .await
