@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::commit::{CommitLevel, Tracker, Verdict};
-use crate::error::{OptionsError, PutError, ReplicaError, ReplicaFailure};
+use crate::error::{OptionsError, PutError, ReplicaError, ReplicaFailure, StorageError};
 use crate::placement::{self, Chosen, PlacementPolicy};
 use crate::storage::{PutStatus, Storage};
 use crate::topology::{
@@ -231,9 +231,6 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
-type WriteResult = (NodeId, Category, Result<PutStatus, ReplicaError>);
-type WriteFuture = Pin<Box<dyn Future<Output = WriteResult> + Send>>;
-
 impl Coordinator {
     /// A coordinator for node `local` at `location`, writing locally to `storage`
     /// and to peers through `transport`. Fails when `options` cannot work.
@@ -400,46 +397,145 @@ impl Coordinator {
         event: Bytes,
         options: PutOptions,
     ) -> Result<PutAck, PutError> {
+        self.put_many(vec![(key, event)], options)
+            .await
+            .pop()
+            .unwrap_or(Err(PutError::Shutdown))
+    }
+
+    /// Gives each event a new key and stores them all, like
+    /// [`Coordinator::put_many`].
+    pub async fn append_many(
+        &self,
+        events: Vec<Bytes>,
+        options: PutOptions,
+    ) -> Vec<Result<PutAck, PutError>> {
+        let events = events
+            .into_iter()
+            .map(|event| (self.inner.keys.generate(), event))
+            .collect();
+        self.put_many(events, options).await
+    }
+
+    /// Stores many events at once, each with exactly the semantics of
+    /// [`Coordinator::put_with`]: its own random placement, its own commit
+    /// tracking, replacements and [`ReplicationReport`]. The writes are grouped
+    /// per node: one [`Storage::put_many`] for the local replicas and one
+    /// [`PeerTransport::put_many`] per peer (replacements likewise), so a batch
+    /// costs a few calls rather than a few per event.
+    ///
+    /// Returns one result per event, in order, once every event is answered
+    /// (the batch shares one overall deadline). The writes run in a task of
+    /// their own, so dropping this future does not stop them.
+    pub async fn put_many(
+        &self,
+        events: Vec<(EventKey, Bytes)>,
+        options: PutOptions,
+    ) -> Vec<Result<PutAck, PutError>> {
+        if events.is_empty() {
+            return Vec::new();
+        }
         let level = options
             .commit_level
             .unwrap_or(self.inner.options.commit_level);
+        let opts = &self.inner.options;
+        let rf = opts.replication_factor;
+        let required = level.required(rf);
         let topology = self.topology();
-        let placed = placement::place(&topology, &self.inner.options.policy(), &mut *self.rng());
-        let (peers, chosen) = match placed {
-            Ok(p) => p,
-            Err(e) => {
-                bump(&self.inner.stats.puts_failed);
-                return Err(PutError::NotEnoughNodes {
-                    replication_factor: e.replication_factor,
-                    nodes: e.nodes,
+        let policy = opts.policy();
+        let n = events.len();
+        let mut slots = Vec::with_capacity(n);
+        let mut completions = Vec::with_capacity(n);
+        // Peer index in `groups` by node id, and the events each peer gets.
+        let mut groups: Vec<(Peer, Vec<usize>)> = Vec::new();
+        {
+            let mut rng = self.rng();
+            for (i, (key, event)) in events.into_iter().enumerate() {
+                let (peers, chosen) = match placement::place(&topology, &policy, &mut *rng) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        drop(rng);
+                        self.inner
+                            .stats
+                            .puts_failed
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        let error = PutError::NotEnoughNodes {
+                            replication_factor: e.replication_factor,
+                            nodes: e.nodes,
+                        };
+                        return (0..n).map(|_| Err(error.clone())).collect();
+                    }
+                };
+                let mut tracker = Tracker::new(rf, required, opts.max_replacements);
+                let mut pending = Vec::with_capacity(rf);
+                tracker.started();
+                pending.push(topology.local().clone());
+                for peer in peers {
+                    tracker.started();
+                    pending.push(peer.id.clone());
+                    match groups.iter_mut().find(|(p, _)| p.id == peer.id) {
+                        Some((_, members)) => members.push(i),
+                        None => groups.push((peer, vec![i])),
+                    }
+                }
+                let (done_tx, done_rx) = oneshot::channel();
+                completions.push(done_rx);
+                slots.push(Slot {
+                    attempts: pending.len(),
+                    key,
+                    event,
+                    chosen,
+                    tracker,
+                    pending,
+                    holders: Vec::with_capacity(rf),
+                    failures: Vec::new(),
+                    conflict: None,
+                    created: false,
+                    answered: false,
+                    done: Some(done_tx),
                 });
             }
-        };
+        }
+        let keys: Vec<EventKey> = slots.iter().map(|s| s.key).collect();
         let (answer_tx, answer_rx) = oneshot::channel();
-        let (done_tx, done_rx) = oneshot::channel();
-        let write = Write {
+        let batch = Batch {
             coordinator: self.clone(),
             local: topology.local().clone(),
-            key,
-            event,
             level,
-            chosen,
+            slots,
         };
-        self.inner.running.send_modify(|n| *n += 1);
-        tokio::spawn(write.run(peers, answer_tx, done_tx));
-        let answer = answer_rx.await.unwrap_or(Err(PutError::Shutdown));
-        match &answer {
-            Ok(_) => bump(&self.inner.stats.puts_acked),
-            Err(_) => bump(&self.inner.stats.puts_failed),
-        }
-        answer.map(|a| PutAck {
-            key,
-            level,
-            required: a.required,
-            acked: a.acked,
-            created: a.created,
-            completion: Completion(done_rx),
-        })
+        self.inner.running.send_modify(|r| *r += n);
+        tokio::spawn(batch.run(groups, answer_tx));
+        let answers = answer_rx.await.unwrap_or_default();
+        let mut acked = 0u64;
+        let results: Vec<Result<PutAck, PutError>> = keys
+            .into_iter()
+            .zip(completions)
+            .zip(
+                answers
+                    .into_iter()
+                    .chain(std::iter::repeat_with(|| Err(PutError::Shutdown))),
+            )
+            .map(|((key, done_rx), answer)| {
+                answer.map(|a| {
+                    acked += 1;
+                    PutAck {
+                        key,
+                        level,
+                        required: a.required,
+                        acked: a.acked,
+                        created: a.created,
+                        completion: Completion(done_rx),
+                    }
+                })
+            })
+            .collect();
+        let stats = &self.inner.stats;
+        stats.puts_acked.fetch_add(acked, Ordering::Relaxed);
+        stats
+            .puts_failed
+            .fetch_add(n as u64 - acked, Ordering::Relaxed);
+        results
     }
 }
 
@@ -449,177 +545,334 @@ struct Answer {
     created: bool,
 }
 
-/// The state of one put's replica writes, owned by its task.
-struct Write {
-    coordinator: Coordinator,
-    local: NodeId,
+/// One event of a batch: its placement, its writes' outcomes and its answer.
+struct Slot {
     key: EventKey,
     event: Bytes,
-    level: CommitLevel,
     chosen: Chosen,
+    tracker: Tracker,
+    /// Nodes with a write in flight.
+    pending: Vec<NodeId>,
+    holders: Vec<NodeId>,
+    failures: Vec<ReplicaFailure>,
+    conflict: Option<NodeId>,
+    created: bool,
+    attempts: usize,
+    answered: bool,
+    /// Taken when the slot's report is sent: the slot is finished.
+    done: Option<oneshot::Sender<ReplicationReport>>,
 }
 
-impl Write {
-    fn local_write(&self) -> WriteFuture {
+impl Slot {
+    /// The answer, once the commit level is met or cannot be met any more.
+    fn verdict(&self, level: CommitLevel) -> Option<Result<Answer, PutError>> {
+        match (self.tracker.verdict(), &self.conflict) {
+            (Verdict::Committed, _) => Some(Ok(Answer {
+                required: self.tracker.required(),
+                acked: self.holders.clone(),
+                created: self.created,
+            })),
+            (_, Some(node)) => Some(Err(PutError::Conflict {
+                key: self.key,
+                node: node.clone(),
+            })),
+            (Verdict::Unreachable, None) => Some(Err(PutError::CommitNotReached {
+                level,
+                required: self.tracker.required(),
+                acked: self.tracker.acked(),
+                may_have_written: self.failures.iter().any(|f| f.error.may_have_written()),
+                failures: self.failures.clone(),
+            })),
+            (Verdict::Pending, None) => None,
+        }
+    }
+}
+
+/// The outcome of one grouped write: the node, its category, the slots it
+/// carried and one result per slot.
+type GroupResult = (
+    NodeId,
+    Category,
+    Vec<usize>,
+    Vec<Result<PutStatus, ReplicaError>>,
+);
+type GroupFuture = Pin<Box<dyn Future<Output = GroupResult> + Send>>;
+
+/// The state of one batch's replica writes, owned by its task.
+struct Batch {
+    coordinator: Coordinator,
+    local: NodeId,
+    level: CommitLevel,
+    slots: Vec<Slot>,
+}
+
+impl Batch {
+    fn events(&self, members: &[usize]) -> Vec<(EventKey, Bytes)> {
+        members
+            .iter()
+            .map(|&i| (self.slots[i].key, self.slots[i].event.clone()))
+            .collect()
+    }
+
+    fn local_write(&self, members: Vec<usize>) -> GroupFuture {
         let storage = Arc::clone(&self.coordinator.inner.storage);
         let timeout = self.coordinator.inner.options.replica_timeout;
-        let (node, key, event) = (self.local.clone(), self.key, self.event.clone());
+        let node = self.local.clone();
+        let mut events = self.events(&members);
         Box::pin(async move {
-            let result = match tokio::time::timeout(timeout, storage.put(key, event)).await {
-                Ok(r) => r.map_err(ReplicaError::from),
-                Err(_) => Err(ReplicaError::Timeout(timeout)),
+            let n = events.len();
+            let call = async {
+                if n == 1 {
+                    let (key, event) = events.pop().expect("one event");
+                    vec![storage.put(key, event).await]
+                } else {
+                    storage.put_many(events).await
+                }
             };
-            (node, Category::Local, result)
+            let results = match tokio::time::timeout(timeout, call).await {
+                Ok(results) => expand(n, results, ReplicaError::from),
+                Err(_) => vec![Err(ReplicaError::Timeout(timeout)); n],
+            };
+            (node, Category::Local, members, results)
         })
     }
 
-    fn peer_write(&self, peer: Peer) -> WriteFuture {
+    fn peer_write(&self, peer: Peer, members: Vec<usize>) -> GroupFuture {
         let transport = Arc::clone(&self.coordinator.inner.transport);
         let timeout = self.coordinator.inner.options.replica_timeout;
-        let (key, event) = (self.key, self.event.clone());
+        let mut events = self.events(&members);
         Box::pin(async move {
-            let call = transport.put(&peer, key, event);
-            let result = match tokio::time::timeout(timeout, call).await {
-                Ok(r) => r.map_err(ReplicaError::from),
-                Err(_) => Err(ReplicaError::Timeout(timeout)),
+            let n = events.len();
+            let call = async {
+                if n == 1 {
+                    let (key, event) = events.pop().expect("one event");
+                    vec![transport.put(&peer, key, event).await]
+                } else {
+                    transport.put_many(&peer, events).await
+                }
             };
-            (peer.id, peer.locality.category(), result)
+            let results = match tokio::time::timeout(timeout, call).await {
+                Ok(results) => expand(n, results, ReplicaError::from),
+                Err(_) => vec![Err(ReplicaError::Timeout(timeout)); n],
+            };
+            (peer.id, peer.locality.category(), members, results)
         })
     }
 
     async fn run(
         mut self,
-        peers: Vec<Peer>,
-        answer_tx: oneshot::Sender<Result<Answer, PutError>>,
-        done_tx: oneshot::Sender<ReplicationReport>,
+        groups: Vec<(Peer, Vec<usize>)>,
+        answer_tx: oneshot::Sender<Vec<Result<Answer, PutError>>>,
     ) {
         let opts = self.coordinator.inner.options.clone();
-        let rf = opts.replication_factor;
-        let mut tracker = Tracker::new(rf, self.level.required(rf), opts.max_replacements);
-        let mut writes: FuturesUnordered<WriteFuture> = FuturesUnordered::new();
-        let mut pending: Vec<NodeId> = Vec::with_capacity(rf);
-        writes.push(self.local_write());
-        pending.push(self.local.clone());
-        tracker.started();
-        for peer in peers {
-            pending.push(peer.id.clone());
-            writes.push(self.peer_write(peer));
-            tracker.started();
+        let n = self.slots.len();
+        let mut writes: FuturesUnordered<GroupFuture> = FuturesUnordered::new();
+        writes.push(self.local_write((0..n).collect()));
+        for (peer, members) in groups {
+            writes.push(self.peer_write(peer, members));
         }
+        let mut answers: Vec<Option<Result<Answer, PutError>>> = (0..n).map(|_| None).collect();
+        let mut unanswered = n;
+        let mut unfinished = n;
         let mut answer_tx = Some(answer_tx);
-        let mut holders: Vec<NodeId> = Vec::with_capacity(rf);
-        let mut failures: Vec<ReplicaFailure> = Vec::new();
-        let mut conflict: Option<NodeId> = None;
-        let mut created = false;
-        let mut attempts = pending.len();
         let deadline = tokio::time::sleep(opts.deadline);
         tokio::pin!(deadline);
-        let stats = &self.coordinator.inner.stats;
 
-        while !tracker.finished() {
-            let (node, category, result) = tokio::select! {
+        while unfinished > 0 {
+            let (node, category, members, results) = tokio::select! {
                 biased;
                 Some(done) = writes.next() => done,
                 () = &mut deadline, if answer_tx.is_some() => {
-                    if let Some(tx) = answer_tx.take() {
-                        tracing::warn!(key = %self.key, level = %self.level, acked = tracker.acked(), "put deadline passed");
-                        let _ = tx.send(Err(PutError::Timeout {
+                    for (slot, answer) in self.slots.iter_mut().zip(answers.iter_mut()) {
+                        if slot.answered {
+                            continue;
+                        }
+                        slot.answered = true;
+                        tracing::warn!(key = %slot.key, level = %self.level, acked = slot.tracker.acked(), "put deadline passed");
+                        *answer = Some(Err(PutError::Timeout {
                             level: self.level,
                             deadline: opts.deadline,
-                            required: tracker.required(),
-                            acked: tracker.acked(),
-                            pending: pending.clone(),
-                            failures: failures.clone(),
+                            required: slot.tracker.required(),
+                            acked: slot.tracker.acked(),
+                            pending: slot.pending.clone(),
+                            failures: slot.failures.clone(),
                         }));
                     }
+                    unanswered = 0;
+                    send_answers(&mut answer_tx, &mut answers);
                     continue;
                 }
+                else => break,
             };
-            pending.retain(|n| *n != node);
-            match result {
-                Ok(status) => {
-                    bump(&stats.replica_writes_ok);
-                    tracker.succeeded();
-                    created |= status == PutStatus::Stored;
-                    holders.push(node);
+            let mut replace: Vec<(usize, Category)> = Vec::new();
+            for (&i, result) in members.iter().zip(results) {
+                let slot = &mut self.slots[i];
+                if slot.done.is_none() {
+                    // Already finished (RF reached); a late extra write changes nothing.
+                    continue;
                 }
-                Err(error) => {
-                    bump(&stats.replica_writes_failed);
-                    tracker.failed();
-                    tracing::debug!(key = %self.key, %node, %error, "replica write failed");
-                    if error.is_conflict() {
-                        conflict.get_or_insert(node.clone());
-                    }
-                    failures.push(ReplicaFailure { node, error });
-                    if conflict.is_none() && tracker.may_replace() {
-                        let topology = self.coordinator.topology();
-                        let next = placement::replacement(
-                            &topology,
-                            category,
-                            &mut self.chosen,
-                            &mut *self.coordinator.rng(),
-                        );
-                        if let Some(peer) = next {
-                            bump(&stats.replacements);
-                            tracing::debug!(key = %self.key, to = %peer.id, "replacing failed replica write");
-                            tracker.replacement_started();
-                            attempts += 1;
-                            pending.push(peer.id.clone());
-                            writes.push(self.peer_write(peer));
-                        }
-                    }
+                slot.pending.retain(|p| *p != node);
+                let failed = result.is_err();
+                self.coordinator.record(slot, &node, result);
+                if failed && slot.conflict.is_none() && slot.tracker.may_replace() {
+                    replace.push((i, category));
                 }
             }
-            if answer_tx.is_some() {
-                let answer = match (tracker.verdict(), &conflict) {
-                    (Verdict::Committed, _) => Some(Ok(Answer {
-                        required: tracker.required(),
-                        acked: holders.clone(),
-                        created,
-                    })),
-                    (_, Some(node)) => Some(Err(PutError::Conflict {
-                        key: self.key,
-                        node: node.clone(),
-                    })),
-                    (Verdict::Unreachable, None) => Some(Err(PutError::CommitNotReached {
-                        level: self.level,
-                        required: tracker.required(),
-                        acked: tracker.acked(),
-                        may_have_written: failures.iter().any(|f| f.error.may_have_written()),
-                        failures: failures.clone(),
-                    })),
-                    (Verdict::Pending, None) => None,
-                };
-                if let Some(answer) = answer
-                    && let Some(tx) = answer_tx.take()
+            if !replace.is_empty() {
+                self.start_replacements(replace, &writes);
+            }
+            for &i in &members {
+                let slot = &mut self.slots[i];
+                if !slot.answered
+                    && let Some(answer) = slot.verdict(self.level)
                 {
-                    let _ = tx.send(answer);
+                    slot.answered = true;
+                    answers[i] = Some(answer);
+                    unanswered -= 1;
+                }
+                if slot.done.is_some() && slot.tracker.finished() {
+                    self.coordinator.finish(slot);
+                    unfinished -= 1;
+                }
+            }
+            if unanswered == 0 {
+                send_answers(&mut answer_tx, &mut answers);
+            }
+        }
+        // Slots left only if the runtime stopped feeding writes (cannot happen
+        // while the futures are alive); they report what they have.
+        for slot in &mut self.slots {
+            if slot.done.is_some() {
+                self.coordinator.finish(slot);
+            }
+        }
+        self.coordinator.inner.running.send_modify(|r| *r -= n);
+    }
+
+    /// Starts a replacement write for each `(slot, failed category)`, grouped
+    /// per chosen peer.
+    fn start_replacements(
+        &mut self,
+        replace: Vec<(usize, Category)>,
+        writes: &FuturesUnordered<GroupFuture>,
+    ) {
+        let topology = self.coordinator.topology();
+        let stats = &self.coordinator.inner.stats;
+        let mut groups: Vec<(Peer, Vec<usize>)> = Vec::new();
+        {
+            let mut rng = self.coordinator.rng();
+            for (i, category) in replace {
+                let slot = &mut self.slots[i];
+                let Some(peer) =
+                    placement::replacement(&topology, category, &mut slot.chosen, &mut *rng)
+                else {
+                    continue;
+                };
+                bump(&stats.replacements);
+                tracing::debug!(key = %slot.key, to = %peer.id, "replacing failed replica write");
+                slot.tracker.replacement_started();
+                slot.attempts += 1;
+                slot.pending.push(peer.id.clone());
+                match groups.iter_mut().find(|(p, _)| p.id == peer.id) {
+                    Some((_, members)) => members.push(i),
+                    None => groups.push((peer, vec![i])),
                 }
             }
         }
+        for (peer, members) in groups {
+            writes.push(self.peer_write(peer, members));
+        }
+    }
+}
 
+/// One result per event from a call that should return `n` of them; a
+/// backend returning the wrong number fails the events it did not answer.
+fn expand<E>(
+    n: usize,
+    results: Vec<Result<PutStatus, E>>,
+    into: impl Fn(E) -> ReplicaError,
+) -> Vec<Result<PutStatus, ReplicaError>> {
+    let mut out: Vec<Result<PutStatus, ReplicaError>> = results
+        .into_iter()
+        .take(n)
+        .map(|r| r.map_err(&into))
+        .collect();
+    while out.len() < n {
+        out.push(Err(ReplicaError::Storage(StorageError::Failed(
+            "the backend returned fewer results than events".into(),
+        ))));
+    }
+    out
+}
+
+fn send_answers(
+    answer_tx: &mut Option<oneshot::Sender<Vec<Result<Answer, PutError>>>>,
+    answers: &mut [Option<Result<Answer, PutError>>],
+) {
+    if let Some(tx) = answer_tx.take() {
+        let answers = answers
+            .iter_mut()
+            .map(|a| a.take().unwrap_or(Err(PutError::Shutdown)))
+            .collect();
+        let _ = tx.send(answers);
+    }
+}
+
+impl Coordinator {
+    /// Counts one write's outcome into its slot.
+    fn record(&self, slot: &mut Slot, node: &NodeId, result: Result<PutStatus, ReplicaError>) {
+        let stats = &self.inner.stats;
+        match result {
+            Ok(status) => {
+                bump(&stats.replica_writes_ok);
+                slot.tracker.succeeded();
+                slot.created |= status == PutStatus::Stored;
+                slot.holders.push(node.clone());
+            }
+            Err(error) => {
+                bump(&stats.replica_writes_failed);
+                slot.tracker.failed();
+                tracing::debug!(key = %slot.key, %node, %error, "replica write failed");
+                if error.is_conflict() {
+                    slot.conflict.get_or_insert(node.clone());
+                }
+                slot.failures.push(ReplicaFailure {
+                    node: node.clone(),
+                    error,
+                });
+            }
+        }
+    }
+
+    /// Publishes a finished slot's report.
+    fn finish(&self, slot: &mut Slot) {
+        let Some(done) = slot.done.take() else {
+            return;
+        };
+        let rf = self.inner.options.replication_factor;
         let report = ReplicationReport {
-            key: self.key,
+            key: slot.key,
             replication_factor: rf,
-            holders,
-            failures,
-            attempts,
-            stopped_by_cap: tracker.cap_reached() && tracker.acked() < rf,
+            holders: std::mem::take(&mut slot.holders),
+            failures: std::mem::take(&mut slot.failures),
+            attempts: slot.attempts,
+            stopped_by_cap: slot.tracker.cap_reached() && slot.tracker.acked() < rf,
         };
         if !report.is_complete() {
-            bump(&stats.under_replicated);
+            bump(&self.inner.stats.under_replicated);
             tracing::warn!(
-                key = %self.key,
+                key = %slot.key,
                 holders = report.holders.len(),
                 replication_factor = rf,
                 failures = report.failures.len(),
                 "event under-replicated after all writes finished"
             );
         } else {
-            tracing::trace!(key = %self.key, "event fully replicated");
+            tracing::trace!(key = %slot.key, "event fully replicated");
         }
-        let _ = self.coordinator.inner.reports.send(report.clone());
-        let _ = done_tx.send(report);
-        self.coordinator.inner.running.send_modify(|n| *n -= 1);
+        if self.inner.reports.receiver_count() > 0 {
+            let _ = self.inner.reports.send(report.clone());
+        }
+        let _ = done.send(report);
     }
 }

@@ -24,6 +24,24 @@ pub trait PeerTransport: Send + Sync + 'static {
         key: EventKey,
         event: Bytes,
     ) -> Result<PutStatus, TransportError>;
+
+    /// Asks `peer` to store several events, with the semantics of
+    /// [`PeerTransport::put`] for each, and returns one result per event in
+    /// order. The coordinator uses it for the events of one batch that go to
+    /// the same peer. Transports that can send them together (HTTP: one
+    /// request) override it; the default runs the puts concurrently.
+    async fn put_many(
+        &self,
+        peer: &Peer,
+        events: Vec<(EventKey, Bytes)>,
+    ) -> Vec<Result<PutStatus, TransportError>> {
+        futures::future::join_all(
+            events
+                .into_iter()
+                .map(|(key, event)| self.put(peer, key, event)),
+        )
+        .await
+    }
 }
 
 /// A transport for a node without peers: every call fails as unreachable.

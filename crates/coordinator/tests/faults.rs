@@ -248,3 +248,139 @@ async fn drain_waits_for_background_writes() {
     assert_eq!(n.coord.running_puts(), 0);
     assert_eq!(n.net.holders(&ack.key).len(), 3);
 }
+
+fn batch_of(
+    n: usize,
+    coord: &alldata_coordinator::Coordinator,
+) -> Vec<(alldata_coordinator::EventKey, bytes::Bytes)> {
+    (0..n)
+        .map(|i| {
+            (
+                coord.keys().generate(),
+                bytes::Bytes::from(format!(r#"{{"i":{i}}}"#)),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_moves_a_failing_peers_writes_to_the_unused_peer() {
+    let n = node(
+        opts(3, 0, 0),
+        &[("bad", local()), ("b", local()), ("spare", zone("z"))],
+    );
+    n.net.set_fault("bad", Some(Fault::Error));
+    let events = batch_of(40, &n.coord);
+    let results = n
+        .coord
+        .put_many(events.clone(), PutOptions::level(CommitLevel::All))
+        .await;
+    assert_eq!(results.len(), 40);
+    for ((key, bytes), result) in events.iter().zip(results) {
+        let ack = result.expect("ALL is reachable through the spare");
+        assert_eq!(ack.key, *key);
+        assert_eq!(sorted(ack.acked), ["b", "local", "spare"]);
+        assert_eq!(
+            n.net.storage("spare").get(*key).await.unwrap().as_ref(),
+            Some(bytes)
+        );
+        assert!(n.net.holders(key).iter().all(|h| h.as_str() != "bad"));
+    }
+    let stats = n.coord.stats();
+    assert_eq!(stats.replacements, 40, "one replacement per event");
+    assert_eq!(stats.puts_acked, 40);
+    assert_eq!(stats.under_replicated, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_conflict_fails_only_its_own_event() {
+    let n = node(opts(2, 0, 0), &[("a", local()), ("b", local())]);
+    let mut events = batch_of(5, &n.coord);
+    // Another event already holds key 2 on the local node.
+    n.storage
+        .put(events[2].0, bytes::Bytes::from_static(b"{\"other\":true}"))
+        .await
+        .unwrap();
+    // Key 3 appears twice with the same bytes: both succeed (idempotent).
+    events.push(events[3].clone());
+    let results = n
+        .coord
+        .put_many(events.clone(), PutOptions::level(CommitLevel::All))
+        .await;
+    for (i, result) in results.iter().enumerate() {
+        match (i, result) {
+            (2, Err(PutError::Conflict { key, node })) => {
+                assert_eq!(*key, events[2].0);
+                assert_eq!(node.as_str(), "local");
+            }
+            (2, other) => panic!("event 2 should conflict, got {other:?}"),
+            (_, Ok(ack)) => assert_eq!(ack.acked.len(), 2),
+            (i, Err(e)) => panic!("event {i} failed: {e}"),
+        }
+    }
+    assert_eq!(
+        n.coord.stats().replacements,
+        0,
+        "a conflict is never retried elsewhere"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_deadline_answers_every_undecided_event() {
+    let mut o = opts(3, 0, 0);
+    o.replica_timeout = Duration::from_secs(2);
+    o.deadline = Duration::from_secs(3);
+    let n = node(o, &[("h1", local()), ("h2", local()), ("h3", local())]);
+    n.net.set_fault("h1", Some(Fault::Hang));
+    n.net.set_fault("h2", Some(Fault::DropReply));
+    n.net.set_fault("h3", Some(Fault::Hang));
+    let start = tokio::time::Instant::now();
+    let results = n
+        .coord
+        .put_many(
+            batch_of(8, &n.coord),
+            PutOptions::level(CommitLevel::Quorum),
+        )
+        .await;
+    // The placed writes time out at 2 s, their replacements hang, the deadline answers at 3 s.
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    for result in results {
+        match result {
+            Err(PutError::Timeout {
+                acked: 1,
+                required: 2,
+                pending,
+                ..
+            }) => assert_eq!(pending.len(), 1, "the replacement is still in flight"),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+    n.coord.drain().await;
+    assert_eq!(n.coord.running_puts(), 0);
+    assert_eq!(n.coord.stats().under_replicated, 8);
+    assert_eq!(n.coord.stats().replacements, 8);
+}
+
+#[tokio::test]
+async fn batch_without_enough_nodes_writes_nothing() {
+    let n = node(opts(3, 0, 0), &[("a", local())]);
+    let events = batch_of(3, &n.coord);
+    let results = n
+        .coord
+        .put_many(events.clone(), PutOptions::default())
+        .await;
+    assert_eq!(results.len(), 3);
+    for ((key, _), result) in events.iter().zip(results) {
+        assert!(matches!(
+            result,
+            Err(PutError::NotEnoughNodes { nodes: 2, .. })
+        ));
+        assert!(n.net.holders(key).is_empty());
+    }
+    assert!(
+        n.coord
+            .put_many(Vec::new(), PutOptions::default())
+            .await
+            .is_empty()
+    );
+}

@@ -166,13 +166,16 @@ struct Outcome {
     max_calls: usize,
 }
 
+/// Runs one put (`batch == 1`, through `put_with`) or a batch of `batch`
+/// events (through `put_many`) and returns each event's outcome.
 fn run_put(
     peers: &[(Locality, PeerState)],
     rf: usize,
     level: CommitLevel,
     max_replacements: usize,
     seed: u64,
-) -> Outcome {
+    batch: usize,
+) -> Vec<Outcome> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -216,53 +219,67 @@ fn run_put(
             }
         }
         let mut reports = coord.subscribe_reports();
-        let key = coord.keys().generate();
-        let result = coord
-            .put_with(
-                key,
-                bytes::Bytes::from_static(b"{}"),
-                PutOptions::level(level),
-            )
-            .await;
-        let result = result.map(|ack| {
-            // Every node named in the ack holds the event at answer time.
-            for n in &ack.acked {
-                assert!(net.storage(n.as_str()).contains(&key));
+        let keys: Vec<_> = (0..batch).map(|_| coord.keys().generate()).collect();
+        let event = bytes::Bytes::from_static(b"{}");
+        let results = if batch == 1 {
+            vec![
+                coord
+                    .put_with(keys[0], event, PutOptions::level(level))
+                    .await,
+            ]
+        } else {
+            let events = keys.iter().map(|k| (*k, event.clone())).collect();
+            coord.put_many(events, PutOptions::level(level)).await
+        };
+        assert_eq!(results.len(), batch, "one result per event");
+        let mut outcomes = Vec::with_capacity(batch);
+        let mut waiting = BTreeMap::new();
+        for (key, result) in keys.iter().zip(results) {
+            let result = result.map(|ack| {
+                assert_eq!(ack.key, *key, "results come in input order");
+                // Every node named in the ack holds the event at answer time.
+                for n in &ack.acked {
+                    assert!(net.storage(n.as_str()).contains(key));
+                }
+                ack.acked.len()
+            });
+            if let Err(PutError::NotEnoughNodes { .. }) = result {
+                // Nothing was started, so no report follows.
+                assert!(net.holders(key).is_empty());
+                outcomes.push(Outcome {
+                    result,
+                    holders: 0,
+                    reachable,
+                    rf,
+                    stopped_by_cap: false,
+                    max_calls: 0,
+                });
+            } else {
+                waiting.insert(*key, result);
             }
-            ack.acked.len()
-        });
-        if let Err(PutError::NotEnoughNodes { .. }) = result {
-            // Nothing was started, so no report follows.
-            assert!(net.holders(&key).is_empty());
-            return Outcome {
+        }
+        while !waiting.is_empty() {
+            let report = reports.recv().await.unwrap();
+            let Some(result) = waiting.remove(&report.key) else {
+                continue;
+            };
+            let key = report.key;
+            let holders = net.holders(&key).len();
+            assert_eq!(holders, report.holders.len(), "report matches storage");
+            let max_calls = (0..peers.len())
+                .map(|i| net.calls_for(&format!("p{i}"), &key))
+                .max()
+                .unwrap_or(0);
+            outcomes.push(Outcome {
                 result,
-                holders: 0,
+                holders,
                 reachable,
                 rf,
-                stopped_by_cap: false,
-                max_calls: 0,
-            };
+                stopped_by_cap: report.stopped_by_cap,
+                max_calls,
+            });
         }
-        let report = loop {
-            let r = reports.recv().await.unwrap();
-            if r.key == key {
-                break r;
-            }
-        };
-        let holders = net.holders(&key).len();
-        assert_eq!(holders, report.holders.len(), "report matches storage");
-        let max_calls = (0..peers.len())
-            .map(|i| net.calls_for(&format!("p{i}"), &key))
-            .max()
-            .unwrap_or(0);
-        Outcome {
-            result,
-            holders,
-            reachable,
-            rf,
-            stopped_by_cap: report.stopped_by_cap,
-            max_calls,
-        }
+        outcomes
     })
 }
 
@@ -280,29 +297,69 @@ proptest! {
         cap in 0usize..6,
         seed: u64,
     ) {
-        let out = run_put(&peers, rf, level, cap, seed);
-        let required = level.required(out.rf);
-        match &out.result {
-            Ok(acked) => {
-                prop_assert!(*acked >= required);
-                prop_assert!(out.holders >= required);
-            }
-            Err(PutError::NotEnoughNodes { .. }) => prop_assert!(peers.len() + 1 < rf),
-            Err(PutError::CommitNotReached { acked, .. }) => {
-                prop_assert!(*acked < required);
-                prop_assert!(out.holders < required, "failed but {} of {} hold it", out.holders, required);
-            }
-            Err(e) => prop_assert!(false, "unexpected error {e:?}"),
-        }
-        prop_assert!(out.max_calls <= 1, "a node was asked twice");
-        if peers.len() + 1 >= rf {
-            let want = out.rf.min(out.reachable);
-            prop_assert!(out.holders == want || out.stopped_by_cap, "holders {} want {} ({:?})", out.holders, want, peers);
-            if cap >= peers.len() {
-                prop_assert_eq!(out.holders, want);
-            }
+        for out in run_put(&peers, rf, level, cap, seed, 1) {
+            check_laws(&out, &peers, level, cap)?;
         }
     }
+
+    /// The same laws hold for every event of a batch (`put_many`), whose
+    /// writes are grouped per node and whose replacements are grouped too.
+    #[test]
+    fn put_many_outcome_laws(
+        peers in proptest::collection::vec((locality(), peer_state()), 0..7),
+        rf in 1usize..6,
+        level in level(),
+        cap in 0usize..6,
+        seed: u64,
+        batch in 2usize..12,
+    ) {
+        let outcomes = run_put(&peers, rf, level, cap, seed, batch);
+        prop_assert_eq!(outcomes.len(), batch);
+        for out in outcomes {
+            check_laws(&out, &peers, level, cap)?;
+        }
+    }
+}
+
+fn check_laws(
+    out: &Outcome,
+    peers: &[(Locality, PeerState)],
+    level: CommitLevel,
+    cap: usize,
+) -> Result<(), TestCaseError> {
+    let required = level.required(out.rf);
+    match &out.result {
+        Ok(acked) => {
+            prop_assert!(*acked >= required);
+            prop_assert!(out.holders >= required);
+        }
+        Err(PutError::NotEnoughNodes { .. }) => prop_assert!(peers.len() + 1 < out.rf),
+        Err(PutError::CommitNotReached { acked, .. }) => {
+            prop_assert!(*acked < required);
+            prop_assert!(
+                out.holders < required,
+                "failed but {} of {} hold it",
+                out.holders,
+                required
+            );
+        }
+        Err(e) => prop_assert!(false, "unexpected error {e:?}"),
+    }
+    prop_assert!(out.max_calls <= 1, "a node was asked twice");
+    if peers.len() + 1 >= out.rf {
+        let want = out.rf.min(out.reachable);
+        prop_assert!(
+            out.holders == want || out.stopped_by_cap,
+            "holders {} want {} ({:?})",
+            out.holders,
+            want,
+            peers
+        );
+        if cap >= peers.len() {
+            prop_assert_eq!(out.holders, want);
+        }
+    }
+    Ok(())
 }
 
 /// Placement is a pure function of the seed.

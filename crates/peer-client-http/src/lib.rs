@@ -492,4 +492,60 @@ impl PeerTransport for HttpTransport {
             .await
             .unwrap_or(Err(TransportError::Timeout))
     }
+
+    /// Sends the events as batch requests of their own (split at the batch
+    /// limits, sent concurrently), bypassing the peer's queue: they are already
+    /// a batch.
+    async fn put_many(
+        &self,
+        peer: &Peer,
+        events: Vec<(EventKey, Bytes)>,
+    ) -> Vec<Result<PutStatus, TransportError>> {
+        let config = &self.shared.config;
+        let url = format!("{}{EVENTS_PATH}", base_url(&peer.address));
+        let mut chunks: Vec<Vec<(EventKey, Bytes)>> = Vec::new();
+        let mut size = 0;
+        for (key, event) in events {
+            let len = wire::frame_len(&event);
+            let open = chunks.last().is_some_and(|c| {
+                c.len() < config.max_batch_events && size + len <= config.max_batch_bytes
+            });
+            if !open {
+                chunks.push(Vec::new());
+                size = wire::HEADER_LEN;
+            }
+            size += len;
+            chunks
+                .last_mut()
+                .expect("a chunk was just opened")
+                .push((key, event));
+        }
+        let timeout = config.attempt_timeout;
+        let sends = chunks.into_iter().map(|chunk| {
+            let url = url.as_str();
+            async move {
+                let n = chunk.len();
+                if let Some((_, event)) = chunk
+                    .iter()
+                    .find(|(_, e)| e.len() > u32::MAX as usize - wire::FRAME_OVERHEAD)
+                {
+                    let error = TransportError::Rejected(format!(
+                        "event of {} bytes cannot be framed",
+                        event.len()
+                    ));
+                    return vec![Err(error); n];
+                }
+                let body = wire::encode_request(chunk.iter().map(|(k, e)| (k, e)));
+                match self.shared.post_batch(url, body, n, timeout).await {
+                    Ok(results) => results,
+                    Err(error) => vec![Err(error); n],
+                }
+            }
+        });
+        futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
 }

@@ -469,3 +469,71 @@ async fn callers_that_gave_up_are_not_sent_and_a_timed_out_write_may_still_land(
     assert_eq!(server.state.stats().events(), 2);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn put_many_sends_a_group_as_one_request_with_per_event_results() {
+    let server = Server::start(ServerConfig::new(SECRET)).await;
+    let t = transport(config());
+    let keys = KeyGenerator::new();
+    let peer = server.peer();
+    let taken = keys.generate();
+    server
+        .storage
+        .put_now(taken, Bytes::from_static(b"{\"first\":1}"))
+        .unwrap();
+    let mut events: Vec<_> = (0..50)
+        .map(|i| (keys.generate(), Bytes::from(format!("{{\"i\":{i}}}"))))
+        .collect();
+    events[7] = (taken, Bytes::from_static(b"{\"second\":2}"));
+    let results = t.put_many(&peer, events.clone()).await;
+    assert_eq!(results.len(), 50);
+    for (i, result) in results.iter().enumerate() {
+        if i == 7 {
+            assert_eq!(*result, Err(TransportError::Conflict));
+        } else {
+            assert_eq!(*result, Ok(PutStatus::Stored), "event {i}");
+        }
+    }
+    assert_eq!(t.stats().requests(), 1, "one request for the whole group");
+    assert_eq!(server.storage.len(), 50);
+    // The same group again: idempotent, each already present.
+    events.remove(7);
+    let again = t.put_many(&peer, events).await;
+    assert!(again.iter().all(|r| *r == Ok(PutStatus::AlreadyPresent)));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn put_many_splits_at_the_batch_limits() {
+    let server = Server::start(ServerConfig::new(SECRET)).await;
+    let t = transport(config().with_batching(8, 4 * 1024 * 1024, 4));
+    let keys = KeyGenerator::new();
+    let events: Vec<_> = (0..20)
+        .map(|_| (keys.generate(), Bytes::from_static(b"{}")))
+        .collect();
+    let results = t.put_many(&server.peer(), events).await;
+    assert!(results.iter().all(|r| *r == Ok(PutStatus::Stored)));
+    assert_eq!(t.stats().requests(), 3, "8 + 8 + 4 events");
+    assert_eq!(server.state.stats().batches(), 3);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn put_many_to_nothing_listening_fails_every_event_as_unreachable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let t = transport(config());
+    let keys = KeyGenerator::new();
+    let events: Vec<_> = (0..3)
+        .map(|_| (keys.generate(), Bytes::from_static(b"{}")))
+        .collect();
+    let results = t.put_many(&peer_at(&addr.to_string()), events).await;
+    assert_eq!(results.len(), 3);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(TransportError::Unreachable(_)))),
+        "{results:?}"
+    );
+}

@@ -23,8 +23,11 @@ pub struct ApiConfig {
     /// The largest batch body accepted, in bytes (default 64 MiB); each line is
     /// also held to `max_event_bytes`.
     pub max_batch_bytes: usize,
-    /// How many puts of one batch run at once (default 64).
-    pub batch_concurrency: usize,
+    /// How many events of one batch go to the coordinator together, as one
+    /// `Coordinator::put_many` (one local write, one request per peer); a
+    /// larger batch is split into groups of this size, up to four in flight
+    /// (default 1024).
+    pub batch_group_events: usize,
     /// Events a scan returns when `limit` is not given (default 1000).
     pub default_scan_limit: usize,
     /// The largest `limit` a scan accepts (default 100 000); larger: 400.
@@ -47,7 +50,7 @@ impl Default for ApiConfig {
         Self {
             max_event_bytes: 1024 * 1024,
             max_batch_bytes: 64 * 1024 * 1024,
-            batch_concurrency: 64,
+            batch_group_events: 1024,
             default_scan_limit: 1000,
             max_scan_limit: 100_000,
             key_validator: None,
@@ -98,7 +101,7 @@ impl fmt::Debug for ApiConfig {
         f.debug_struct("ApiConfig")
             .field("max_event_bytes", &self.max_event_bytes)
             .field("max_batch_bytes", &self.max_batch_bytes)
-            .field("batch_concurrency", &self.batch_concurrency)
+            .field("batch_group_events", &self.batch_group_events)
             .field("default_scan_limit", &self.default_scan_limit)
             .field("max_scan_limit", &self.max_scan_limit)
             .field("key_validator", &self.key_validator.as_ref().map(|_| ".."))

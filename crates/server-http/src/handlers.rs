@@ -222,48 +222,124 @@ fn ndjson_lines(body: &Bytes) -> Vec<Bytes> {
     lines
 }
 
-async fn batch_line(
-    state: ApiState,
-    line: Bytes,
-    level: Option<CommitLevel>,
-) -> Result<EventKey, ApiError> {
-    let limit = state.inner.config.max_event_bytes;
+/// Checks one batch line before anything is written.
+fn check_line(line: &[u8], limit: usize) -> Result<(), ApiError> {
     if line.len() > limit {
         return Err(ApiError::TooLarge {
             what: "event",
             limit,
         });
     }
-    validate_json(&line)?;
-    store(&state, None, line, level).await.map(|(key, _)| key)
+    validate_json(line)
 }
 
+/// Stores a group of validated events under new keys with one coordinator
+/// call; one result per event, in order.
+async fn store_many(
+    state: &ApiState,
+    events: Vec<Bytes>,
+    level: Option<CommitLevel>,
+) -> Vec<Result<EventKey, ApiError>> {
+    let coordinator = &state.inner.coordinator;
+    let effective = level.unwrap_or(coordinator.options().commit_level);
+    let events: Vec<(EventKey, Bytes)> = events
+        .into_iter()
+        .map(|event| (coordinator.keys().generate(), event))
+        .collect();
+    let keys: Vec<EventKey> = events.iter().map(|(k, _)| *k).collect();
+    let started = Instant::now();
+    let results = coordinator
+        .put_many(
+            events,
+            PutOptions {
+                commit_level: level,
+            },
+        )
+        .await;
+    let elapsed = started.elapsed();
+    let metrics = &state.inner.metrics;
+    let local = coordinator.topology().local().clone();
+    keys.into_iter()
+        .zip(results)
+        .map(|(key, result)| match result {
+            Ok(ack) => {
+                let outcome = if ack.created {
+                    PutOutcome::Created
+                } else {
+                    PutOutcome::Existing
+                };
+                metrics.put(effective, outcome, elapsed);
+                Ok(key)
+            }
+            Err(e) => {
+                let error = ApiError::from_put(e, key, local.as_str());
+                metrics.put(effective, outcome_of(&error), elapsed);
+                Err(error)
+            }
+        })
+        .collect()
+}
+
+/// Groups of one batch in flight at once.
+const BATCH_GROUPS_IN_FLIGHT: usize = 4;
+
 /// `POST /events/batch`: NDJSON in, one NDJSON result line per event out, in
-/// order. The puts run concurrently; results stream as they complete in order.
+/// order. Valid lines are stored in groups through `Coordinator::put_many`;
+/// invalid lines get their error and write nothing.
 pub(crate) async fn batch(
     State(state): State<ApiState>,
     query: Result<Query<CommitParams>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let level = commit_level(query)?;
-    let limit = state.inner.config.max_batch_bytes;
-    let body = read_body(request.into_body(), limit, "batch").await?;
+    let config = &state.inner.config;
+    let body = read_body(request.into_body(), config.max_batch_bytes, "batch").await?;
     let lines = ndjson_lines(&body);
     state.inner.metrics.batch(lines.len());
-    let concurrency = state.inner.config.batch_concurrency.max(1);
-    let results = futures::stream::iter(lines)
-        .map(move |line| batch_line(state.clone(), line, level))
-        .buffered(concurrency)
-        .map(|result| {
-            let value = match result {
-                Ok(key) => json!({ "key": key }),
-                Err(error) => error.to_json(),
-            };
-            let mut line = value.to_string().into_bytes();
-            line.push(b'\n');
-            Ok::<Bytes, Infallible>(Bytes::from(line))
-        });
-    let mut response = (StatusCode::OK, Body::from_stream(results)).into_response();
+    let mut results: Vec<Option<Result<EventKey, ApiError>>> = Vec::with_capacity(lines.len());
+    let mut valid: Vec<(usize, Bytes)> = Vec::with_capacity(lines.len());
+    for line in lines {
+        match check_line(&line, config.max_event_bytes) {
+            Ok(()) => {
+                valid.push((results.len(), line));
+                results.push(None);
+            }
+            Err(e) => results.push(Some(Err(e))),
+        }
+    }
+    let group = config.batch_group_events.max(1);
+    let groups: Vec<Vec<(usize, Bytes)>> = valid
+        .chunks(group)
+        .map(<[(usize, Bytes)]>::to_vec)
+        .collect();
+    let mut stored = futures::stream::iter(groups)
+        .map(|group| {
+            let state = &state;
+            async move {
+                let (slots, events): (Vec<usize>, Vec<Bytes>) = group.into_iter().unzip();
+                (slots, store_many(state, events, level).await)
+            }
+        })
+        .buffer_unordered(BATCH_GROUPS_IN_FLIGHT);
+    while let Some((slots, outcomes)) = stored.next().await {
+        for (slot, outcome) in slots.into_iter().zip(outcomes) {
+            results[slot] = Some(outcome);
+        }
+    }
+    drop(stored);
+    let mut out = BytesMut::with_capacity(results.len() * 48);
+    for result in results {
+        let value = match result {
+            Some(Ok(key)) => json!({ "key": key }),
+            Some(Err(error)) => error.to_json(),
+            // Every group answers each of its events; a missing answer means the
+            // coordinator stopped.
+            None => ApiError::ShuttingDown.to_json(),
+        };
+        out.extend_from_slice(value.to_string().as_bytes());
+        out.put_u8(b'\n');
+    }
+    let mut response = (StatusCode::OK, Body::from(out.freeze())).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));

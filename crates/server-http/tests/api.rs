@@ -524,6 +524,51 @@ async fn batch_runs_many_puts_and_limits_each_line() {
 }
 
 #[tokio::test]
+async fn batch_groups_replicate_in_order_and_a_down_peer_only_fails_what_it_must() {
+    let config = ApiConfig {
+        batch_group_events: 7,
+        ..ApiConfig::default()
+    };
+    let n = node(options(3, CommitLevel::Quorum), &["n2", "n3"], None, config);
+    let mut body = String::new();
+    for i in 0..50 {
+        body.push_str(&format!("{{\"i\":{i}}}\n"));
+    }
+    let a = call(&n.app, Method::POST, "/events/batch", body.clone()).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let lines = a.ndjson();
+    assert_eq!(lines.len(), 50);
+    for (i, line) in lines.iter().enumerate() {
+        let key: EventKey = line["key"].as_str().unwrap().parse().unwrap();
+        let want = Some(Bytes::from(format!("{{\"i\":{i}}}")));
+        for node in ["n1", "n2", "n3"] {
+            assert_eq!(
+                n.net.storage(node).get_now(&key),
+                want,
+                "line {i} on {node}"
+            );
+        }
+    }
+    // One peer down: QUORUM (2 of 3) still holds for every line; ALL cannot.
+    n.net.set_down("n3", true);
+    let a = call(&n.app, Method::POST, "/events/batch", body.clone()).await;
+    assert!(
+        a.ndjson().iter().all(|l| l["key"].is_string()),
+        "{:?}",
+        a.ndjson()
+    );
+    let a = call(&n.app, Method::POST, "/events/batch?commit=all", body).await;
+    let lines = a.ndjson();
+    assert_eq!(lines.len(), 50);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["error"]["code"] == "commit_not_reached"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
 async fn batch_body_limit_is_413() {
     let n = node(
         options(1, CommitLevel::One),
