@@ -167,6 +167,12 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// mimalloc instead of glibc's malloc: the node allocates per request (bodies,
+/// batches, futures), and glibc's allocator showed up as about 13 % of the CPU
+/// in profiles under load (see docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
