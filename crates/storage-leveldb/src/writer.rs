@@ -5,7 +5,7 @@
 //! counted before its interval closes, or rejected with a clear error.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use alldata_coordinator::{PutStatus, StorageError};
@@ -68,6 +68,12 @@ enum Outcome {
     IfCommitted(Result<PutStatus, StorageError>),
 }
 
+/// Locks the writer; a panic while processing poisons nothing we rely on
+/// (every reply channel of that batch is dropped, so its callers see an error).
+pub(crate) fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+    writer.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub(crate) struct Writer {
     db: Db,
     clock: Arc<dyn Clock>,
@@ -84,6 +90,8 @@ pub(crate) struct Writer {
     events: mpsc::UnboundedSender<IntervalClosed>,
     /// How long the last batch write (and sync) took.
     last_write: Duration,
+    /// When the last batch was done.
+    last_done: Instant,
 }
 
 impl Writer {
@@ -154,17 +162,34 @@ impl Writer {
             next_to_close,
             events,
             last_write: Duration::ZERO,
+            last_done: Instant::now(),
         })
     }
 
-    /// Runs until every sender is gone.
-    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut commands = Vec::with_capacity(self.max_batch);
+    /// How long ago the last batch was done.
+    pub(crate) fn idle_for(&self) -> Duration {
+        self.last_done.elapsed()
+    }
+
+    /// Whether every write is synced (group commit) rather than OS-buffered.
+    pub(crate) fn syncs(&self) -> bool {
+        self.sync
+    }
+
+    /// Runs until every sender is gone. The lock is held only while a batch
+    /// is processed, so a caller may process a lone put itself in between
+    /// (see `LevelDbStorage::put`).
+    pub(crate) fn run(writer: &Mutex<Writer>, mut rx: mpsc::Receiver<Command>) {
+        let (sync, max_batch) = {
+            let w = lock(writer);
+            (w.sync, w.max_batch)
+        };
+        let mut commands = Vec::with_capacity(max_batch);
         // Puts in the previous batch: about how many callers are writing.
         let mut expected = 1usize;
         while let Some(first) = rx.blocking_recv() {
             commands.push(first);
-            while commands.len() < self.max_batch {
+            while commands.len() < max_batch {
                 match rx.try_recv() {
                     Ok(c) => commands.push(c),
                     Err(_) => break,
@@ -173,8 +198,9 @@ impl Writer {
             // In sync mode the callers answered by the last batch come back
             // within microseconds; waiting briefly for them keeps one sync per
             // round instead of alternating small and large batches.
-            if self.sync && commands.len() < expected {
-                let deadline = Instant::now() + (self.last_write / 2).min(MAX_GATHER_WAIT);
+            if sync && commands.len() < expected {
+                let last_write = lock(writer).last_write;
+                let deadline = Instant::now() + (last_write / 2).min(MAX_GATHER_WAIT);
                 while commands.len() < expected && Instant::now() < deadline {
                     match rx.try_recv() {
                         Ok(c) => commands.push(c),
@@ -188,12 +214,12 @@ impl Writer {
                 .iter()
                 .filter(|c| matches!(c, Command::Put { .. } | Command::PutMany { .. }))
                 .count();
-            self.process(&mut commands);
-            expected = puts.clamp(1, self.max_batch);
+            lock(writer).process(&mut commands);
+            expected = puts.clamp(1, max_batch);
         }
     }
 
-    fn process(&mut self, commands: &mut Vec<Command>) {
+    pub(crate) fn process(&mut self, commands: &mut Vec<Command>) {
         let now = self.clock.now_ms();
         let mut batch = Writebatch::new();
         let mut pending: HashMap<EventKey, Bytes> = HashMap::new();
@@ -292,6 +318,7 @@ impl Writer {
         for reply in compactions {
             let _ = reply.send(self.db.compact_all());
         }
+        self.last_done = Instant::now();
     }
 
     /// Decides one put against the window, this batch and the database.

@@ -332,3 +332,113 @@ async fn compression_is_really_applied() {
     assert!(sizes[1].1 * 4 < none, "snappy compresses: {sizes:?}");
     assert!(sizes[2].1 * 4 < none, "zstd compresses: {sizes:?}");
 }
+
+/// Buffered mode writes a lone put on the caller's thread when the writer is
+/// idle, and hands concurrent puts to the writer thread. Both paths keep
+/// write-once: for every key exactly one value wins, every other put of that
+/// key sees it (AlreadyPresent for the same bytes, Conflict for others).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_and_queued_puts_keep_write_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        LevelDbStorage::open(Options::new(dir.path()).durability(Durability::Buffered))
+            .await
+            .unwrap(),
+    );
+    let keys = KeyGenerator::new();
+
+    // A lone put after a pause goes inline.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let lone = keys.generate();
+    assert_eq!(
+        store.put(lone, event_for(&lone, 100)).await,
+        Ok(PutStatus::Stored)
+    );
+    assert_eq!(store.inline_writes(), 1);
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert_eq!(
+        store.put(lone, Bytes::from_static(b"other")).await,
+        Err(StorageError::Conflict(lone)),
+        "an inline put sees what is stored"
+    );
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let many = store
+        .put_many(vec![
+            (lone, event_for(&lone, 100)),
+            (keys.generate(), Bytes::from_static(b"x")),
+        ])
+        .await;
+    assert_eq!(many[0], Ok(PutStatus::AlreadyPresent));
+    assert_eq!(many[1], Ok(PutStatus::Stored));
+    assert_eq!(store.inline_writes(), 3);
+
+    // 32 keys, each raced by 6 tasks with 2 different values, paced so that
+    // some puts go inline and some queue.
+    let contested: Vec<EventKey> = (0..32).map(|_| keys.generate()).collect();
+    let tasks: Vec<_> = (0..6u64)
+        .map(|t| {
+            let (store, contested) = (store.clone(), contested.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for (i, key) in contested.iter().enumerate() {
+                    if (i as u64 + t).is_multiple_of(3) {
+                        tokio::time::sleep(Duration::from_micros(300)).await;
+                    }
+                    let value = Bytes::from(format!("{{\"v\":{}}}", t % 2));
+                    seen.push((*key, value.clone(), store.put(*key, value).await));
+                }
+                seen
+            })
+        })
+        .collect();
+    let before = store.inline_writes();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.extend(task.await.unwrap());
+    }
+    for key in &contested {
+        let stored = store.get(*key).await.unwrap().expect("one value won");
+        let mut stored_now = 0;
+        for (k, value, result) in outcomes.iter().filter(|(k, _, _)| k == key) {
+            match result {
+                Ok(PutStatus::Stored) => {
+                    stored_now += 1;
+                    assert_eq!(*value, stored);
+                }
+                Ok(PutStatus::AlreadyPresent) => assert_eq!(*value, stored),
+                Err(StorageError::Conflict(c)) => {
+                    assert_eq!(c, k);
+                    assert_ne!(*value, stored);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(stored_now, 1, "exactly one put of {key} stored it");
+    }
+    eprintln!(
+        "inline writes during the race: {}",
+        store.inline_writes() - before
+    );
+    Arc::into_inner(store).unwrap().close().await;
+}
+
+/// Sync mode never writes on the caller's thread: every put waits for the
+/// writer's fsync.
+#[tokio::test]
+async fn sync_mode_never_writes_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LevelDbStorage::open(Options::new(dir.path()).durability(Durability::Sync))
+        .await
+        .unwrap();
+    let keys = KeyGenerator::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let key = keys.generate();
+        assert_eq!(
+            store.put(key, event_for(&key, 10)).await,
+            Ok(PutStatus::Stored)
+        );
+    }
+    assert_eq!(store.inline_writes(), 0);
+    store.close().await;
+}
