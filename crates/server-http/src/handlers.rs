@@ -205,10 +205,7 @@ fn ndjson_lines(body: &Bytes) -> Vec<Bytes> {
     let mut lines = Vec::new();
     let mut start = 0;
     while start < body.len() {
-        let end = body[start..]
-            .iter()
-            .position(|b| *b == b'\n')
-            .map_or(body.len(), |i| start + i);
+        let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |i| start + i);
         let mut line_end = end;
         if line_end > start && body[line_end - 1] == b'\r' {
             line_end -= 1;
