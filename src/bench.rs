@@ -114,6 +114,10 @@ pub struct BenchArgs {
     /// Unmeasured warm-up seconds before each run.
     #[arg(long, default_value_t = 1.0)]
     pub warmup_secs: f64,
+    /// Run every measurement this many times (in rounds) and report each
+    /// cell's median run by events/s, with the range of the runs (1..=9).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// Skip the `null` and `fanout` baselines.
     #[arg(long)]
     pub no_baselines: bool,
@@ -243,6 +247,9 @@ impl BenchArgs {
         }
         if self.rf == 0 || (self.target.is_empty() && self.rf > self.nodes) {
             bail!("--rf must be in 1..=--nodes ({})", self.nodes);
+        }
+        if self.repeat == 0 || self.repeat > 9 {
+            bail!("--repeat must be in 1..=9");
         }
         if self.client_threads == 0 || self.client_threads > 64 {
             bail!("--client-threads must be in 1..=64");
@@ -399,21 +406,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let mut results = Vec::new();
-    if !args.no_baselines {
-        let cells: Vec<(usize, usize)> =
-            args.concurrency.iter().map(|c| (args.batch, *c)).collect();
-        results.extend(run_baselines(&args, &cells).await?);
+    for round in 1..=args.repeat {
+        if args.repeat > 1 {
+            eprintln!("round {round}/{}", args.repeat);
+        }
+        if !args.no_baselines {
+            let cells: Vec<(usize, usize)> =
+                args.concurrency.iter().map(|c| (args.batch, *c)).collect();
+            results.extend(run_baselines(&args, &cells).await?);
+        }
+        for &concurrency in &args.concurrency {
+            let cell = Cell {
+                rf: args.rf,
+                commit: args.commit,
+                durability: args.durability,
+                batch: args.batch,
+                concurrency,
+            };
+            results.push(run_cell(&args, &cell).await?);
+        }
     }
-    for &concurrency in &args.concurrency {
-        let cell = Cell {
-            rf: args.rf,
-            commit: args.commit,
-            durability: args.durability,
-            batch: args.batch,
-            concurrency,
-        };
-        results.push(run_cell(&args, &cell).await?);
-    }
+    let results = report::medians(results);
     println!("{}", report::table(&results));
     println!("({:.0} s in all)", started.elapsed().as_secs_f64());
     if let Some(out) = &args.out {
@@ -455,17 +468,27 @@ async fn run_matrix(args: &BenchArgs) -> anyhow::Result<()> {
     let cells = matrix_cells();
     let base_cells = matrix_baseline_cells();
     eprintln!(
-        "matrix: {} cluster cells + {} baseline cells, {:.0}+{:.0} s each",
+        "matrix: {} cluster cells + {} baseline cells, {:.0}+{:.0} s each, {} round(s)",
         cells.len(),
         base_cells.len() * 2,
         args.warmup_secs,
-        args.duration_secs
+        args.duration_secs,
+        args.repeat
     );
-    let mut results = run_baselines(args, &base_cells).await?;
-    for (i, cell) in cells.iter().enumerate() {
-        eprintln!("cell {}/{}", i + 1, cells.len());
-        results.push(run_cell(args, cell).await?);
+    let mut results = Vec::new();
+    for round in 1..=args.repeat {
+        results.extend(run_baselines(args, &base_cells).await?);
+        for (i, cell) in cells.iter().enumerate() {
+            eprintln!(
+                "round {round}/{}, cell {}/{}",
+                args.repeat,
+                i + 1,
+                cells.len()
+            );
+            results.push(run_cell(args, cell).await?);
+        }
     }
+    let results = report::medians(results);
     println!("{}", report::table(&results));
     let doc = report::ResultsFile::new(args, &results, started.elapsed());
     let bench_dir = args.docs_dir.join("bench");

@@ -66,6 +66,10 @@ pub(crate) struct RunResult {
     pub(crate) latency_ms: Latency,
     /// Failed events by kind (`503 unavailable`, `timeout`, `batch:…`).
     pub(crate) errors: BTreeMap<String, u64>,
+    /// With `--repeat`: events/s of every run of this cell, ascending; the
+    /// other fields are the median run's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) runs: Vec<f64>,
 }
 
 fn ms(us: u64) -> f64 {
@@ -119,7 +123,30 @@ impl RunResult {
             requests_per_sec: o.requests_ok as f64 / secs,
             latency_ms,
             errors: o.errors.clone(),
+            runs: Vec::new(),
         }
+    }
+
+    /// Whether `other` measured the same thing (system, shape, RF, level,
+    /// durability, batch, concurrency).
+    pub(crate) fn same_cell(&self, other: &RunResult) -> bool {
+        (
+            &self.system,
+            self.nodes,
+            self.rf,
+            &self.commit,
+            &self.durability,
+            self.batch,
+            self.concurrency,
+        ) == (
+            &other.system,
+            other.nodes,
+            other.rf,
+            &other.commit,
+            &other.durability,
+            other.batch,
+            other.concurrency,
+        )
     }
 
     fn is(
@@ -236,6 +263,44 @@ fn mode(batch: usize) -> String {
 }
 
 /// A markdown table of `results`; AllData rows carry ratios to the baselines.
+/// One result per cell: the median run (by events/s) of each cell's repeats,
+/// carrying every run's events/s in `runs`. Cells keep their first-seen order.
+pub(crate) fn medians(results: Vec<RunResult>) -> Vec<RunResult> {
+    let mut groups: Vec<Vec<RunResult>> = Vec::new();
+    for r in results {
+        match groups.iter_mut().find(|g| g[0].same_cell(&r)) {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|mut g| {
+            if g.len() == 1 {
+                return g.remove(0);
+            }
+            g.sort_by(|a, b| a.events_per_sec.total_cmp(&b.events_per_sec));
+            let runs = g.iter().map(|r| r.events_per_sec).collect();
+            let mut median = g.swap_remove((g.len() - 1) / 2);
+            median.runs = runs;
+            median
+        })
+        .collect()
+}
+
+/// Events/s, with the range of the repeats when there were several.
+fn fmt_eps(r: &RunResult) -> String {
+    match (r.runs.first(), r.runs.last()) {
+        (Some(lo), Some(hi)) if r.runs.len() > 1 => format!(
+            "{} ({}–{})",
+            fmt_int(r.events_per_sec),
+            fmt_int(*lo),
+            fmt_int(*hi)
+        ),
+        _ => fmt_int(r.events_per_sec),
+    }
+}
+
 pub(crate) fn table(results: &[RunResult]) -> String {
     let mut s = String::new();
     s.push_str("| system | RF | commit | durability | mode | c | events/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | ev/s ÷ null | ev/s ÷ fanout | p50 ÷ fanout | p99 ÷ fanout |\n");
@@ -259,7 +324,7 @@ pub(crate) fn table(results: &[RunResult]) -> String {
             opt(&r.durability),
             mode(r.batch),
             r.concurrency,
-            fmt_int(r.events_per_sec),
+            fmt_eps(r),
             r.latency_ms.p50,
             r.latency_ms.p90,
             r.latency_ms.p99,
@@ -272,6 +337,10 @@ pub(crate) fn table(results: &[RunResult]) -> String {
         );
     }
     s
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The machine the numbers come from.
@@ -330,6 +399,9 @@ pub(crate) struct ResultsFile {
     pub(crate) requests: Option<u64>,
     pub(crate) event_bytes: usize,
     pub(crate) client_threads: usize,
+    /// Runs per cell (the tables show the median).
+    #[serde(default = "one")]
+    pub(crate) repeat: usize,
     pub(crate) total_secs: f64,
     pub(crate) results: Vec<RunResult>,
 }
@@ -346,6 +418,7 @@ impl ResultsFile {
             requests: args.requests,
             event_bytes: args.event_bytes,
             client_threads: args.client_threads,
+            repeat: args.repeat,
             total_secs: took.as_secs_f64(),
             results: results.to_vec(),
         }
@@ -539,6 +612,9 @@ pub(crate) fn markdown(doc: &ResultsFile, docs_dir: &Path, plotted: bool) -> Str
          JSON objects; *single* is `POST /events?commit=…` (201), *batch 100* is \
          100 NDJSON lines to `POST /events/batch?commit=…` (200 + one result line per event).\n\
          - Latency is per request (for a batch: the whole batch), from an HDR histogram.\n\
+         - Each cell ran {} time(s), in rounds over the whole matrix; the table shows the \
+         median run by events/s (its latencies too) and, in parentheses, the lowest and \
+         highest events/s of the runs.\n\
          - Baselines, same load generator, same machine, same HTTP stack as the node \
          (axum/hyper, HTTP/1.1, TCP_NODELAY; forwarding with hyper-util's pooled HTTP/1.1 client, the client the peer transport uses too): \
          `null` answers 201 after reading the body; `fanout` posts the body to two `null` \
@@ -554,6 +630,7 @@ pub(crate) fn markdown(doc: &ResultsFile, docs_dir: &Path, plotted: bool) -> Str
         doc.duration_secs,
         doc.client_threads,
         doc.event_bytes,
+        doc.repeat,
         doc.total_secs
     );
 
@@ -857,7 +934,29 @@ mod tests {
                 ..Latency::default()
             },
             errors: BTreeMap::new(),
+            runs: Vec::new(),
         }
+    }
+
+    #[test]
+    fn medians_pick_each_cells_middle_run_and_keep_the_range() {
+        let mut other = result("alldata", 9_000.0, 9.0, 9.0);
+        other.concurrency = 1;
+        let runs = vec![
+            result("alldata", 30_000.0, 3.0, 6.0),
+            other.clone(),
+            result("alldata", 10_000.0, 1.0, 2.0),
+            result("fanout", 20_000.0, 2.0, 4.0),
+            result("alldata", 20_000.0, 2.0, 5.0),
+        ];
+        let m = medians(runs);
+        assert_eq!(m.len(), 3, "three distinct cells, in first-seen order");
+        assert_eq!(m[0].events_per_sec, 20_000.0);
+        assert_eq!(m[0].latency_ms.p99, 5.0, "the median run's own latencies");
+        assert_eq!(m[0].runs, vec![10_000.0, 20_000.0, 30_000.0]);
+        assert_eq!(m[1], other, "a single run is kept as it is");
+        assert_eq!(m[2].system, "fanout");
+        assert!(table(&m).contains("| 20,000 (10,000–30,000) |"));
     }
 
     #[test]
