@@ -28,6 +28,22 @@
 //! # }
 //! ```
 //!
+//! Many events at once go through [`Coordinator::put_many`]: the same rules per
+//! event, with the writes grouped per node (one [`Storage::put_many`] locally,
+//! one [`PeerTransport::put_many`] per peer).
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use alldata_coordinator::{Coordinator, Location, MemStorage, NoPeers, Options, PutOptions};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! # let node = Coordinator::new("n1".into(), Location::new("eu", "a"), Options::default(),
+//! #                             Arc::new(MemStorage::new()), Arc::new(NoPeers)).unwrap();
+//! let events = vec![r#"{"a":1}"#.into(), r#"{"b":2}"#.into()];
+//! let results = node.append_many(events, PutOptions::default()).await;
+//! assert!(results.iter().all(|r| r.is_ok()), "one result per event, in order");
+//! # }
+//! ```
+//!
 //! # Layout
 //! - [`topology`]: node ids, locations, the peer set.
 //! - [`placement`]: which peers get a put's replicas, and replacements.
