@@ -133,6 +133,9 @@ impl LevelDbStorage {
             .name("alldata-leveldb-writer".into())
             .spawn(move || {
                 Writer::run(&thread_writer, rx);
+                // Release the writer's database handle before saying "done",
+                // so `close` finds the last one.
+                drop(thread_writer);
                 let _ = done_tx.send(());
             });
         if let Err(e) = spawned {

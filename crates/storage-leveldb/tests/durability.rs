@@ -442,3 +442,27 @@ async fn sync_mode_never_writes_inline() {
     assert_eq!(store.inline_writes(), 0);
     store.close().await;
 }
+
+/// `close` returns only once the database is closed, so the directory can be
+/// opened again at once, every time (the writer thread's handle included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_then_open_at_once_never_finds_the_lock_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeyGenerator::new();
+    for round in 0..40 {
+        let durability = if round % 2 == 0 {
+            Durability::Buffered
+        } else {
+            Durability::Sync
+        };
+        let store = LevelDbStorage::open(Options::new(dir.path()).durability(durability))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let key = keys.generate();
+        assert_eq!(
+            store.put(key, event_for(&key, 64)).await,
+            Ok(PutStatus::Stored)
+        );
+        store.close().await;
+    }
+}
