@@ -354,7 +354,9 @@ impl Coordinator {
         self.inner.reports.subscribe()
     }
 
-    /// Puts whose replica writes (including background ones) are still running.
+    /// Puts whose replica writes (including background ones) are still running;
+    /// each event of a [`Coordinator::put_many`] batch counts until its own
+    /// writes are done.
     pub fn running_puts(&self) -> usize {
         *self.inner.running.borrow()
     }
@@ -705,6 +707,7 @@ impl Batch {
                 else => break,
             };
             let mut replace: Vec<(usize, Category)> = Vec::new();
+            let mut finished_now = 0;
             for (&i, result) in members.iter().zip(results) {
                 let slot = &mut self.slots[i];
                 if slot.done.is_none() {
@@ -732,8 +735,15 @@ impl Batch {
                 }
                 if slot.done.is_some() && slot.tracker.finished() {
                     self.coordinator.finish(slot);
-                    unfinished -= 1;
+                    finished_now += 1;
                 }
+            }
+            if finished_now > 0 {
+                unfinished -= finished_now;
+                self.coordinator
+                    .inner
+                    .running
+                    .send_modify(|r| *r -= finished_now);
             }
             if unanswered == 0 {
                 send_answers(&mut answer_tx, &mut answers);
@@ -746,7 +756,10 @@ impl Batch {
                 self.coordinator.finish(slot);
             }
         }
-        self.coordinator.inner.running.send_modify(|r| *r -= n);
+        self.coordinator
+            .inner
+            .running
+            .send_modify(|r| *r -= unfinished);
     }
 
     /// Starts a replacement write for each `(slot, failed category)`, grouped

@@ -384,3 +384,32 @@ async fn batch_without_enough_nodes_writes_nothing() {
             .is_empty()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_batch_event_stops_counting_as_running_when_its_own_writes_end() {
+    let n = node(opts(2, 0, 0), &[("fast", local()), ("slow", local())]);
+    n.net
+        .set_fault("slow", Some(Fault::Delay(Duration::from_secs(1))));
+    let events = batch_of(20, &n.coord);
+    let results = n
+        .coord
+        .put_many(events.clone(), PutOptions::level(CommitLevel::One))
+        .await;
+    assert!(results.iter().all(Result::is_ok));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let on_slow = events
+        .iter()
+        .filter(|(key, _)| n.net.calls_for("slow", key) == 1)
+        .count();
+    assert!(
+        0 < on_slow && on_slow < 20,
+        "placement spread: {on_slow} of 20 on slow"
+    );
+    assert_eq!(
+        n.coord.running_puts(),
+        on_slow,
+        "only the events still writing to slow"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(n.coord.running_puts(), 0);
+}
