@@ -475,10 +475,7 @@ impl Coordinator {
                 for peer in peers {
                     tracker.started();
                     pending.push(peer.id.clone());
-                    match groups.iter_mut().find(|(p, _)| p.id == peer.id) {
-                        Some((_, members)) => members.push(i),
-                        None => groups.push((peer, vec![i])),
-                    }
+                    join_group(&mut groups, peer, i);
                 }
                 let (done_tx, done_rx) = oneshot::channel();
                 completions.push(done_rx);
@@ -631,10 +628,7 @@ impl Batch {
                     storage.put_many(events).await
                 }
             };
-            let results = match tokio::time::timeout(timeout, call).await {
-                Ok(results) => expand(n, results, ReplicaError::from),
-                Err(_) => vec![Err(ReplicaError::Timeout(timeout)); n],
-            };
+            let results = within(timeout, n, call).await;
             (node, Category::Local, members, results)
         })
     }
@@ -653,10 +647,7 @@ impl Batch {
                     transport.put_many(&peer, events).await
                 }
             };
-            let results = match tokio::time::timeout(timeout, call).await {
-                Ok(results) => expand(n, results, ReplicaError::from),
-                Err(_) => vec![Err(ReplicaError::Timeout(timeout)); n],
-            };
+            let results = within(timeout, n, call).await;
             (peer.id, peer.locality.category(), members, results)
         })
     }
@@ -786,10 +777,7 @@ impl Batch {
                 slot.tracker.replacement_started();
                 slot.attempts += 1;
                 slot.pending.push(peer.id.clone());
-                match groups.iter_mut().find(|(p, _)| p.id == peer.id) {
-                    Some((_, members)) => members.push(i),
-                    None => groups.push((peer, vec![i])),
-                }
+                join_group(&mut groups, peer, i);
             }
         }
         for (peer, members) in groups {
@@ -798,17 +786,24 @@ impl Batch {
     }
 }
 
-/// One result per event from a call that should return `n` of them; a
-/// backend returning the wrong number fails the events it did not answer.
-fn expand<E>(
+/// Runs one grouped write of `n` events within `timeout`: one result per
+/// event (all `Timeout` if it did not finish; a backend returning too few
+/// results fails the events it did not answer).
+async fn within<E>(
+    timeout: Duration,
     n: usize,
-    results: Vec<Result<PutStatus, E>>,
-    into: impl Fn(E) -> ReplicaError,
-) -> Vec<Result<PutStatus, ReplicaError>> {
+    call: impl Future<Output = Vec<Result<PutStatus, E>>>,
+) -> Vec<Result<PutStatus, ReplicaError>>
+where
+    ReplicaError: From<E>,
+{
+    let Ok(results) = tokio::time::timeout(timeout, call).await else {
+        return vec![Err(ReplicaError::Timeout(timeout)); n];
+    };
     let mut out: Vec<Result<PutStatus, ReplicaError>> = results
         .into_iter()
         .take(n)
-        .map(|r| r.map_err(&into))
+        .map(|r| r.map_err(ReplicaError::from))
         .collect();
     while out.len() < n {
         out.push(Err(ReplicaError::Storage(StorageError::Failed(
@@ -816,6 +811,14 @@ fn expand<E>(
         ))));
     }
     out
+}
+
+/// Adds event `i` to the group of writes going to `peer`.
+fn join_group(groups: &mut Vec<(Peer, Vec<usize>)>, peer: Peer, i: usize) {
+    match groups.iter_mut().find(|(p, _)| p.id == peer.id) {
+        Some((_, members)) => members.push(i),
+        None => groups.push((peer, vec![i])),
+    }
 }
 
 fn send_answers(
