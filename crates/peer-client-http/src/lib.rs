@@ -315,6 +315,17 @@ fn status_error(status: StatusCode, body: Bytes) -> TransportError {
     TransportError::Rejected(format!("HTTP {status}: {message}"))
 }
 
+/// Refuses an event too large for the wire format's u32 length.
+fn check_frameable(event: &Bytes) -> Result<(), TransportError> {
+    if event.len() > u32::MAX as usize - wire::FRAME_OVERHEAD {
+        return Err(TransportError::Rejected(format!(
+            "event of {} bytes cannot be framed",
+            event.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The base URL of a peer address: `host:port` becomes `http://host:port`.
 fn base_url(address: &str) -> String {
     let address = address.trim_end_matches('/');
@@ -472,12 +483,7 @@ impl PeerTransport for HttpTransport {
         key: EventKey,
         event: Bytes,
     ) -> Result<PutStatus, TransportError> {
-        if event.len() > u32::MAX as usize - wire::FRAME_OVERHEAD {
-            return Err(TransportError::Rejected(format!(
-                "event of {} bytes cannot be framed",
-                event.len()
-            )));
-        }
+        check_frameable(&event)?;
         let timeout = self.shared.config.attempt_timeout;
         let (tx, rx) = oneshot::channel();
         let job = Job {
@@ -525,14 +531,7 @@ impl PeerTransport for HttpTransport {
             let url = url.as_str();
             async move {
                 let n = chunk.len();
-                if let Some((_, event)) = chunk
-                    .iter()
-                    .find(|(_, e)| e.len() > u32::MAX as usize - wire::FRAME_OVERHEAD)
-                {
-                    let error = TransportError::Rejected(format!(
-                        "event of {} bytes cannot be framed",
-                        event.len()
-                    ));
+                if let Err(error) = chunk.iter().try_for_each(|(_, e)| check_frameable(e)) {
                     return vec![Err(error); n];
                 }
                 let body = wire::encode_request(chunk.iter().map(|(k, e)| (k, e)));
