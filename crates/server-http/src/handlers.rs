@@ -112,37 +112,55 @@ async fn store(
     event: Bytes,
     level: Option<CommitLevel>,
 ) -> Result<(EventKey, bool), ApiError> {
+    let key = key.unwrap_or_else(|| state.inner.coordinator.keys().generate());
+    store_many(state, vec![(key, event)], level)
+        .await
+        .pop()
+        .unwrap_or(Err(ApiError::ShuttingDown))
+}
+
+/// Stores events (already validated) under their keys with one coordinator
+/// call and records each outcome in the metrics. One result per event, in
+/// order: the key and whether any replica stored it now.
+async fn store_many(
+    state: &ApiState,
+    events: Vec<(EventKey, Bytes)>,
+    level: Option<CommitLevel>,
+) -> Vec<Result<(EventKey, bool), ApiError>> {
     let coordinator = &state.inner.coordinator;
     let effective = level.unwrap_or(coordinator.options().commit_level);
-    let key = key.unwrap_or_else(|| coordinator.keys().generate());
+    let keys: Vec<EventKey> = events.iter().map(|(k, _)| *k).collect();
     let started = Instant::now();
-    let result = coordinator
-        .put_with(
-            key,
-            event,
+    let results = coordinator
+        .put_many(
+            events,
             PutOptions {
                 commit_level: level,
             },
         )
         .await;
+    let elapsed = started.elapsed();
     let metrics = &state.inner.metrics;
-    match result {
-        Ok(ack) => {
-            let outcome = if ack.created {
-                PutOutcome::Created
-            } else {
-                PutOutcome::Existing
-            };
-            metrics.put(effective, outcome, started.elapsed());
-            Ok((key, ack.created))
-        }
-        Err(e) => {
-            let local = coordinator.topology().local().clone();
-            let error = ApiError::from_put(e, key, local.as_str());
-            metrics.put(effective, outcome_of(&error), started.elapsed());
-            Err(error)
-        }
-    }
+    let local = coordinator.topology().local().clone();
+    keys.into_iter()
+        .zip(results)
+        .map(|(key, result)| match result {
+            Ok(ack) => {
+                let outcome = if ack.created {
+                    PutOutcome::Created
+                } else {
+                    PutOutcome::Existing
+                };
+                metrics.put(effective, outcome, elapsed);
+                Ok((key, ack.created))
+            }
+            Err(e) => {
+                let error = ApiError::from_put(e, key, local.as_str());
+                metrics.put(effective, outcome_of(&error), elapsed);
+                Err(error)
+            }
+        })
+        .collect()
 }
 
 fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
@@ -230,53 +248,6 @@ fn check_line(line: &[u8], limit: usize) -> Result<(), ApiError> {
     validate_json(line)
 }
 
-/// Stores a group of validated events under new keys with one coordinator
-/// call; one result per event, in order.
-async fn store_many(
-    state: &ApiState,
-    events: Vec<Bytes>,
-    level: Option<CommitLevel>,
-) -> Vec<Result<EventKey, ApiError>> {
-    let coordinator = &state.inner.coordinator;
-    let effective = level.unwrap_or(coordinator.options().commit_level);
-    let events: Vec<(EventKey, Bytes)> = events
-        .into_iter()
-        .map(|event| (coordinator.keys().generate(), event))
-        .collect();
-    let keys: Vec<EventKey> = events.iter().map(|(k, _)| *k).collect();
-    let started = Instant::now();
-    let results = coordinator
-        .put_many(
-            events,
-            PutOptions {
-                commit_level: level,
-            },
-        )
-        .await;
-    let elapsed = started.elapsed();
-    let metrics = &state.inner.metrics;
-    let local = coordinator.topology().local().clone();
-    keys.into_iter()
-        .zip(results)
-        .map(|(key, result)| match result {
-            Ok(ack) => {
-                let outcome = if ack.created {
-                    PutOutcome::Created
-                } else {
-                    PutOutcome::Existing
-                };
-                metrics.put(effective, outcome, elapsed);
-                Ok(key)
-            }
-            Err(e) => {
-                let error = ApiError::from_put(e, key, local.as_str());
-                metrics.put(effective, outcome_of(&error), elapsed);
-                Err(error)
-            }
-        })
-        .collect()
-}
-
 /// Groups of one batch in flight at once.
 const BATCH_GROUPS_IN_FLIGHT: usize = 4;
 
@@ -313,8 +284,13 @@ pub(crate) async fn batch(
         .map(|group| {
             let state = &state;
             async move {
-                let (slots, events): (Vec<usize>, Vec<Bytes>) = group.into_iter().unzip();
-                (slots, store_many(state, events, level).await)
+                let coordinator = &state.inner.coordinator;
+                let (slots, events): (Vec<usize>, Vec<(EventKey, Bytes)>) = group
+                    .into_iter()
+                    .map(|(slot, event)| (slot, (coordinator.keys().generate(), event)))
+                    .unzip();
+                let stored = store_many(state, events, level).await;
+                (slots, stored.into_iter().map(|r| r.map(|(key, _)| key)))
             }
         })
         .buffer_unordered(BATCH_GROUPS_IN_FLIGHT);
