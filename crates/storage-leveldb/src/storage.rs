@@ -52,8 +52,6 @@ pub struct LevelDbStorage {
     tx: mpsc::Sender<Command>,
     /// The writer's state; the writer thread locks it per batch.
     writer: Arc<Mutex<Writer>>,
-    /// Buffered mode: a lone put finds the writer idle and writes itself.
-    inline: bool,
     /// Puts (and put_many calls) in progress.
     active: AtomicUsize,
     /// Writes done by their caller rather than the writer thread.
@@ -126,7 +124,6 @@ impl LevelDbStorage {
 
         let (tx, rx) = mpsc::channel(options.queue_depth);
         let (done_tx, done_rx) = oneshot::channel();
-        let inline = !writer.syncs();
         let writer = Arc::new(Mutex::new(writer));
         let thread_writer = Arc::clone(&writer);
         let spawned = std::thread::Builder::new()
@@ -162,7 +159,6 @@ impl LevelDbStorage {
         Ok(LevelDbStorage {
             tx,
             writer,
-            inline,
             active: AtomicUsize::new(0),
             inline_writes: AtomicU64::new(0),
             db,
@@ -258,7 +254,7 @@ impl LevelDbStorage {
     /// hand-off it saves. With concurrent puts they go to the writer thread,
     /// which groups them into one write batch.
     fn idle_writer(&self) -> Option<MutexGuard<'_, Writer>> {
-        if !self.inline
+        if self.durability != Durability::Buffered
             || self.active.load(Ordering::Relaxed) != 1
             || self.tx.capacity() != self.tx.max_capacity()
         {

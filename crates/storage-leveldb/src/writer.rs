@@ -171,11 +171,6 @@ impl Writer {
         self.last_done.elapsed()
     }
 
-    /// Whether every write is synced (group commit) rather than OS-buffered.
-    pub(crate) fn syncs(&self) -> bool {
-        self.sync
-    }
-
     /// Runs until every sender is gone. The lock is held only while a batch
     /// is processed, so a caller may process a lone put itself in between
     /// (see `LevelDbStorage::put`).
