@@ -5,10 +5,17 @@
 //! - `e` + 16-byte event key → `0x01` + event bytes (the version byte also makes
 //!   empty events non-empty values, which LevelDB's iterators need);
 //! - `i` + interval length (u64 BE ms) + interval start (u64 BE ms) → event
-//!   count (u64 BE) + state (`0` open, `1` closed), written in the same batch as
-//!   the events it counts;
-//! - `m/format` → `1`.
+//!   count (u64 BE) + state (`0` open, `1` closed). A closed record is written
+//!   when its interval closes and is final. Open records are written only at a
+//!   clean shutdown, together with `m/clean`; event batches carry no record, so
+//!   consecutive table files hold disjoint key ranges and compactions stay cheap;
+//! - `m/clean` → `1`: present only between a clean shutdown and the next open,
+//!   which deletes it. Without it the open records may be stale and the open
+//!   intervals are recounted from the events;
+//! - `m/format` → `2` (format `1`, which rewrote the open record in every
+//!   batch, is upgraded at open: it has no `m/clean`, so it is recounted).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,6 +35,8 @@ pub(crate) const INTERVAL_PREFIX: u8 = b'i';
 const VALUE_V1: u8 = 1;
 const FORMAT_KEY: &[u8] = b"m/format";
 const FORMAT_V1: &[u8] = b"1";
+const FORMAT_V2: &[u8] = b"2";
+const CLEAN_KEY: &[u8] = b"m/clean";
 pub(crate) const STATE_OPEN: u8 = 0;
 pub(crate) const STATE_CLOSED: u8 = 1;
 
@@ -213,14 +222,16 @@ impl DbInner {
         Ok((out, more))
     }
 
-    /// The number of events with timestamps in `start_ms..end_ms`.
-    pub(crate) fn count_events(&self, start_ms: u64, end_ms: u64) -> Result<u64, StorageError> {
-        if end_ms <= start_ms {
-            return Ok(0);
-        }
+    /// Event counts per interval of `length_ms`, by interval start, of every
+    /// stored event at or after the Unix millisecond `from_ms` (a key-order scan
+    /// to the end of the events). Intervals without events are absent.
+    pub(crate) fn count_by_interval(
+        &self,
+        from_ms: u64,
+        length_ms: u64,
+    ) -> Result<BTreeMap<u64, u64>, StorageError> {
         let db = self.db()?;
-        let from = event_key(&EventKey::min_for_ms(start_ms));
-        let to = event_key(&EventKey::max_for_ms(end_ms - 1));
+        let from = event_key(&EventKey::min_for_ms(from_ms));
         let read = ReadOptions {
             verify_checksums: false,
             fill_cache: false,
@@ -228,17 +239,42 @@ impl DbInner {
         };
         let mut it: EntryIterator<'_, SeekFirst> = db.iter_with_policy(read, SeekFirst);
         it.seek(&Slice::from(&from[..]));
-        let mut n = 0;
+        let mut counts = BTreeMap::new();
         for (k, _) in it.by_ref() {
-            if k.as_bytes() > &to[..] {
+            let k = k.as_bytes();
+            let Some(raw) = k.strip_prefix(&[EVENT_PREFIX]) else {
                 break;
-            }
-            n += 1;
+            };
+            let key = EventKey::from_slice(raw)
+                .map_err(|_| StorageError::Failed(format!("corrupt event key {k:02x?}")))?;
+            let ms = key.timestamp_ms();
+            *counts.entry(ms / length_ms * length_ms).or_insert(0) += 1;
         }
         if let Some(e) = it.get_error() {
             return Err(failed("leveldb iteration failed", e));
         }
-        Ok(n)
+        Ok(counts)
+    }
+
+    /// Whether the last shutdown was clean (its open interval records are
+    /// exact), deleting the marker durably so that a crash from now on is seen
+    /// at the next open.
+    pub(crate) fn take_clean_marker(&self) -> Result<bool, StorageError> {
+        let db = self.db()?;
+        let clean = db
+            .get(ReadOptions::new(), Slice::from(CLEAN_KEY))
+            .map_err(|e| failed("leveldb get failed", e))?
+            .is_some();
+        if clean {
+            db.delete(WriteOptions { sync: true }, Slice::from(CLEAN_KEY))
+                .map_err(|e| failed("leveldb delete failed", e))?;
+        }
+        Ok(clean)
+    }
+
+    /// Adds the clean-shutdown marker to `batch`.
+    pub(crate) fn mark_clean(batch: &mut leveldb::batch::Writebatch) {
+        batch.put(Slice::from(CLEAN_KEY), Slice::from(&b"1"[..]));
     }
 
     /// Every interval record.
@@ -349,7 +385,17 @@ fn check_format(inner: &DbInner, path: &Path) -> Result<(), OpenError> {
         .get(ReadOptions::new(), Slice::from(FORMAT_KEY))
         .map_err(|e| OpenError::from_leveldb(path.clone(), e.message))?;
     match format {
-        Some(v) if v.as_bytes() == FORMAT_V1 => {}
+        Some(v) if v.as_bytes() == FORMAT_V2 => {}
+        Some(v) if v.as_bytes() == FORMAT_V1 => {
+            // Format 1 has no clean marker (none is trusted), so its open
+            // intervals are recounted at this open; from then on it is format 2.
+            use leveldb::batch::Batch;
+            let mut batch = leveldb::batch::Writebatch::new();
+            batch.delete(Slice::from(CLEAN_KEY));
+            batch.put(Slice::from(FORMAT_KEY), Slice::from(FORMAT_V2));
+            db.write(WriteOptions { sync: true }, &batch)
+                .map_err(|e| OpenError::from_leveldb(path.clone(), e.message))?;
+        }
         Some(v) => {
             return Err(OpenError::IncompatibleFormat {
                 path,
@@ -371,7 +417,7 @@ fn check_format(inner: &DbInner, path: &Path) -> Result<(), OpenError> {
             db.put(
                 WriteOptions { sync: true },
                 Slice::from(FORMAT_KEY),
-                Slice::from(FORMAT_V1),
+                Slice::from(FORMAT_V2),
             )
             .map_err(|e| OpenError::from_leveldb(path.clone(), e.message))?;
         }
@@ -411,10 +457,10 @@ mod tests {
     #[test]
     fn a_newer_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        raw_db_with(dir.path(), FORMAT_KEY, b"2");
+        raw_db_with(dir.path(), FORMAT_KEY, b"3");
         match open(&Options::new(dir.path())) {
             Err(OpenError::IncompatibleFormat { found, path }) => {
-                assert_eq!(found, "2");
+                assert_eq!(found, "3");
                 assert_eq!(path, dir.path());
             }
             other => panic!("expected IncompatibleFormat, got {:?}", other.err()),

@@ -21,7 +21,10 @@
 //!   [`StorageError::Rejected`] with a message. An interval that leaves the
 //!   window is closed and reported as an [`IntervalClosed`] (name, UTC start and
 //!   end, event count) on [`LevelDbStorage::closed_intervals`]. The clock is
-//!   injectable ([`Options::clock`]) for deterministic tests.
+//!   injectable ([`Options::clock`]) for deterministic tests. Open intervals'
+//!   counts live in memory and are stored at a clean shutdown; after a crash
+//!   the next open recounts them from the stored events (a key scan of the
+//!   open intervals, logged with its duration).
 //!
 //! ```
 //! use alldata_coordinator::{PutStatus, ScanRange, Storage};

@@ -15,7 +15,7 @@ use leveldb::batch::Writebatch;
 use leveldb::database::Slice;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{self, Db, STATE_CLOSED, STATE_OPEN};
+use crate::db::{self, Db, DbInner, STATE_CLOSED, STATE_OPEN};
 use crate::interval::{AcceptWindow, Interval, IntervalClosed, IntervalLength};
 use crate::options::{Durability, Options};
 
@@ -95,8 +95,11 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Loads the interval records (blocking). Records of another interval length
-    /// (the option changed) are replaced by recounting the stored keys.
+    /// Loads the interval records (blocking). After a clean shutdown the open
+    /// records hold exact counts. Otherwise (a crash, a format-1 database) or
+    /// when open records of another interval length exist (the option
+    /// changed), every event from the first open interval on is recounted and
+    /// the open records are dropped: they are written again at shutdown.
     pub(crate) fn new(
         db: Db,
         options: &Options,
@@ -104,48 +107,35 @@ impl Writer {
     ) -> Result<Self, StorageError> {
         let length = options.interval;
         let len = length.as_millis();
+        let clean = db.take_clean_marker()?;
         let mut counts = BTreeMap::new();
         let mut closed_upto = 0u64;
-        let mut foreign = Vec::new();
+        let mut open = Vec::new();
         for r in db.interval_records()? {
             if r.state == STATE_CLOSED {
                 closed_upto = closed_upto.max(r.start_ms.saturating_add(r.length_ms));
-            } else if r.length_ms == len {
-                counts.insert(r.start_ms, r.count);
             } else {
-                foreign.push(r);
+                open.push(r);
             }
         }
-        if !foreign.is_empty() {
+        if clean && open.iter().all(|r| r.length_ms == len) {
+            counts.extend(open.iter().map(|r| (r.start_ms, r.count)));
+        } else {
+            let started = Instant::now();
+            let from = Interval::containing(closed_upto, length).start_ms();
+            counts = db.count_by_interval(from, len)?;
             let mut batch = Writebatch::new();
-            let mut recount = BTreeSet::new();
-            for r in &foreign {
+            for r in &open {
                 batch.delete(Slice::from(&db::interval_key(r.length_ms, r.start_ms)[..]));
-                let end = r.start_ms.saturating_add(r.length_ms);
-                let mut s = Interval::containing(r.start_ms, length).start_ms();
-                while s < end {
-                    recount.insert(s);
-                    s = s.saturating_add(len);
-                }
-            }
-            for s in recount {
-                if counts.contains_key(&s) || s.saturating_add(len) <= closed_upto {
-                    continue;
-                }
-                let n = db.count_events(s, s.saturating_add(len))?;
-                if n > 0 {
-                    batch.put(
-                        Slice::from(&db::interval_key(len, s)[..]),
-                        Slice::from(&db::interval_value(n, STATE_OPEN)[..]),
-                    );
-                    counts.insert(s, n);
-                }
             }
             db.write(&batch, true)?;
             tracing::info!(
                 path = %db.path().display(),
-                records = foreign.len(),
-                "interval length changed; recounted open intervals as {length}"
+                events = counts.values().sum::<u64>(),
+                intervals = counts.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                why = if clean { "the interval length changed" } else { "no clean shutdown" },
+                "recounted the open intervals as {length}"
             );
         }
         let now = options.clock.now_ms();
@@ -212,6 +202,24 @@ impl Writer {
             lock(writer).process(&mut commands);
             expected = puts.clamp(1, max_batch);
         }
+        lock(writer).shut_down();
+    }
+
+    /// Writes the open intervals' counts and the clean-shutdown marker, so the
+    /// next open need not recount. On failure the next open recounts.
+    fn shut_down(&mut self) {
+        let len = self.length.as_millis();
+        let mut batch = Writebatch::new();
+        for (start, count) in &self.counts {
+            batch.put(
+                Slice::from(&db::interval_key(len, *start)[..]),
+                Slice::from(&db::interval_value(*count, STATE_OPEN)[..]),
+            );
+        }
+        DbInner::mark_clean(&mut batch);
+        if let Err(e) = self.db.write(&batch, true) {
+            tracing::warn!(error = %e, "could not record a clean shutdown; the next open recounts the open intervals");
+        }
     }
 
     pub(crate) fn process(&mut self, commands: &mut Vec<Command>) {
@@ -256,14 +264,6 @@ impl Writer {
             }
         }
         if !delta.is_empty() {
-            let len = self.length.as_millis();
-            for (start, added) in &delta {
-                let total = self.counts.get(start).copied().unwrap_or(0) + added;
-                batch.put(
-                    Slice::from(&db::interval_key(len, *start)[..]),
-                    Slice::from(&db::interval_value(total, STATE_OPEN)[..]),
-                );
-            }
             let started = Instant::now();
             let written = self.db.write(&batch, self.sync);
             self.last_write = started.elapsed();

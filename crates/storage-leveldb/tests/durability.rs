@@ -151,6 +151,30 @@ async fn acknowledged_sync_puts_survive_sigkill() {
         );
         store.close().await;
     }
+    // Every kill left the interval counts stale; each reopen recounted them.
+    // Three days on, every interval with events has closed, at open.
+    let later = now_ms() + 3 * 24 * 3_600_000;
+    let store = LevelDbStorage::open(
+        Options::new(&db).clock(Arc::new(alldata_keygen::ManualClock::new(later))),
+    )
+    .await
+    .expect("reopen three days later");
+    let mut closed = store.closed_intervals().unwrap();
+    let mut counted = 0;
+    while let Ok(c) = closed.try_recv() {
+        counted += c.events;
+    }
+    let stored: Vec<_> = store
+        .scan(ScanRange::all(), usize::MAX)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        counted,
+        stored.len() as u64,
+        "closed counts vs stored events"
+    );
+    store.close().await;
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "crash test took {:?}",

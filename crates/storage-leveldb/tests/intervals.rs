@@ -527,3 +527,121 @@ async fn changing_the_interval_length_recounts_open_intervals() {
     );
     store.close().await;
 }
+
+/// Opens the store's directory as a bare LevelDB database (the store must be
+/// closed), runs `f` on it and closes it again.
+fn with_raw_db(dir: &std::path::Path, f: impl FnOnce(&leveldb::database::Database)) {
+    let db =
+        leveldb::database::Database::open(dir, leveldb::options::Options::new()).expect("raw open");
+    f(&db);
+}
+
+fn raw_get(db: &leveldb::database::Database, key: &[u8]) -> Option<Vec<u8>> {
+    use leveldb::kv::KV;
+    db.get(
+        leveldb::options::ReadOptions::new(),
+        leveldb::database::Slice::from(key),
+    )
+    .expect("raw get")
+    .map(|v| v.as_bytes().to_vec())
+}
+
+fn raw_put(db: &leveldb::database::Database, key: &[u8], value: &[u8]) {
+    use leveldb::kv::KV;
+    db.put(
+        leveldb::options::WriteOptions { sync: true },
+        leveldb::database::Slice::from(key),
+        leveldb::database::Slice::from(value),
+    )
+    .expect("raw put");
+}
+
+/// The stored key of the open-interval record of the hour starting at `start`.
+fn hour_record_key(start: u64) -> Vec<u8> {
+    let mut k = vec![b'i'];
+    k.extend_from_slice(&HOUR.to_be_bytes());
+    k.extend_from_slice(&start.to_be_bytes());
+    k
+}
+
+/// An open-interval record holding `count`.
+fn open_record(count: u64) -> Vec<u8> {
+    let mut v = count.to_be_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+#[tokio::test]
+async fn open_counts_are_recounted_after_a_crash_and_in_a_format_1_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    for i in 0..4 {
+        store.put(key_at(at(5, i)), Bytes::new()).await.unwrap();
+    }
+    store.put(key_at(at(6, 1)), Bytes::new()).await.unwrap();
+    store.close().await;
+
+    // A clean shutdown leaves the exact open counts and the marker.
+    with_raw_db(dir.path(), |db| {
+        assert_eq!(raw_get(db, b"m/clean").as_deref(), Some(&b"1"[..]));
+        assert_eq!(raw_get(db, b"m/format").as_deref(), Some(&b"2"[..]));
+        assert_eq!(
+            raw_get(db, &hour_record_key(at(5, 0))),
+            Some(open_record(4))
+        );
+    });
+    let (store, _) = open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    store.put(key_at(at(5, 10)), Bytes::new()).await.unwrap();
+    store.close().await;
+
+    // A crash (the SIGKILL test in durability.rs does it for real): no
+    // marker, and the record is stale, from before the crashed run's writes.
+    with_raw_db(dir.path(), |db| {
+        use leveldb::kv::KV;
+        assert_eq!(
+            raw_get(db, &hour_record_key(at(5, 0))),
+            Some(open_record(5))
+        );
+        db.delete(
+            leveldb::options::WriteOptions { sync: true },
+            leveldb::database::Slice::from(&b"m/clean"[..]),
+        )
+        .unwrap();
+        raw_put(db, &hour_record_key(at(5, 0)), &open_record(1));
+    });
+    let (store, clock) =
+        open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    store.put(key_at(at(5, 20)), Bytes::new()).await.unwrap();
+    store.close().await;
+    with_raw_db(dir.path(), |db| {
+        assert_eq!(
+            raw_get(db, &hour_record_key(at(5, 0))),
+            Some(open_record(6)),
+            "recounted 5, plus one"
+        );
+        // Format 1 wrote the record in every batch and has no marker: it is
+        // upgraded and recounted.
+        raw_put(db, b"m/format", b"1");
+        raw_put(db, &hour_record_key(at(5, 0)), &open_record(2));
+    });
+    drop(clock);
+    let (store, clock) =
+        open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    clock.set(at(8, 0));
+    let closed = store.check_intervals().await.unwrap();
+    assert_eq!(
+        closed
+            .iter()
+            .map(|c| (c.name.as_str(), c.events))
+            .collect::<Vec<_>>(),
+        [
+            ("20261122T0400Z-PT1H", 0),
+            ("20261122T0500Z-PT1H", 6),
+            ("20261122T0600Z-PT1H", 1)
+        ]
+    );
+    store.close().await;
+    with_raw_db(dir.path(), |db| {
+        assert_eq!(raw_get(db, b"m/format").as_deref(), Some(&b"2"[..]));
+    });
+}
