@@ -129,14 +129,17 @@ impl Writer {
                 batch.delete(Slice::from(&db::interval_key(r.length_ms, r.start_ms)[..]));
             }
             db.write(&batch, true)?;
-            tracing::info!(
-                path = %db.path().display(),
-                events = counts.values().sum::<u64>(),
-                intervals = counts.len(),
-                took_ms = started.elapsed().as_millis() as u64,
-                why = if clean { "the interval length changed" } else { "no clean shutdown" },
-                "recounted the open intervals as {length}"
-            );
+            // A new (or empty) database has nothing to say.
+            if !open.is_empty() || !counts.is_empty() {
+                tracing::info!(
+                    path = %db.path().display(),
+                    events = counts.values().sum::<u64>(),
+                    intervals = counts.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    why = if clean { "the interval length changed" } else { "no clean shutdown" },
+                    "recounted the open intervals as {length}"
+                );
+            }
         }
         let now = options.clock.now_ms();
         let next_to_close = closed_upto.max(options.window.oldest_ms(length, now));
