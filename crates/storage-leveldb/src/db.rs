@@ -23,7 +23,9 @@ use alldata_coordinator::StorageError;
 use alldata_keygen::EventKey;
 use bytes::Bytes;
 use leveldb::database::{Database, Slice};
-use leveldb::iterator::{Context, EntryIterator, Iterable, LevelDBIterator, Policy};
+use leveldb::iterator::{
+    Context, EntryIterator, Iterable, KeyIteratorRev, LevelDBIterator, Policy,
+};
 use leveldb::kv::KV;
 use leveldb::options::{ReadOptions, WriteOptions};
 
@@ -275,6 +277,34 @@ impl DbInner {
     /// Adds the clean-shutdown marker to `batch`.
     pub(crate) fn mark_clean(batch: &mut leveldb::batch::Writebatch) {
         batch.put(Slice::from(CLEAN_KEY), Slice::from(&b"1"[..]));
+    }
+
+    /// The largest stored event key, if any.
+    pub(crate) fn newest_event_key(&self) -> Result<Option<EventKey>, StorageError> {
+        let db = self.db()?;
+        let mut it: KeyIteratorRev<'_, SeekFirst> =
+            db.iter_with_policy(ReadOptions::new(), SeekFirst);
+        // The first key after every event key; walk back from there.
+        it.seek(&Slice::from(&[EVENT_PREFIX + 1][..]));
+        if !it.valid() {
+            it.seek_to_last();
+        }
+        for k in it.by_ref() {
+            let k = k.as_bytes();
+            if k.first() > Some(&EVENT_PREFIX) {
+                continue;
+            }
+            return match k.strip_prefix(&[EVENT_PREFIX]) {
+                Some(raw) => EventKey::from_slice(raw)
+                    .map(Some)
+                    .map_err(|_| StorageError::Failed(format!("corrupt event key {k:02x?}"))),
+                None => Ok(None),
+            };
+        }
+        match it.get_error() {
+            Some(e) => Err(failed("leveldb iteration failed", e)),
+            None => Ok(None),
+        }
     }
 
     /// Every interval record.

@@ -83,6 +83,10 @@ pub(crate) struct Writer {
     max_batch: usize,
     /// Event counts of open intervals that hold events, by start.
     counts: BTreeMap<u64, u64>,
+    /// The largest event key stored or being stored: a put of a larger key
+    /// cannot find it stored, so it skips the lookup. Only ever grows, and
+    /// grows before a batch is written, so it never claims a stored key absent.
+    newest: Option<EventKey>,
     /// No key below this is ever accepted again (end of the last closed interval).
     closed_upto: u64,
     /// Empty intervals from here on are reported when they close.
@@ -141,6 +145,7 @@ impl Writer {
                 );
             }
         }
+        let newest = db.newest_event_key()?;
         let now = options.clock.now_ms();
         let next_to_close = closed_upto.max(options.window.oldest_ms(length, now));
         Ok(Writer {
@@ -151,6 +156,7 @@ impl Writer {
             sync: options.durability == Durability::Sync,
             max_batch: options.max_batch,
             counts,
+            newest,
             closed_upto,
             next_to_close,
             events,
@@ -267,6 +273,7 @@ impl Writer {
             }
         }
         if !delta.is_empty() {
+            self.newest = self.newest.max(pending.keys().max().copied());
             let started = Instant::now();
             let written = self.db.write(&batch, self.sync);
             self.last_write = started.elapsed();
@@ -340,7 +347,14 @@ impl Writer {
                 Err(StorageError::Conflict(key))
             });
         }
-        match self.db.get_event(&key) {
+        // Keys are time-ordered and mostly arrive in order: most puts are of
+        // a key above everything stored, which needs no lookup.
+        let stored = if self.newest.is_some_and(|newest| key <= newest) {
+            self.db.get_event(&key)
+        } else {
+            Ok(None)
+        };
+        match stored {
             Err(e) => Outcome::Now(Err(e)),
             Ok(Some(stored)) if stored == event => Outcome::Now(Ok(PutStatus::AlreadyPresent)),
             Ok(Some(_)) => Outcome::Now(Err(StorageError::Conflict(key))),

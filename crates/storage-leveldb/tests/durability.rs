@@ -218,8 +218,63 @@ async fn reopen_after_clean_close_keeps_everything() {
             Err(StorageError::Conflict(*k))
         );
         assert_eq!(store.get(*k).await, Ok(Some(v.clone())));
+        // The newest stored key too: puts above the newest key skip the
+        // lookup, so the newest key must be known again after a reopen.
+        let (last, v) = items.iter().max_by_key(|(k, _)| *k).unwrap();
+        assert_eq!(
+            store.put(*last, Bytes::from_static(b"other")).await,
+            Err(StorageError::Conflict(*last))
+        );
+        assert_eq!(
+            store.put(*last, v.clone()).await,
+            Ok(PutStatus::AlreadyPresent)
+        );
         store.close().await;
     }
+}
+
+#[tokio::test]
+async fn keys_above_the_newest_stored_key_stay_write_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Buffered).await;
+    let keys = keys_spread(now_ms(), 1000, 6);
+    let (older, newer, newest) = (keys[1], keys[3], keys[5]);
+    assert_eq!(
+        store.put(newer, Bytes::from_static(b"b")).await,
+        Ok(PutStatus::Stored)
+    );
+    // Below the newest key: looked up.
+    assert_eq!(
+        store.put(older, Bytes::from_static(b"a")).await,
+        Ok(PutStatus::Stored)
+    );
+    assert_eq!(
+        store.put(older, Bytes::from_static(b"x")).await,
+        Err(StorageError::Conflict(older))
+    );
+    // Equal to the newest key, then a new newest key, in one batch with a
+    // duplicate of itself.
+    let results = store
+        .put_many(vec![
+            (newer, Bytes::from_static(b"x")),
+            (newest, Bytes::from_static(b"c")),
+            (newest, Bytes::from_static(b"y")),
+        ])
+        .await;
+    assert_eq!(
+        results,
+        vec![
+            Err(StorageError::Conflict(newer)),
+            Ok(PutStatus::Stored),
+            Err(StorageError::Conflict(newest)),
+        ]
+    );
+    assert_eq!(
+        store.put(newest, Bytes::from_static(b"c")).await,
+        Ok(PutStatus::AlreadyPresent)
+    );
+    assert_eq!(store.get(newest).await, Ok(Some(Bytes::from_static(b"c"))));
+    store.close().await;
 }
 
 #[tokio::test]
