@@ -7,7 +7,9 @@
 //!   again are [`PutStatus::AlreadyPresent`]; other bytes are
 //!   [`StorageError::Conflict`] and the stored event is untouched. LevelDB has no
 //!   compare-and-set, so every put goes through one writer thread, which also
-//!   makes concurrent puts of one key safe.
+//!   makes concurrent puts of one key safe. The writer knows the newest stored
+//!   key, so a put of a key above it (the usual case: keys are time-ordered)
+//!   needs no lookup.
 //! * **Durability.** [`Durability::Sync`] acknowledges a put only after it was
 //!   `fsync`ed; concurrent puts share one write batch and one sync (group
 //!   commit). [`Durability::Buffered`] leaves flushing to the OS.
