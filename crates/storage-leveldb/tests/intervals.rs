@@ -452,15 +452,26 @@ async fn rotation_loses_no_in_flight_write() {
     println!("{} of 2400 puts landed before the rotation", stored.len());
 }
 
-#[tokio::test]
-async fn counts_survive_reopen_and_stale_intervals_close_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+/// (name, event count) of each closed interval.
+fn names_and_counts(closed: &[IntervalClosed]) -> Vec<(&str, u64)> {
+    closed.iter().map(|c| (c.name.as_str(), c.events)).collect()
+}
+
+/// Stores four events in the 05:00 hour and one in the 06:00 hour (hourly
+/// intervals, now = `T`), then closes the store cleanly.
+async fn store_four_at_five_and_one_at_six(dir: &std::path::Path) {
+    let (store, _) = open_at(dir, IntervalLength::Hour, AcceptWindow::default(), T).await;
     for i in 0..4 {
         store.put(key_at(at(5, i)), Bytes::new()).await.unwrap();
     }
     store.put(key_at(at(6, 1)), Bytes::new()).await.unwrap();
     store.close().await;
+}
+
+#[tokio::test]
+async fn counts_survive_reopen_and_stale_intervals_close_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    store_four_at_five_and_one_at_six(dir.path()).await;
 
     // Reopen the same hour: still open, more events add to the count.
     let (store, clock) =
@@ -470,10 +481,7 @@ async fn counts_survive_reopen_and_stale_intervals_close_at_open() {
     clock.set(at(7, 0));
     let closed = store.check_intervals().await.unwrap();
     assert_eq!(
-        closed
-            .iter()
-            .map(|c| (c.name.as_str(), c.events))
-            .collect::<Vec<_>>(),
+        names_and_counts(&closed),
         [("20261122T0400Z-PT1H", 0), ("20261122T0500Z-PT1H", 5)]
     );
     store.close().await;
@@ -515,7 +523,7 @@ async fn changing_the_interval_length_recounts_open_intervals() {
     store.put(key_at(at(5, 25)), Bytes::new()).await.unwrap();
     clock.set(at(6, 15));
     let closed = store.check_intervals().await.unwrap();
-    let got: Vec<_> = closed.iter().map(|c| (c.name.as_str(), c.events)).collect();
+    let got = names_and_counts(&closed);
     assert_eq!(
         got,
         [
@@ -574,12 +582,7 @@ fn open_record(count: u64) -> Vec<u8> {
 #[tokio::test]
 async fn open_counts_are_recounted_after_a_crash_and_in_a_format_1_database() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
-    for i in 0..4 {
-        store.put(key_at(at(5, i)), Bytes::new()).await.unwrap();
-    }
-    store.put(key_at(at(6, 1)), Bytes::new()).await.unwrap();
-    store.close().await;
+    store_four_at_five_and_one_at_six(dir.path()).await;
 
     // A clean shutdown leaves the exact open counts and the marker.
     with_raw_db(dir.path(), |db| {
@@ -609,8 +612,7 @@ async fn open_counts_are_recounted_after_a_crash_and_in_a_format_1_database() {
         .unwrap();
         raw_put(db, &hour_record_key(at(5, 0)), &open_record(1));
     });
-    let (store, clock) =
-        open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    let (store, _) = open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
     store.put(key_at(at(5, 20)), Bytes::new()).await.unwrap();
     store.close().await;
     with_raw_db(dir.path(), |db| {
@@ -624,16 +626,12 @@ async fn open_counts_are_recounted_after_a_crash_and_in_a_format_1_database() {
         raw_put(db, b"m/format", b"1");
         raw_put(db, &hour_record_key(at(5, 0)), &open_record(2));
     });
-    drop(clock);
     let (store, clock) =
         open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
     clock.set(at(8, 0));
     let closed = store.check_intervals().await.unwrap();
     assert_eq!(
-        closed
-            .iter()
-            .map(|c| (c.name.as_str(), c.events))
-            .collect::<Vec<_>>(),
+        names_and_counts(&closed),
         [
             ("20261122T0400Z-PT1H", 0),
             ("20261122T0500Z-PT1H", 6),
