@@ -8,7 +8,7 @@
 //!   count (u64 BE) + state (`0` open, `1` closed). A closed record is written
 //!   when its interval closes and is final. Open records are written only at a
 //!   clean shutdown, together with `m/clean`; event batches carry no record, so
-//!   consecutive table files hold disjoint key ranges and compactions stay cheap;
+//!   level-0 files no longer all overlap (every one reached the `i` keys);
 //! - `m/clean` → `1`: present only between a clean shutdown and the next open,
 //!   which deletes it. Without it the open records may be stale and the open
 //!   intervals are recounted from the events;
@@ -22,6 +22,7 @@ use std::sync::Arc;
 use alldata_coordinator::StorageError;
 use alldata_keygen::EventKey;
 use bytes::Bytes;
+use leveldb::batch::Writebatch;
 use leveldb::database::{Database, Slice};
 use leveldb::iterator::{
     Context, EntryIterator, Iterable, KeyIteratorRev, LevelDBIterator, Policy,
@@ -67,8 +68,19 @@ fn decode_event(raw: &[u8]) -> Result<&[u8], StorageError> {
     }
 }
 
+/// The event key of a stored key: `None` for a key that is not an event's,
+/// an error for a corrupt one.
+fn decode_event_key(stored: &[u8]) -> Option<Result<EventKey, StorageError>> {
+    let raw = stored.strip_prefix(&[EVENT_PREFIX])?;
+    Some(EventKey::from_slice(raw).map_err(|_| corrupt_event_key(stored)))
+}
+
+fn corrupt_event_key(stored: &[u8]) -> StorageError {
+    StorageError::Failed(format!("corrupt event key {stored:02x?}"))
+}
+
 /// The stored key of an interval record.
-pub(crate) fn interval_key(length_ms: u64, start_ms: u64) -> [u8; 17] {
+fn interval_key(length_ms: u64, start_ms: u64) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[0] = INTERVAL_PREFIX;
     k[1..9].copy_from_slice(&length_ms.to_be_bytes());
@@ -76,12 +88,36 @@ pub(crate) fn interval_key(length_ms: u64, start_ms: u64) -> [u8; 17] {
     k
 }
 
-/// The stored value of an interval record.
-pub(crate) fn interval_value(count: u64, state: u8) -> [u8; 9] {
+/// Adds the record of the interval of `length_ms` starting at `start_ms`
+/// (`count` events, `state` open or closed) to `batch`.
+pub(crate) fn put_interval_record(
+    batch: &mut Writebatch,
+    length_ms: u64,
+    start_ms: u64,
+    count: u64,
+    state: u8,
+) {
     let mut v = [0u8; 9];
     v[..8].copy_from_slice(&count.to_be_bytes());
     v[8] = state;
-    v
+    batch.put(
+        Slice::from(&interval_key(length_ms, start_ms)[..]),
+        Slice::from(&v[..]),
+    );
+}
+
+/// Adds the deletion of an interval record to `batch`.
+pub(crate) fn delete_interval_record(batch: &mut Writebatch, length_ms: u64, start_ms: u64) {
+    batch.delete(Slice::from(&interval_key(length_ms, start_ms)[..]));
+}
+
+/// Adds the clean-shutdown marker (`clean`) or its deletion to `batch`.
+pub(crate) fn set_clean_marker(batch: &mut Writebatch, clean: bool) {
+    if clean {
+        batch.put(Slice::from(CLEAN_KEY), Slice::from(&b"1"[..]));
+    } else {
+        batch.delete(Slice::from(CLEAN_KEY));
+    }
 }
 
 /// One interval record read back at open.
@@ -207,10 +243,7 @@ impl DbInner {
             if k > &to[..] {
                 break;
             }
-            let key = k
-                .strip_prefix(&[EVENT_PREFIX])
-                .and_then(|raw| EventKey::from_slice(raw).ok())
-                .ok_or_else(|| StorageError::Failed(format!("corrupt event key {k:02x?}")))?;
+            let key = decode_event_key(k).unwrap_or_else(|| Err(corrupt_event_key(k)))?;
             let event = Bytes::copy_from_slice(decode_event(v.as_bytes())?);
             bytes += event.len() + 16;
             out.push((key, event));
@@ -243,13 +276,10 @@ impl DbInner {
         it.seek(&Slice::from(&from[..]));
         let mut counts = BTreeMap::new();
         for (k, _) in it.by_ref() {
-            let k = k.as_bytes();
-            let Some(raw) = k.strip_prefix(&[EVENT_PREFIX]) else {
+            let Some(key) = decode_event_key(k.as_bytes()) else {
                 break;
             };
-            let key = EventKey::from_slice(raw)
-                .map_err(|_| StorageError::Failed(format!("corrupt event key {k:02x?}")))?;
-            let ms = key.timestamp_ms();
+            let ms = key?.timestamp_ms();
             *counts.entry(ms / length_ms * length_ms).or_insert(0) += 1;
         }
         if let Some(e) = it.get_error() {
@@ -258,25 +288,14 @@ impl DbInner {
         Ok(counts)
     }
 
-    /// Whether the last shutdown was clean (its open interval records are
-    /// exact), deleting the marker durably so that a crash from now on is seen
-    /// at the next open.
-    pub(crate) fn take_clean_marker(&self) -> Result<bool, StorageError> {
-        let db = self.db()?;
-        let clean = db
+    /// Whether the last shutdown was clean: the clean-shutdown marker is
+    /// present, so the open interval records are exact.
+    pub(crate) fn has_clean_marker(&self) -> Result<bool, StorageError> {
+        Ok(self
+            .db()?
             .get(ReadOptions::new(), Slice::from(CLEAN_KEY))
             .map_err(|e| failed("leveldb get failed", e))?
-            .is_some();
-        if clean {
-            db.delete(WriteOptions { sync: true }, Slice::from(CLEAN_KEY))
-                .map_err(|e| failed("leveldb delete failed", e))?;
-        }
-        Ok(clean)
-    }
-
-    /// Adds the clean-shutdown marker to `batch`.
-    pub(crate) fn mark_clean(batch: &mut leveldb::batch::Writebatch) {
-        batch.put(Slice::from(CLEAN_KEY), Slice::from(&b"1"[..]));
+            .is_some())
     }
 
     /// The largest stored event key, if any.
@@ -294,12 +313,7 @@ impl DbInner {
             if k.first() > Some(&EVENT_PREFIX) {
                 continue;
             }
-            return match k.strip_prefix(&[EVENT_PREFIX]) {
-                Some(raw) => EventKey::from_slice(raw)
-                    .map(Some)
-                    .map_err(|_| StorageError::Failed(format!("corrupt event key {k:02x?}"))),
-                None => Ok(None),
-            };
+            return decode_event_key(k).transpose();
         }
         match it.get_error() {
             Some(e) => Err(failed("leveldb iteration failed", e)),
@@ -420,8 +434,8 @@ fn check_format(inner: &DbInner, path: &Path) -> Result<(), OpenError> {
             // Format 1 has no clean marker (none is trusted), so its open
             // intervals are recounted at this open; from then on it is format 2.
             use leveldb::batch::Batch;
-            let mut batch = leveldb::batch::Writebatch::new();
-            batch.delete(Slice::from(CLEAN_KEY));
+            let mut batch = Writebatch::new();
+            set_clean_marker(&mut batch, false);
             batch.put(Slice::from(FORMAT_KEY), Slice::from(FORMAT_V2));
             db.write(WriteOptions { sync: true }, &batch)
                 .map_err(|e| OpenError::from_leveldb(path.clone(), e.message))?;

@@ -15,7 +15,7 @@ use leveldb::batch::Writebatch;
 use leveldb::database::Slice;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{self, Db, DbInner, STATE_CLOSED, STATE_OPEN};
+use crate::db::{self, Db, STATE_CLOSED, STATE_OPEN};
 use crate::interval::{AcceptWindow, Interval, IntervalClosed, IntervalLength};
 use crate::options::{Durability, Options};
 
@@ -111,7 +111,7 @@ impl Writer {
     ) -> Result<Self, StorageError> {
         let length = options.interval;
         let len = length.as_millis();
-        let clean = db.take_clean_marker()?;
+        let clean = db.has_clean_marker()?;
         let mut counts = BTreeMap::new();
         let mut closed_upto = 0u64;
         let mut open = Vec::new();
@@ -122,15 +122,19 @@ impl Writer {
                 open.push(r);
             }
         }
+        // The marker goes before any write of this run, so that a crash from
+        // now on is seen at the next open.
+        let mut batch = Writebatch::new();
+        db::set_clean_marker(&mut batch, false);
         if clean && open.iter().all(|r| r.length_ms == len) {
             counts.extend(open.iter().map(|r| (r.start_ms, r.count)));
+            db.write(&batch, true)?;
         } else {
             let started = Instant::now();
             let from = Interval::containing(closed_upto, length).start_ms();
             counts = db.count_by_interval(from, len)?;
-            let mut batch = Writebatch::new();
             for r in &open {
-                batch.delete(Slice::from(&db::interval_key(r.length_ms, r.start_ms)[..]));
+                db::delete_interval_record(&mut batch, r.length_ms, r.start_ms);
             }
             db.write(&batch, true)?;
             // A new (or empty) database has nothing to say.
@@ -220,12 +224,9 @@ impl Writer {
         let len = self.length.as_millis();
         let mut batch = Writebatch::new();
         for (start, count) in &self.counts {
-            batch.put(
-                Slice::from(&db::interval_key(len, *start)[..]),
-                Slice::from(&db::interval_value(*count, STATE_OPEN)[..]),
-            );
+            db::put_interval_record(&mut batch, len, *start, *count, STATE_OPEN);
         }
-        DbInner::mark_clean(&mut batch);
+        db::set_clean_marker(&mut batch, true);
         if let Err(e) = self.db.write(&batch, true) {
             tracing::warn!(error = %e, "could not record a clean shutdown; the next open recounts the open intervals");
         }
@@ -391,10 +392,7 @@ impl Writer {
             let mut batch = Writebatch::new();
             for s in &starts {
                 let count = self.counts.get(s).copied().unwrap_or(0);
-                batch.put(
-                    Slice::from(&db::interval_key(len, *s)[..]),
-                    Slice::from(&db::interval_value(count, STATE_CLOSED)[..]),
-                );
+                db::put_interval_record(&mut batch, len, *s, count, STATE_CLOSED);
                 closed.push(IntervalClosed::new(
                     Interval::containing(*s, self.length),
                     count,
