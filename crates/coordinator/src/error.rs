@@ -74,10 +74,80 @@ impl ReplicaError {
 
     /// Whether the replica holds different bytes for the key.
     pub fn is_conflict(&self) -> bool {
+        self.kind() == ReplicaErrorKind::Conflict
+    }
+
+    /// The error's class.
+    pub fn kind(&self) -> ReplicaErrorKind {
+        match self {
+            ReplicaError::Timeout(_) | ReplicaError::Transport(TransportError::Timeout) => {
+                ReplicaErrorKind::Timeout
+            }
+            ReplicaError::Storage(StorageError::Conflict(_))
+            | ReplicaError::Transport(TransportError::Conflict) => ReplicaErrorKind::Conflict,
+            ReplicaError::Transport(TransportError::Unreachable(_)) => {
+                ReplicaErrorKind::Unreachable
+            }
+            ReplicaError::Transport(TransportError::Network(_)) => ReplicaErrorKind::Network,
+            ReplicaError::Storage(StorageError::Rejected(_))
+            | ReplicaError::Transport(TransportError::Rejected(_)) => ReplicaErrorKind::Rejected,
+            ReplicaError::Storage(StorageError::Failed(_)) => ReplicaErrorKind::Failed,
+        }
+    }
+
+    /// The reason when the replica refused the write outright
+    /// ([`ReplicaErrorKind::Rejected`]): the storage's or the peer's message.
+    pub fn rejection(&self) -> Option<&str> {
+        match self {
+            ReplicaError::Storage(StorageError::Rejected(reason))
+            | ReplicaError::Transport(TransportError::Rejected(reason)) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// The class of a failed replica write, for metrics, health and logs: the one
+/// place where [`ReplicaError`]s are classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReplicaErrorKind {
+    /// A deadline passed (the transport's or the coordinator's). May have landed.
+    Timeout,
+    /// The replica holds different bytes for the key.
+    Conflict,
+    /// No connection could be made. Nothing was written.
+    Unreachable,
+    /// The connection broke mid-request. May have landed.
+    Network,
+    /// The replica refused the write (a peer's refusal or the local storage's
+    /// `Rejected`). Nothing was written.
+    Rejected,
+    /// The local storage failed.
+    Failed,
+}
+
+impl ReplicaErrorKind {
+    /// The lowercase name used as a metric label (`timeout`, `conflict`,
+    /// `unreachable`, `network`, `rejected`, `error`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaErrorKind::Timeout => "timeout",
+            ReplicaErrorKind::Conflict => "conflict",
+            ReplicaErrorKind::Unreachable => "unreachable",
+            ReplicaErrorKind::Network => "network",
+            ReplicaErrorKind::Rejected => "rejected",
+            ReplicaErrorKind::Failed => "error",
+        }
+    }
+
+    /// Whether the replica did not answer (as opposed to answering with a
+    /// refusal): timeouts, unreachable, broken connections, a failed storage.
+    pub fn is_unresponsive(self) -> bool {
         matches!(
             self,
-            ReplicaError::Storage(StorageError::Conflict(_))
-                | ReplicaError::Transport(TransportError::Conflict)
+            ReplicaErrorKind::Timeout
+                | ReplicaErrorKind::Unreachable
+                | ReplicaErrorKind::Network
+                | ReplicaErrorKind::Failed
         )
     }
 }

@@ -48,15 +48,27 @@
 //! - [`topology`]: node ids, locations, the peer set.
 //! - [`placement`]: which peers get a put's replicas, and replacements.
 //! - [`commit`]: commit levels and the per-put [`Tracker`].
-//! - `coordinator`: the async driver ([`Coordinator`]).
-//! - `storage`, `transport`: the [`Storage`] and [`PeerTransport`] traits, [`MemStorage`].
+//! - `options`: [`Options`] and [`PutOptions`].
+//! - `outcome`: what puts and reads answer ([`PutAck`], [`Completion`],
+//!   [`ReplicationReport`], [`ReadOutcome`], [`Stats`]).
+//! - `coordinator`: the handle ([`Coordinator`]): topology, puts, placement of a batch.
+//! - `driver`: the async driver of a batch's writes (grouped writes,
+//!   replacements, the deadline, answers); `slot`: one event's state in it.
+//! - `read`: [`Coordinator::get`], local storage first, then the peers.
+//! - `storage`, `transport`: the [`Storage`], [`PeerTransport`] and
+//!   [`PeerReader`] traits, [`MemStorage`].
 //! - `sim` (feature `test-util`): [`sim::SimNetwork`], an in-memory multi-node
 //!   transport with fault injection.
 
 pub mod commit;
 mod coordinator;
+mod driver;
 mod error;
+mod options;
+mod outcome;
 pub mod placement;
+mod read;
+mod slot;
 mod storage;
 pub mod topology;
 mod transport;
@@ -66,12 +78,15 @@ pub mod sim;
 
 pub use alldata_keygen::{EventKey, KeyGenerator};
 pub use commit::{CommitLevel, Tracker, UnknownCommitLevel, Verdict};
-pub use coordinator::{
-    Completion, Coordinator, Options, PutAck, PutOptions, ReplicationReport, Stats,
-};
+pub use coordinator::Coordinator;
 pub use error::{
-    OptionsError, PutError, ReplicaError, ReplicaFailure, StorageError, TransportError,
+    OptionsError, PutError, ReplicaError, ReplicaErrorKind, ReplicaFailure, StorageError,
+    TransportError,
+};
+pub use options::{Options, PutOptions};
+pub use outcome::{
+    Completion, PutAck, ReadFailure, ReadOutcome, ReadSource, ReplicationReport, Stats,
 };
 pub use storage::{EventStream, MemStorage, PutStatus, ScanRange, Storage, StorageFault};
 pub use topology::{Category, Locality, Location, NodeId, Peer, PeerChange, TopologyError};
-pub use transport::{NoPeers, PeerTransport};
+pub use transport::{NoPeers, PeerReader, PeerTransport};

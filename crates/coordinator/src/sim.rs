@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crate::error::{StorageError, TransportError};
 use crate::storage::{MemStorage, PutStatus};
 use crate::topology::{NodeId, Peer};
-use crate::transport::PeerTransport;
+use crate::transport::{PeerReader, PeerTransport};
 
 /// A fault injected on calls to one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub enum Fault {
     Error,
     /// Never answer; nothing is written.
     Hang,
-    /// Write, then answer after this delay.
+    /// Wait this long, then write and answer (reads: wait, then answer).
     Delay(Duration),
     /// Lose the request: never answer, nothing written (a dropped packet).
     DropRequest,
@@ -86,6 +86,17 @@ impl SimNetwork {
 
     /// The transport that node `from` uses to reach its peers.
     pub fn transport(&self, from: impl Into<NodeId>) -> Arc<dyn PeerTransport> {
+        Arc::new(SimTransport {
+            from: from.into(),
+            net: self.clone(),
+        })
+    }
+
+    /// The reader that node `from` uses to read from its peers (for
+    /// `Coordinator::set_peer_reader`). Reads obey the same faults, downed
+    /// nodes and partitions as writes, and are not counted in
+    /// [`SimNetwork::calls`].
+    pub fn reader(&self, from: impl Into<NodeId>) -> Arc<dyn PeerReader> {
         Arc::new(SimTransport {
             from: from.into(),
             net: self.clone(),
@@ -156,6 +167,29 @@ struct SimTransport {
     net: SimNetwork,
 }
 
+impl SimTransport {
+    /// The storage and fault of `peer`, or why it cannot be reached from here.
+    fn reach(
+        &self,
+        st: &State,
+        peer: &Peer,
+    ) -> Result<(Arc<MemStorage>, Option<Fault>), TransportError> {
+        if st
+            .partitions
+            .contains(&(self.from.clone(), peer.id.clone()))
+        {
+            return Err(TransportError::Unreachable(format!(
+                "partitioned from {}",
+                peer.id
+            )));
+        }
+        match st.nodes.get(&peer.id) {
+            Some(n) if !n.down => Ok((Arc::clone(&n.storage), n.fault)),
+            _ => Err(TransportError::Unreachable(format!("{} is down", peer.id))),
+        }
+    }
+}
+
 fn store(storage: &MemStorage, key: EventKey, event: Bytes) -> Result<PutStatus, TransportError> {
     storage.put_now(key, event).map_err(|e| match e {
         StorageError::Conflict(_) => TransportError::Conflict,
@@ -175,19 +209,7 @@ impl PeerTransport for SimTransport {
             let mut st = self.net.lock();
             *st.calls.entry(peer.id.clone()).or_default() += 1;
             *st.key_calls.entry((peer.id.clone(), key)).or_default() += 1;
-            if st
-                .partitions
-                .contains(&(self.from.clone(), peer.id.clone()))
-            {
-                return Err(TransportError::Unreachable(format!(
-                    "partitioned from {}",
-                    peer.id
-                )));
-            }
-            match st.nodes.get(&peer.id) {
-                Some(n) if !n.down => (Arc::clone(&n.storage), n.fault),
-                _ => return Err(TransportError::Unreachable(format!("{} is down", peer.id))),
-            }
+            self.reach(&st, peer)?
         };
         match fault {
             None => store(&storage, key, event),
@@ -206,5 +228,31 @@ impl PeerTransport for SimTransport {
                 Err(TransportError::Rejected("injected error".into()))
             }
         }
+    }
+}
+
+#[async_trait]
+impl PeerReader for SimTransport {
+    async fn get(&self, peer: &Peer, key: EventKey) -> Result<Option<Bytes>, TransportError> {
+        let (storage, fault) = self.reach(&self.net.lock(), peer)?;
+        match fault {
+            None => Ok(storage.get_now(&key)),
+            Some(Fault::Error) => Err(TransportError::Rejected("injected error".into())),
+            Some(Fault::Hang | Fault::DropRequest | Fault::DropReply) => {
+                futures::future::pending().await
+            }
+            Some(Fault::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                Ok(storage.get_now(&key))
+            }
+            Some(Fault::DelayedError(d)) => {
+                tokio::time::sleep(d).await;
+                Err(TransportError::Rejected("injected error".into()))
+            }
+        }
+    }
+
+    async fn health(&self, peer: &Peer) -> Result<(), TransportError> {
+        self.get(peer, EventKey::min_for_ms(0)).await.map(drop)
     }
 }

@@ -62,3 +62,21 @@ impl PeerTransport for NoPeers {
         )))
     }
 }
+
+/// Reads from peers: the event a peer stores under a key, and whether the peer
+/// answers at all.
+///
+/// [`crate::Coordinator::get`] asks the peers through this when the local
+/// storage does not have an event, and a node's health probe calls
+/// [`PeerReader::health`]. A coordinator without a reader
+/// ([`crate::Coordinator::set_peer_reader`]) reads locally only. The HTTP peer
+/// client implements both this and [`PeerTransport`].
+#[async_trait]
+pub trait PeerReader: Send + Sync + 'static {
+    /// The event `peer` stores under `key`: `Some` when stored there, `None`
+    /// when not. An error means the peer could not say.
+    async fn get(&self, peer: &Peer, key: EventKey) -> Result<Option<Bytes>, TransportError>;
+
+    /// `Ok` when `peer` answers.
+    async fn health(&self, peer: &Peer) -> Result<(), TransportError>;
+}
