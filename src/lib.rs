@@ -12,7 +12,7 @@
 
 pub mod bench;
 pub use alldata_coordinator as coordinator;
-pub mod node;
+pub use alldata_node as node;
 pub use alldata_keygen as keygen;
 pub use alldata_peer_client_http as peer_client_http;
 pub use alldata_peer_server_http as peer_server_http;

@@ -1,12 +1,12 @@
 //! The client's view of the peer batch format. The format and its codec live in
-//! `alldata-peer-server-http`'s `wire` module (one implementation for both
-//! sides); this adapter maps its per-event statuses onto transport results.
+//! `alldata-peer-wire` (one implementation for both sides); this adapter maps
+//! its per-event statuses onto transport results.
 
 use alldata_coordinator::{EventKey, PutStatus, TransportError};
-use alldata_peer_server_http::wire::{self, EventStatus};
+use alldata_peer_wire::{self as wire, EventStatus};
 use bytes::Bytes;
 
-pub(crate) use wire::{CONTENT_TYPE, FRAME_OVERHEAD, HEADER_LEN};
+pub(crate) use wire::{CONTENT_TYPE, EVENTS_PATH, FRAME_OVERHEAD, HEADER_LEN, HEALTH_PATH};
 
 /// Encoded size of one event's frame.
 pub(crate) fn frame_len(event: &Bytes) -> usize {

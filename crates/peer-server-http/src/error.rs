@@ -3,11 +3,11 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::wire::DecodeError;
+use alldata_peer_wire::DecodeError;
 
 /// Why a peer request was not served. Every variant maps to one HTTP status in
-/// [`PeerError::status`], and the response body is JSON
-/// `{"code": "<machine-readable code>", "message": "<text>"}`.
+/// [`PeerError::status`], and the response body is the JSON envelope the
+/// client API uses too: `{"error":{"code":"<machine-readable code>","message":"<text>"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PeerError {
@@ -78,7 +78,8 @@ impl IntoResponse for PeerError {
         } else {
             tracing::debug!(error = %self, %status, "peer request refused");
         }
-        let body = serde_json::json!({ "code": self.code(), "message": self.to_string() });
+        let body =
+            serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
         let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/json")],

@@ -21,64 +21,30 @@
 //! # }
 //! ```
 //!
-//! # Authentication
+//! # Protocol
 //!
-//! Every route requires `Authorization: Bearer <secret>` carrying the cluster's
-//! shared secret, compared in constant time. Missing or wrong: `401`. An empty
-//! configured secret refuses every request.
-//!
-//! # Routes (version 1)
+//! The routes, the batch wire format, the status bytes and the authentication
+//! scheme (`Authorization: Bearer <cluster secret>`, compared in constant time;
+//! missing or wrong: `401`) are defined in `alldata-peer-wire`, which the
+//! client shares. This crate serves them:
 //!
 //! | route | answer |
 //! | --- | --- |
-//! | `POST /peer/v1/events` | a batch of replica writes, below |
-//! | `GET /peer/v1/events/{key}` | `200` with the stored bytes (`application/octet-stream`), `404` when absent, `400` for a malformed key (`{key}` is the canonical hyphenated lowercase UUID) |
+//! | `POST /peer/v1/events` | one result per event of the batch, in order (`200`) |
+//! | `GET /peer/v1/events/{key}` | `200` with the stored bytes, `404` when absent, `400` for a malformed key |
 //! | `GET /peer/v1/health` | `200` `ok` |
 //!
-//! Errors answer with a JSON body `{"code": "...", "message": "..."}`:
-//! `400 malformed` / `bad_key` / `body`, `401 unauthorized`, `404 not_found`,
-//! `413 too_large`, `500 storage` / `internal`. Unknown routes are `404`.
+//! A batch is decoded as a whole before anything is stored: a malformed body is
+//! `400` and nothing of it is written; a body over
+//! [`ServerConfig::max_body_bytes`] is `413`. The events of a parsed batch go to
+//! the storage in one [`Storage::put_many`] call (so a group-committing storage
+//! commits them together), in a task of its own so that a peer hanging up
+//! mid-request cannot cancel the writes half-way.
 //!
-//! # Wire format of `POST /peer/v1/events`
-//!
-//! Request and response bodies use `Content-Type: application/x-alldata-batch`.
-//! All integers are big-endian.
-//!
-//! Request body:
-//!
-//! ```text
-//! u8        format      0xA1 (version 1)
-//! u32       count       number of events, >= 1
-//! count times:
-//!   [u8;16] key         the raw EventKey bytes (a UUIDv7; validated)
-//!   u32     len         length of the event in bytes
-//!   [u8;len] event      the event bytes, stored verbatim
-//! ```
-//!
-//! Nothing may follow the last event. A body that is empty, has another format
-//! byte, announces zero events, ends inside a frame, has a `len` larger than the
-//! bytes left, an invalid key, or trailing bytes is refused as a whole with `400`
-//! and nothing of it is stored. A body over the configured limit
-//! ([`ServerConfig::max_body_bytes`]) is `413`.
-//!
-//! Response body of a parsed batch (HTTP `200`; every event has its own result,
-//! in request order):
-//!
-//! ```text
-//! u8        format      0xA1
-//! u32       count       equal to the request's count
-//! count times:
-//!   u8      status      0 stored (new), 1 already present (same bytes),
-//!                       2 conflict (other bytes stored; nothing written),
-//!                       3 rejected by storage, 4 storage failed
-//!   statuses 3 and 4 only:
-//!   u16     mlen        message length (at most 65535)
-//!   [u8;mlen] message   UTF-8 text
-//! ```
-//!
-//! The events of one batch are stored concurrently, so a group-committing
-//! storage can commit them together. A single write is a batch of one. The codec
-//! is in [`wire`].
+//! Errors answer with the JSON envelope the client API uses,
+//! `{"error":{"code":"…","message":"…"}}`: `400 malformed` / `bad_key` /
+//! `body`, `401 unauthorized`, `404 not_found`, `413 too_large`,
+//! `500 storage` / `internal`. Unknown routes are `404`.
 
 use std::future::Future;
 use std::io;
@@ -86,6 +52,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use alldata_coordinator::{EventKey, Storage};
+use alldata_peer_wire as wire;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -95,18 +62,11 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use subtle::ConstantTimeEq;
 
 mod error;
-pub mod wire;
 
+pub use alldata_peer_wire::{DecodeError, EVENTS_PATH, EventStatus, HEALTH_PATH};
 pub use error::PeerError;
-pub use wire::{DecodeError, EventStatus};
-
-/// The path of the batch write route.
-pub const EVENTS_PATH: &str = "/peer/v1/events";
-/// The path of the health route.
-pub const HEALTH_PATH: &str = "/peer/v1/health";
 /// The default body limit: 8 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
@@ -214,13 +174,11 @@ impl PeerState {
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), PeerError> {
-        let secret = self.inner.config.secret.as_bytes();
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        match presented {
-            Some(p) if !secret.is_empty() && bool::from(p.ct_eq(secret)) => Ok(()),
-            _ => Err(self.refuse(PeerError::Unauthorized)),
+        let presented = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        if wire::authorized(presented, &self.inner.config.secret) {
+            Ok(())
+        } else {
+            Err(self.refuse(PeerError::Unauthorized))
         }
     }
 
@@ -251,7 +209,7 @@ impl PeerState {
 pub fn router(state: PeerState) -> Router {
     Router::new()
         .route(EVENTS_PATH, post(put_events))
-        .route("/peer/v1/events/{key}", get(get_event))
+        .route(wire::EVENT_ROUTE, get(get_event))
         .route(HEALTH_PATH, get(health))
         .fallback(not_found)
         .with_state(state)

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use alldata_coordinator::{EventKey, KeyGenerator, MemStorage, StorageFault};
-use alldata_peer_server_http::wire::{self, EventStatus};
 use alldata_peer_server_http::{EVENTS_PATH, PeerState, ServerConfig, router};
+use alldata_peer_wire::{self as wire, EventStatus};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use axum::response::Response;
@@ -55,7 +55,7 @@ async fn put_batch(state: &PeerState, events: &[(EventKey, &[u8])]) -> Vec<Event
 
 fn json_code(body: &Bytes) -> String {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-    v["code"].as_str().unwrap().to_owned()
+    v["error"]["code"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]

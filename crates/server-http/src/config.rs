@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use alldata_coordinator::EventKey;
 
+use crate::metrics::{Counter, CounterSource};
+
 /// A check of client-supplied keys (`PUT /events/{key}`), e.g. the storage's
 /// acceptance window. `Err(reason)` answers 400 `key_rejected` and nothing is
 /// written.
@@ -34,15 +36,20 @@ pub struct ApiConfig {
     pub max_scan_limit: usize,
     /// Checks client-supplied keys before anything is written (default none).
     pub key_validator: Option<KeyValidator>,
-    /// How long a read from one peer may take (default 2 s).
-    pub peer_read_timeout: Duration,
-    /// How often every peer is probed through the [`crate::PeerReader`], when
-    /// one is given (default every 10 s; `None`: never, health then comes only
-    /// from replica writes and reads).
+    /// How long one peer's health probe may take (default 2 s). Reads of
+    /// events from peers use the coordinator's `Options::read_timeout`.
+    pub health_probe_timeout: Duration,
+    /// How often every peer is probed through the coordinator's
+    /// [`PeerReader`](alldata_coordinator::PeerReader), when it has one
+    /// (default every 10 s; `None`: never, health then comes only from replica
+    /// writes and reads).
     pub health_probe_interval: Option<Duration>,
     /// A peer whose last success is older than this is no longer "answered
     /// lately" (default 60 s).
     pub peer_fresh_for: Duration,
+    /// Counters kept elsewhere in the node (the replica endpoint, the peer
+    /// client), rendered by `GET /metrics` after the API's own.
+    pub counters: Vec<CounterSource>,
 }
 
 impl Default for ApiConfig {
@@ -54,9 +61,10 @@ impl Default for ApiConfig {
             default_scan_limit: 1000,
             max_scan_limit: 100_000,
             key_validator: None,
-            peer_read_timeout: Duration::from_secs(2),
+            health_probe_timeout: Duration::from_secs(2),
             health_probe_interval: Some(Duration::from_secs(10)),
             peer_fresh_for: Duration::from_secs(60),
+            counters: Vec::new(),
         }
     }
 }
@@ -89,9 +97,18 @@ impl ApiConfig {
         self
     }
 
-    /// Sets the per-peer read timeout.
-    pub fn with_peer_read_timeout(mut self, timeout: Duration) -> Self {
-        self.peer_read_timeout = timeout;
+    /// Adds a source of counters for `GET /metrics`.
+    pub fn with_counters(
+        mut self,
+        source: impl Fn() -> Vec<Counter> + Send + Sync + 'static,
+    ) -> Self {
+        self.counters.push(Arc::new(source));
+        self
+    }
+
+    /// Sets the timeout of one peer's health probe.
+    pub fn with_health_probe_timeout(mut self, timeout: Duration) -> Self {
+        self.health_probe_timeout = timeout;
         self
     }
 }
@@ -105,9 +122,10 @@ impl fmt::Debug for ApiConfig {
             .field("default_scan_limit", &self.default_scan_limit)
             .field("max_scan_limit", &self.max_scan_limit)
             .field("key_validator", &self.key_validator.as_ref().map(|_| ".."))
-            .field("peer_read_timeout", &self.peer_read_timeout)
+            .field("health_probe_timeout", &self.health_probe_timeout)
             .field("health_probe_interval", &self.health_probe_interval)
             .field("peer_fresh_for", &self.peer_fresh_for)
+            .field("counters", &self.counters.len())
             .finish()
     }
 }

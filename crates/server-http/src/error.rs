@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use alldata_coordinator::{
-    CommitLevel, EventKey, PutError, ReplicaError, ReplicaFailure, StorageError,
-};
+use alldata_coordinator::{CommitLevel, EventKey, PutError, ReplicaFailure};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -283,13 +281,12 @@ impl ApiError {
     }
 }
 
+/// The local storage's refusal among a put's failures, if any.
 fn local_rejection(failures: &[ReplicaFailure], local: &str) -> Option<String> {
-    failures.iter().find_map(|f| match &f.error {
-        ReplicaError::Storage(StorageError::Rejected(reason)) if f.node.as_str() == local => {
-            Some(reason.clone())
-        }
-        _ => None,
-    })
+    failures
+        .iter()
+        .filter(|f| f.node.as_str() == local)
+        .find_map(|f| f.error.rejection().map(str::to_owned))
 }
 
 impl IntoResponse for ApiError {

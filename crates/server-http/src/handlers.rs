@@ -1,9 +1,6 @@
 //! The request handlers.
 
-use std::convert::Infallible;
-use std::sync::Arc;
-
-use alldata_coordinator::{CommitLevel, EventKey, Locality, PutOptions, ScanRange, StorageError};
+use alldata_coordinator::{CommitLevel, EventKey, Locality, PutOptions, ReadOutcome, ReadSource};
 use axum::body::{Body, HttpBody};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
@@ -12,33 +9,22 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::json;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::time::Instant;
 
 use crate::error::ApiError;
-use crate::metrics::{PutOutcome, ReadOutcome};
+use crate::metrics::{PutOutcome, ReadAnswer};
 use crate::state::ApiState;
 
 const JSON: &str = "application/json";
-const NDJSON: &str = "application/x-ndjson";
+pub(crate) const NDJSON: &str = "application/x-ndjson";
 
 /// `?commit=one|quorum|all`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct CommitParams {
     commit: Option<String>,
-}
-
-/// `?from=&to=&limit=`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ScanParams {
-    from: Option<String>,
-    to: Option<String>,
-    limit: Option<String>,
 }
 
 fn commit_level(
@@ -55,7 +41,7 @@ fn commit_level(
 }
 
 /// Shortens client text echoed in error messages.
-fn clip(text: &str) -> String {
+pub(crate) fn clip(text: &str) -> String {
     const MAX: usize = 80;
     match text.char_indices().nth(MAX) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
@@ -163,7 +149,7 @@ async fn store_many(
         .collect()
 }
 
-fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
     let mut response = (status, body.into()).into_response();
     response
         .headers_mut()
@@ -319,40 +305,6 @@ pub(crate) async fn batch(
     Ok(response)
 }
 
-/// Asks every peer at once for `key`; the first that has it answers.
-async fn read_from_peers(state: &ApiState, key: EventKey) -> Option<(String, Bytes)> {
-    let reader = state.inner.reader.clone()?;
-    let timeout = state.inner.config.peer_read_timeout;
-    let topology = state.inner.coordinator.topology();
-    let mut reads: FuturesUnordered<_> = topology
-        .peers()
-        .cloned()
-        .map(|peer| {
-            let reader = Arc::clone(&reader);
-            async move {
-                let result = tokio::time::timeout(timeout, reader.get(&peer, key)).await;
-                (peer.id, result)
-            }
-        })
-        .collect();
-    let health = &state.inner.health;
-    while let Some((id, result)) = reads.next().await {
-        match result {
-            Ok(Ok(Some(bytes))) => {
-                health.ok(&id);
-                return Some((id.to_string(), bytes));
-            }
-            Ok(Ok(None)) => health.ok(&id),
-            Ok(Err(e)) => {
-                tracing::debug!(peer = %id, error = %e, %key, "peer read failed");
-                health.failed(&id, e.to_string());
-            }
-            Err(_) => health.failed(&id, "read timed out".to_owned()),
-        }
-    }
-    None
-}
-
 fn event_response(bytes: Bytes, source: &str) -> Response {
     let mut response = json_response(StatusCode::OK, bytes);
     if let Ok(value) = HeaderValue::from_str(source) {
@@ -361,171 +313,66 @@ fn event_response(bytes: Bytes, source: &str) -> Response {
     response
 }
 
-/// `GET /events/{key}`: the stored bytes, from here or from a peer.
+/// `GET /events/{key}`: the stored bytes, from here or from a peer
+/// ([`Coordinator::get`](alldata_coordinator::Coordinator::get)).
+///
+/// When nobody that answered holds the key but some peers could not answer,
+/// the answer is still 404, as it has always been; the read outcome says which
+/// peers failed, and their health records it.
 pub(crate) async fn get_event(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let key = parse_key(path)?;
     let metrics = &state.inner.metrics;
-    let local_error = match state.inner.coordinator.storage().get(key).await {
-        Ok(Some(bytes)) => {
-            metrics.read(ReadOutcome::Local);
-            return Ok(event_response(bytes, "local"));
+    let health = &state.inner.health;
+    let outcome = state.inner.coordinator.get(key).await;
+    let (missing_on, failures) = match &outcome {
+        ReadOutcome::Found {
+            missing_on,
+            failures,
+            ..
         }
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(%key, error = %e, "local read failed; asking peers");
-            Some(e)
-        }
+        | ReadOutcome::Unavailable {
+            missing_on,
+            failures,
+            ..
+        } => (missing_on.as_slice(), failures.as_slice()),
+        ReadOutcome::NotFound { asked } => (asked.as_slice(), &[][..]),
     };
-    if let Some((peer, bytes)) = read_from_peers(&state, key).await {
-        metrics.read(ReadOutcome::Peer);
-        return Ok(event_response(bytes, &format!("peer:{peer}")));
+    for node in missing_on {
+        health.ok(node);
     }
-    match local_error {
-        Some(e) => {
-            metrics.read(ReadOutcome::Error);
+    for failure in failures {
+        health.failed(&failure.node, failure.error.to_string());
+    }
+    match outcome {
+        ReadOutcome::Found {
+            event,
+            source: ReadSource::Local,
+            ..
+        } => {
+            metrics.read(ReadAnswer::Local);
+            Ok(event_response(event, "local"))
+        }
+        ReadOutcome::Found {
+            event,
+            source: ReadSource::Peer(peer),
+            ..
+        } => {
+            health.ok(&peer);
+            metrics.read(ReadAnswer::Peer);
+            Ok(event_response(event, &format!("peer:{peer}")))
+        }
+        ReadOutcome::Unavailable { local: Some(e), .. } => {
+            metrics.read(ReadAnswer::Error);
             Err(ApiError::Storage(e.to_string()))
         }
-        None => {
-            metrics.read(ReadOutcome::NotFound);
+        ReadOutcome::NotFound { .. } | ReadOutcome::Unavailable { local: None, .. } => {
+            metrics.read(ReadAnswer::NotFound);
             Err(ApiError::EventNotFound(key))
         }
     }
-}
-
-/// Parses a scan bound: an event key, or an RFC 3339 time (millisecond
-/// resolution; `from` maps to the first key of its millisecond, `to` to the
-/// last).
-fn parse_bound(name: &str, text: &str, is_from: bool) -> Result<EventKey, ApiError> {
-    if let Ok(key) = text.parse::<EventKey>() {
-        return Ok(key);
-    }
-    // A `+` offset that was not percent-encoded arrives as a space.
-    let time = OffsetDateTime::parse(text, &Rfc3339)
-        .or_else(|e| {
-            if text.contains(' ') {
-                OffsetDateTime::parse(&text.replace(' ', "+"), &Rfc3339)
-            } else {
-                Err(e)
-            }
-        })
-        .map_err(|_| {
-            ApiError::BadParam(format!(
-                "{name} must be an event key or an RFC 3339 time, got {:?}",
-                clip(text)
-            ))
-        })?;
-    let nanos = time.unix_timestamp_nanos();
-    let ms = u64::try_from(nanos.div_euclid(1_000_000))
-        .map_err(|_| ApiError::BadParam(format!("{name} is before 1970-01-01T00:00:00Z")))?;
-    Ok(if is_from {
-        EventKey::min_for_ms(ms)
-    } else {
-        EventKey::max_for_ms(ms)
-    })
-}
-
-fn scan_line(key: EventKey, event: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(event.len() + 64);
-    out.put_slice(b"{\"key\":\"");
-    out.put_slice(key.to_string().as_bytes());
-    out.put_slice(b"\",\"event\":");
-    if serde_json::from_slice::<serde::de::IgnoredAny>(event).is_ok() {
-        // Valid JSON holds raw CR/LF only as whitespace between tokens (inside
-        // strings they must be escaped), so dropping them keeps the event's
-        // meaning and the NDJSON framing.
-        if event.iter().any(|b| matches!(b, b'\n' | b'\r')) {
-            out.extend(
-                event
-                    .iter()
-                    .copied()
-                    .filter(|b| !matches!(b, b'\n' | b'\r')),
-            );
-        } else {
-            out.put_slice(event);
-        }
-    } else {
-        // Not JSON (written by something other than this API): embed as a string.
-        let text = serde_json::Value::String(String::from_utf8_lossy(event).into_owned());
-        out.put_slice(text.to_string().as_bytes());
-    }
-    out.put_slice(b"}\n");
-    out.freeze()
-}
-
-fn scan_error_line(error: &StorageError) -> Bytes {
-    let mut line = ApiError::Storage(error.to_string())
-        .to_json()
-        .to_string()
-        .into_bytes();
-    line.push(b'\n');
-    Bytes::from(line)
-}
-
-/// `GET /events?from=&to=&limit=`: this node's events in time order, as NDJSON,
-/// streamed from storage.
-pub(crate) async fn scan(
-    State(state): State<ApiState>,
-    query: Result<Query<ScanParams>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(params) = query.map_err(|e| ApiError::BadParam(e.body_text()))?;
-    let config = &state.inner.config;
-    let all = ScanRange::all();
-    let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
-    let from = match non_empty(params.from) {
-        Some(text) => parse_bound("from", &text, true)?,
-        None => all.from,
-    };
-    let to = match non_empty(params.to) {
-        Some(text) => parse_bound("to", &text, false)?,
-        None => all.to,
-    };
-    let limit = match non_empty(params.limit) {
-        None => config.default_scan_limit,
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=config.max_scan_limit).contains(&n) => n,
-            _ => {
-                return Err(ApiError::BadParam(format!(
-                    "limit must be an integer from 1 to {}, got {:?}",
-                    config.max_scan_limit,
-                    clip(&text)
-                )));
-            }
-        },
-    };
-    let metrics = Arc::clone(&state.inner.metrics);
-    metrics.scan();
-    let events = state
-        .inner
-        .coordinator
-        .storage()
-        .scan(ScanRange::new(from, to), limit);
-    let lines = futures::stream::unfold(Some(events), move |events| {
-        let metrics = Arc::clone(&metrics);
-        async move {
-            let mut events = events?;
-            match events.next().await? {
-                Ok((key, event)) => {
-                    metrics.scanned(1);
-                    Some((
-                        Ok::<Bytes, Infallible>(scan_line(key, &event)),
-                        Some(events),
-                    ))
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "scan failed mid-stream");
-                    Some((Ok(scan_error_line(&error)), None))
-                }
-            }
-        }
-    });
-    let mut response = (StatusCode::OK, Body::from_stream(lines)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
-    Ok(response)
 }
 
 /// `GET /health`: this node, its peers and whether each answered lately.
@@ -628,31 +475,5 @@ mod tests {
             ]
         );
         assert!(ndjson_lines(&Bytes::new()).is_empty());
-    }
-
-    #[test]
-    fn scan_line_keeps_ndjson_framing() {
-        let key = EventKey::min_for_ms(5);
-        let line = scan_line(key, b"{\n  \"a\": \"x\"\r\n}");
-        let text = std::str::from_utf8(&line).unwrap();
-        assert_eq!(text.matches('\n').count(), 1);
-        let v: serde_json::Value = serde_json::from_str(text).unwrap();
-        assert_eq!(v["event"]["a"], "x");
-        assert_eq!(v["key"], key.to_string());
-        let odd = scan_line(key, b"not json");
-        let v: serde_json::Value = serde_json::from_slice(&odd).unwrap();
-        assert_eq!(v["event"], "not json");
-    }
-
-    #[test]
-    fn bounds_accept_keys_and_times() {
-        let key = EventKey::min_for_ms(1_700_000_000_123);
-        assert_eq!(parse_bound("from", &key.to_string(), true).unwrap(), key);
-        let from = parse_bound("from", "2023-11-14T22:13:20.123Z", true).unwrap();
-        assert_eq!(from, EventKey::min_for_ms(1_700_000_000_123));
-        let to = parse_bound("to", "2023-11-14T23:13:20.123 01:00", false).unwrap();
-        assert_eq!(to, EventKey::max_for_ms(1_700_000_000_123));
-        assert!(parse_bound("from", "1969-12-31T23:59:59Z", true).is_err());
-        assert!(parse_bound("from", "yesterday", true).is_err());
     }
 }

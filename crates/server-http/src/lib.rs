@@ -1,9 +1,12 @@
 //! The client-facing HTTP + JSON API of an AllData node.
 //!
 //! [`router`] builds an axum [`Router`] over an [`ApiState`] (the node's
-//! [`Coordinator`](alldata_coordinator::Coordinator), an optional
-//! [`PeerReader`] and an [`ApiConfig`]); [`serve`] runs it on a TCP listener
-//! with graceful shutdown.
+//! [`Coordinator`](alldata_coordinator::Coordinator) and an [`ApiConfig`]);
+//! [`serve`] runs it on a TCP listener with graceful shutdown. The crate knows
+//! the coordinator's traits only: reads that miss locally go to the peers
+//! through [`Coordinator::get`](alldata_coordinator::Coordinator::get) and the
+//! coordinator's [`PeerReader`](alldata_coordinator::PeerReader), whatever
+//! transport the embedder plugged in.
 //!
 //! | Route | Answer |
 //! | --- | --- |
@@ -35,7 +38,7 @@
 //!     Arc::new(NoPeers),
 //! )
 //! .expect("valid options");
-//! let state = ApiState::new(coordinator, None, ApiConfig::default());
+//! let state = ApiState::new(coordinator, ApiConfig::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! serve(listener, state, async {
 //!     let _ = tokio::signal::ctrl_c().await;
@@ -49,6 +52,7 @@ mod error;
 mod handlers;
 mod metrics;
 mod peers;
+mod scan;
 mod state;
 
 use std::future::Future;
@@ -59,14 +63,14 @@ use axum::serve::ListenerExt;
 
 pub use config::{ApiConfig, KeyValidator};
 pub use error::ApiError;
-pub use peers::PeerReader;
+pub use metrics::{Counter, CounterSource};
 pub use state::ApiState;
 
 /// The API's routes over `state` (see the crate docs for the table).
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", post(handlers::post_event))
-        .route("/events", post(handlers::post_event).get(handlers::scan))
+        .route("/events", post(handlers::post_event).get(scan::scan))
         .route("/events/batch", post(handlers::batch))
         .route(
             "/events/{key}",

@@ -9,9 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use alldata_coordinator::{
-    CommitLevel, ReplicaError, ReplicationReport, Stats, StorageError, TransportError,
-};
+use alldata_coordinator::{CommitLevel, ReplicationReport, Stats};
 
 const LEVELS: [CommitLevel; 3] = [CommitLevel::One, CommitLevel::Quorum, CommitLevel::All];
 
@@ -64,27 +62,27 @@ impl PutOutcome {
 
 /// Where a `GET /events/{key}` found its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ReadOutcome {
+pub(crate) enum ReadAnswer {
     Local,
     Peer,
     NotFound,
     Error,
 }
 
-impl ReadOutcome {
-    const ALL: [ReadOutcome; 4] = [
-        ReadOutcome::Local,
-        ReadOutcome::Peer,
-        ReadOutcome::NotFound,
-        ReadOutcome::Error,
+impl ReadAnswer {
+    const ALL: [ReadAnswer; 4] = [
+        ReadAnswer::Local,
+        ReadAnswer::Peer,
+        ReadAnswer::NotFound,
+        ReadAnswer::Error,
     ];
 
     fn as_str(self) -> &'static str {
         match self {
-            ReadOutcome::Local => "local",
-            ReadOutcome::Peer => "peer",
-            ReadOutcome::NotFound => "not_found",
-            ReadOutcome::Error => "error",
+            ReadAnswer::Local => "local",
+            ReadAnswer::Peer => "peer",
+            ReadAnswer::NotFound => "not_found",
+            ReadAnswer::Error => "error",
         }
     }
 }
@@ -131,19 +129,6 @@ impl Histogram {
     }
 }
 
-fn replica_outcome(error: &ReplicaError) -> &'static str {
-    match error {
-        ReplicaError::Timeout(_) | ReplicaError::Transport(TransportError::Timeout) => "timeout",
-        ReplicaError::Storage(StorageError::Conflict(_))
-        | ReplicaError::Transport(TransportError::Conflict) => "conflict",
-        ReplicaError::Transport(TransportError::Unreachable(_)) => "unreachable",
-        ReplicaError::Transport(TransportError::Network(_)) => "network",
-        ReplicaError::Storage(StorageError::Rejected(_))
-        | ReplicaError::Transport(TransportError::Rejected(_)) => "rejected",
-        _ => "error",
-    }
-}
-
 /// Escapes a Prometheus label value.
 fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
@@ -158,6 +143,21 @@ fn escape(value: &str) -> String {
     out
 }
 
+/// A counter that another part of the node keeps (the replica endpoint, the
+/// peer client), rendered with the API's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    /// The metric name, e.g. `alldata_peer_server_batches_total`.
+    pub name: &'static str,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// The current value.
+    pub value: u64,
+}
+
+/// Reads a set of [`Counter`]s when `GET /metrics` renders.
+pub type CounterSource = std::sync::Arc<dyn Fn() -> Vec<Counter> + Send + Sync>;
+
 /// The metrics of one API instance.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -165,13 +165,12 @@ pub(crate) struct Metrics {
     put_latency: [Histogram; 3],
     batch_requests: AtomicU64,
     batch_lines: AtomicU64,
-    reads: [AtomicU64; ReadOutcome::ALL.len()],
+    reads: [AtomicU64; ReadAnswer::ALL.len()],
     scans: AtomicU64,
     scanned_events: AtomicU64,
     reports_complete: AtomicU64,
     reports_under_replicated: AtomicU64,
     reports_stopped_by_cap: AtomicU64,
-    reports_replacements: AtomicU64,
     /// `(peer, outcome) -> count` of replica writes, from replication reports.
     replica_writes: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// `status -> count` of every response.
@@ -194,8 +193,8 @@ impl Metrics {
         self.batch_lines.fetch_add(lines as u64, Ordering::Relaxed);
     }
 
-    pub(crate) fn read(&self, outcome: ReadOutcome) {
-        let i = ReadOutcome::ALL
+    pub(crate) fn read(&self, outcome: ReadAnswer) {
+        let i = ReadAnswer::ALL
             .iter()
             .position(|x| *x == outcome)
             .unwrap_or(0);
@@ -226,9 +225,6 @@ impl Metrics {
         if report.stopped_by_cap {
             self.reports_stopped_by_cap.fetch_add(1, Ordering::Relaxed);
         }
-        let replacements = report.attempts.saturating_sub(report.replication_factor);
-        self.reports_replacements
-            .fetch_add(replacements as u64, Ordering::Relaxed);
         let mut map = self
             .replica_writes
             .lock()
@@ -237,14 +233,20 @@ impl Metrics {
             *map.entry((holder.to_string(), "ok")).or_default() += 1;
         }
         for failure in &report.failures {
-            *map.entry((failure.node.to_string(), replica_outcome(&failure.error)))
+            *map.entry((failure.node.to_string(), failure.error.kind().as_str()))
                 .or_default() += 1;
         }
     }
 
     /// Renders everything in the Prometheus text format (version 0.0.4).
-    /// `peers_up` is `(peer, up)` for every known peer.
-    pub(crate) fn render(&self, stats: &Stats, peers_up: &[(String, bool)]) -> String {
+    /// `peers_up` is `(peer, up)` for every known peer; `extra` are the
+    /// embedder's counters ([`crate::ApiConfig::with_counters`]).
+    pub(crate) fn render(
+        &self,
+        stats: &Stats,
+        peers_up: &[(String, bool)],
+        extra: &[Counter],
+    ) -> String {
         let mut out = String::with_capacity(8 * 1024);
 
         header(
@@ -297,7 +299,7 @@ impl Metrics {
             "counter",
             "Reads of one event by where the answer came from.",
         );
-        for (i, outcome) in ReadOutcome::ALL.iter().enumerate() {
+        for (i, outcome) in ReadAnswer::ALL.iter().enumerate() {
             let n = self.reads[i].load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
@@ -379,13 +381,6 @@ impl Metrics {
         );
         counter(
             &mut out,
-            "alldata_replication_replacements_total",
-            "Replacement writes of finished puts (attempts beyond the replication factor).",
-            self.reports_replacements.load(Ordering::Relaxed),
-        );
-
-        counter(
-            &mut out,
             "alldata_coordinator_puts_acked_total",
             "Puts the coordinator acknowledged.",
             stats.puts_acked,
@@ -396,35 +391,12 @@ impl Metrics {
             "Puts the coordinator answered with an error.",
             stats.puts_failed,
         );
-        header(
-            &mut out,
-            "alldata_coordinator_replica_writes_total",
-            "counter",
-            "Replica writes finished by the coordinator, by outcome.",
-        );
-        let _ = writeln!(
-            out,
-            "alldata_coordinator_replica_writes_total{{outcome=\"ok\"}} {}",
-            stats.replica_writes_ok
-        );
-        let _ = writeln!(
-            out,
-            "alldata_coordinator_replica_writes_total{{outcome=\"failed\"}} {}",
-            stats.replica_writes_failed
-        );
         counter(
             &mut out,
             "alldata_coordinator_replacements_total",
             "Replacement writes started on unused peers (retries).",
             stats.replacements,
         );
-        counter(
-            &mut out,
-            "alldata_coordinator_under_replicated_total",
-            "Puts whose writes finished with fewer than RF replicas.",
-            stats.under_replicated,
-        );
-
         header(
             &mut out,
             "alldata_peer_up",
@@ -438,6 +410,9 @@ impl Metrics {
                 escape(peer),
                 u8::from(*up)
             );
+        }
+        for c in extra {
+            counter(&mut out, c.name, c.help, c.value);
         }
         out
     }

@@ -1,39 +1,10 @@
-//! Reading events from peers, and what the node knows about their health.
+//! What the node knows about its peers' health.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use alldata_coordinator::{EventKey, NodeId, Peer, TransportError};
-use alldata_peer_client_http::HttpTransport;
-use async_trait::async_trait;
-use bytes::Bytes;
+use alldata_coordinator::NodeId;
 use tokio::time::Instant;
-
-/// Reads from peers: an event a peer holds, and whether the peer answers.
-///
-/// `GET /events/{key}` asks the peers through this when the event is not in the
-/// local storage; the health probe calls [`PeerReader::health`]. Implemented for
-/// [`HttpTransport`]; tests use fakes.
-#[async_trait]
-pub trait PeerReader: Send + Sync + 'static {
-    /// The event `peer` stores under `key`: `Some` when stored there, `None`
-    /// when not.
-    async fn get(&self, peer: &Peer, key: EventKey) -> Result<Option<Bytes>, TransportError>;
-
-    /// `Ok` when `peer` answers.
-    async fn health(&self, peer: &Peer) -> Result<(), TransportError>;
-}
-
-#[async_trait]
-impl PeerReader for HttpTransport {
-    async fn get(&self, peer: &Peer, key: EventKey) -> Result<Option<Bytes>, TransportError> {
-        HttpTransport::get(self, peer, key).await
-    }
-
-    async fn health(&self, peer: &Peer) -> Result<(), TransportError> {
-        HttpTransport::health(self, peer).await
-    }
-}
 
 /// When a peer last answered and last failed.
 #[derive(Debug, Clone, Default)]

@@ -2,19 +2,17 @@
 
 use std::sync::{Arc, Weak};
 
-use alldata_coordinator::{
-    Coordinator, NodeId, ReplicaError, ReplicationReport, StorageError, TransportError,
-};
+use alldata_coordinator::{Coordinator, NodeId, ReplicationReport};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::broadcast;
 
 use crate::config::ApiConfig;
 use crate::metrics::Metrics;
-use crate::peers::{PeerHealth, PeerReader};
+use crate::peers::PeerHealth;
 
-/// What the handlers share: the coordinator, the optional [`PeerReader`], the
-/// configuration, metrics and peer health. Cheap to clone.
+/// What the handlers share: the coordinator, the configuration, metrics and
+/// peer health. Cheap to clone.
 #[derive(Clone)]
 pub struct ApiState {
     pub(crate) inner: Arc<Inner>,
@@ -22,7 +20,6 @@ pub struct ApiState {
 
 pub(crate) struct Inner {
     pub(crate) coordinator: Coordinator,
-    pub(crate) reader: Option<Arc<dyn PeerReader>>,
     pub(crate) config: ApiConfig,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) health: Arc<PeerHealth>,
@@ -32,34 +29,35 @@ impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiState")
             .field("coordinator", &self.inner.coordinator)
-            .field("peer_reader", &self.inner.reader.is_some())
+            .field(
+                "peer_reader",
+                &self.inner.coordinator.peer_reader().is_some(),
+            )
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
 }
 
 impl ApiState {
-    /// The state for a node's API over `coordinator`. `reader` (e.g. the node's
-    /// [`alldata_peer_client_http::HttpTransport`]) lets `GET /events/{key}` ask
-    /// peers for events missing locally and lets the health probe run.
+    /// The state for a node's API over `coordinator`. `GET /events/{key}` reads
+    /// through [`Coordinator::get`], which asks the peers for events missing
+    /// locally when the coordinator has a
+    /// [`PeerReader`](alldata_coordinator::PeerReader); the health probe uses
+    /// the same reader.
     ///
     /// Called inside a tokio runtime, this spawns two cheap background tasks:
     /// one follows the coordinator's replication reports (per-peer health,
     /// replica-write and under-replication metrics) and ends when the
     /// coordinator is dropped; the other probes peers every
-    /// [`ApiConfig::health_probe_interval`] (only with a reader) and ends when
+    /// [`ApiConfig::health_probe_interval`] (only when the coordinator has a
+    /// peer reader) and ends when
     /// the state is dropped. Outside a runtime no task is spawned and health
     /// comes only from reads.
-    pub fn new(
-        coordinator: Coordinator,
-        reader: Option<Arc<dyn PeerReader>>,
-        config: ApiConfig,
-    ) -> Self {
+    pub fn new(coordinator: Coordinator, config: ApiConfig) -> Self {
         let metrics = Arc::new(Metrics::default());
         let health = Arc::new(PeerHealth::default());
         let inner = Arc::new(Inner {
             coordinator,
-            reader,
             config,
             metrics,
             health,
@@ -73,8 +71,10 @@ impl ApiState {
                 Arc::clone(&inner.metrics),
                 Arc::clone(&inner.health),
             ));
-            if let (Some(_), Some(interval)) = (&inner.reader, inner.config.health_probe_interval)
-                && !interval.is_zero()
+            if let (Some(_), Some(interval)) = (
+                inner.coordinator.peer_reader(),
+                inner.config.health_probe_interval,
+            ) && !interval.is_zero()
             {
                 runtime.spawn(probe_peers(Arc::downgrade(&inner), interval));
             }
@@ -104,25 +104,17 @@ impl ApiState {
                 (p.id.to_string(), up == Some(true))
             })
             .collect();
+        let extra: Vec<_> = self
+            .inner
+            .config
+            .counters
+            .iter()
+            .flat_map(|source| source())
+            .collect();
         self.inner
             .metrics
-            .render(&self.inner.coordinator.stats(), &up)
+            .render(&self.inner.coordinator.stats(), &up, &extra)
     }
-}
-
-/// Whether a failed replica write says the peer is not answering (as opposed
-/// to answering with a refusal).
-fn unresponsive(error: &ReplicaError) -> bool {
-    matches!(
-        error,
-        ReplicaError::Timeout(_)
-            | ReplicaError::Transport(
-                TransportError::Timeout
-                    | TransportError::Unreachable(_)
-                    | TransportError::Network(_)
-            )
-            | ReplicaError::Storage(StorageError::Failed(_))
-    )
 }
 
 /// Follows the coordinator's replication reports until the coordinator is gone.
@@ -140,7 +132,7 @@ async fn follow_reports(
                     health.ok(holder);
                 }
                 for failure in report.failures.iter().filter(|f| f.node != local) {
-                    if unresponsive(&failure.error) {
+                    if failure.error.kind().is_unresponsive() {
                         health.failed(&failure.node, failure.error.to_string());
                     } else {
                         health.ok(&failure.node);
@@ -161,13 +153,13 @@ async fn probe_peers(state: Weak<Inner>, interval: std::time::Duration) {
         tokio::time::sleep(interval).await;
         // Hold the state only long enough to copy what the probe needs.
         let Some((reader, peers, health, timeout)) = state.upgrade().and_then(|inner| {
-            let reader = inner.reader.clone()?;
+            let reader = inner.coordinator.peer_reader()?;
             let peers: Vec<_> = inner.coordinator.topology().peers().cloned().collect();
             Some((
                 reader,
                 peers,
                 Arc::clone(&inner.health),
-                inner.config.peer_read_timeout,
+                inner.config.health_probe_timeout,
             ))
         }) else {
             break;

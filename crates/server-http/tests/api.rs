@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use alldata_coordinator::sim::Fault;
 use alldata_coordinator::{
-    CommitLevel, Coordinator, EventKey, Location, NoPeers, Options, PutStatus, ScanRange, Storage,
-    StorageError,
+    CommitLevel, Coordinator, EventKey, Location, NoPeers, Options, PeerReader, PutStatus,
+    ScanRange, Storage, StorageError,
 };
-use alldata_server_http::{ApiConfig, ApiState, PeerReader, router};
+use alldata_server_http::{ApiConfig, ApiState, router};
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
@@ -379,7 +379,7 @@ async fn local_storage_rejection_is_400() {
         Arc::new(NoPeers),
     )
     .unwrap();
-    let app = router(ApiState::new(coordinator, None, ApiConfig::default()));
+    let app = router(ApiState::new(coordinator, ApiConfig::default()));
     let key = EventKey::min_for_ms(5);
     let a = call(&app, Method::PUT, &format!("/events/{key}"), "{}").await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
@@ -919,16 +919,53 @@ async fn metrics_render_after_puts() {
         "alldata_replica_writes_total{peer=\"n1\",outcome=\"ok\"} 4\n",
         "alldata_replication_reports_total{outcome=\"under_replicated\"} 1\n",
         "alldata_coordinator_replacements_total 0\n",
-        "alldata_coordinator_under_replicated_total 1\n",
         "alldata_api_responses_total{status=\"400\"} 1\n",
         "alldata_api_responses_total{status=\"503\"} 1\n",
         "alldata_peer_up{peer=\"n2\"} 0\n",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
+    // One name per fact: the coordinator's duplicates of the report-derived
+    // counters are gone.
+    for gone in [
+        "alldata_coordinator_replica_writes_total",
+        "alldata_coordinator_under_replicated_total",
+        "alldata_replication_replacements_total",
+    ] {
+        assert!(!text.contains(gone), "{gone} is still rendered");
+    }
     // Every sample line is `name{labels} value` with a numeric value.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let value = line.rsplit(' ').next().unwrap();
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
+}
+
+#[tokio::test]
+async fn metrics_render_the_counters_of_other_parts_of_the_node() {
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(41));
+    let source = Arc::clone(&seen);
+    let n = node(
+        options(1, CommitLevel::One),
+        &[],
+        None,
+        ApiConfig::default().with_counters(move || {
+            vec![alldata_server_http::Counter {
+                name: "alldata_peer_server_batches_total",
+                help: "Batches stored.",
+                value: source.load(std::sync::atomic::Ordering::Relaxed),
+            }]
+        }),
+    );
+    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let text = call(&n.app, Method::GET, "/metrics", Body::empty())
+        .await
+        .body;
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    assert!(
+        text.contains(
+            "# TYPE alldata_peer_server_batches_total counter\nalldata_peer_server_batches_total 42\n"
+        ),
+        "{text}"
+    );
 }

@@ -41,7 +41,7 @@ pub enum OpenError {
     },
     /// The directory holds a LevelDB database that was not written by this crate,
     /// or by an incompatible version of it.
-    #[error("database {} has an unknown format ({found}); expected AllData storage format 1", path.display())]
+    #[error("database {} has an unknown format ({found}); expected AllData storage format 2 (format 1 is upgraded at open)", path.display())]
     IncompatibleFormat {
         /// The data directory.
         path: PathBuf,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use alldata_coordinator::{EventStream, PutStatus, ScanRange, Storage, StorageError};
-use alldata_keygen::EventKey;
+use alldata_keygen::{Clock, EventKey};
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -63,6 +63,9 @@ pub struct LevelDbStorage {
     length: IntervalLength,
     window: AcceptWindow,
     durability: Durability,
+    clock: Arc<dyn Clock>,
+    /// The end of the last closed interval, kept by the writer.
+    closed_mark: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for LevelDbStorage {
@@ -124,6 +127,7 @@ impl LevelDbStorage {
 
         let (tx, rx) = mpsc::channel(options.queue_depth);
         let (done_tx, done_rx) = oneshot::channel();
+        let closed_mark = Arc::clone(&writer.closed_mark);
         let writer = Arc::new(Mutex::new(writer));
         let thread_writer = Arc::clone(&writer);
         let spawned = std::thread::Builder::new()
@@ -168,7 +172,19 @@ impl LevelDbStorage {
             length: options.interval,
             window: options.window,
             durability: options.durability,
+            clock: options.clock,
+            closed_mark,
         })
+    }
+
+    /// Whether a put of `key` would pass the acceptance window now (and not
+    /// fall into an interval already closed); the error says why not. The
+    /// same check every put makes, for callers that want to refuse a key
+    /// before anything is written anywhere.
+    pub fn check_key(&self, key: EventKey) -> Result<(), String> {
+        let closed_upto = self.closed_mark.load(Ordering::Relaxed);
+        self.window
+            .check(self.length, self.clock.now_ms(), closed_upto, key)
     }
 
     /// The data directory.

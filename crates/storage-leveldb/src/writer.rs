@@ -5,6 +5,7 @@
 //! counted before its interval closes, or rejected with a clear error.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,8 @@ pub(crate) struct Writer {
     newest: Option<EventKey>,
     /// No key below this is ever accepted again (end of the last closed interval).
     closed_upto: u64,
+    /// `closed_upto`, shared with [`crate::LevelDbStorage::check_key`].
+    pub(crate) closed_mark: Arc<AtomicU64>,
     /// Empty intervals from here on are reported when they close.
     next_to_close: u64,
     events: mpsc::UnboundedSender<IntervalClosed>,
@@ -162,6 +165,7 @@ impl Writer {
             counts,
             newest,
             closed_upto,
+            closed_mark: Arc::new(AtomicU64::new(closed_upto)),
             next_to_close,
             events,
             last_write: Duration::ZERO,
@@ -409,6 +413,8 @@ impl Writer {
         // Nothing below `oldest` is accepted any more; a clock stepping back
         // does not reopen what was closed.
         self.closed_upto = self.closed_upto.max(oldest);
+        self.closed_mark
+            .store(self.closed_upto, std::sync::atomic::Ordering::Relaxed);
         for event in &closed {
             tracing::info!(interval = %event.name, events = event.events, "interval closed");
             let _ = self.events.send(event.clone());

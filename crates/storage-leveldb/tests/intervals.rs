@@ -332,6 +332,31 @@ async fn too_old_and_too_new_keys_are_rejected_with_clear_errors() {
 }
 
 #[tokio::test]
+async fn check_key_agrees_with_put_including_closed_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, clock) =
+        open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    for ms in [at(4, 0) - 1, at(4, 0), at(5, 30), at(7, 0) - 1, at(7, 0)] {
+        let checked = store.check_key(key_at(ms));
+        let put = store.put(key_at(ms), Bytes::new()).await;
+        assert_eq!(
+            checked.is_ok(),
+            put.is_ok(),
+            "at {ms}: {checked:?} vs {put:?}"
+        );
+    }
+    // The clock moves on two hours and 04:00 closes; stepping back does not
+    // reopen it, for the check as for puts.
+    clock.set(T + 2 * HOUR);
+    store.check_intervals().await.unwrap();
+    clock.set(T);
+    let closed = store.check_key(key_at(at(4, 30))).unwrap_err();
+    assert!(closed.contains("its interval is closed"), "{closed}");
+    rejected(store.put(key_at(at(4, 30)), Bytes::new()).await);
+    store.close().await;
+}
+
+#[tokio::test]
 async fn the_window_is_configurable() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open_at(

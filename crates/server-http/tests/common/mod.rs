@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use alldata_coordinator::sim::SimNetwork;
 use alldata_coordinator::{
-    CommitLevel, Coordinator, EventKey, Locality, Location, MemStorage, Options, Peer,
+    CommitLevel, Coordinator, EventKey, Locality, Location, MemStorage, Options, Peer, PeerReader,
     TransportError,
 };
-use alldata_server_http::{ApiConfig, ApiState, PeerReader, router};
+use alldata_server_http::{ApiConfig, ApiState, router};
 use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
@@ -39,7 +39,8 @@ pub fn options(rf: usize, level: CommitLevel) -> Options {
     }
 }
 
-/// `n1` with `peers` (all in the local zone) on a fresh network.
+/// `n1` with `peers` (all in the local zone) on a fresh network; `reader`
+/// becomes the coordinator's peer reader.
 pub fn node(
     options: Options,
     peers: &[&str],
@@ -62,7 +63,10 @@ pub fn node(
             .add_peer(*peer, format!("{peer}.example:7000"), Locality::LocalZone)
             .expect("peer added");
     }
-    let state = ApiState::new(coordinator, reader, config);
+    if let Some(reader) = reader {
+        coordinator.set_peer_reader(reader);
+    }
+    let state = ApiState::new(coordinator, config);
     TestNode {
         app: router(state.clone()),
         state,

@@ -1,7 +1,7 @@
 //! The batch codec: round trips, and garbage never panics the decoders.
 
 use alldata_coordinator::{EventKey, KeyGenerator};
-use alldata_peer_server_http::wire::{self, DecodeError, EventStatus};
+use alldata_peer_wire::{self as wire, DecodeError, EventStatus};
 use bytes::Bytes;
 use proptest::prelude::*;
 

@@ -1,8 +1,26 @@
 //! A complete AllData node: LevelDB storage, the coordinator, the HTTP peer
 //! transport, the replica endpoint and the client API, wired together.
 //!
-//! Used by the `alldata node` binary, `examples/cluster.rs` and the multi-process
-//! tests; embedders can use it too, or wire the crates themselves.
+//! Used by the `alldata node` command, `examples/cluster.rs` and the
+//! multi-process tests; embedders can use it too, or wire the crates
+//! themselves. Every failure to start is a typed [`NodeError`].
+//!
+//! ```no_run
+//! use alldata_node::{Node, NodeConfig};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), alldata_node::NodeError> {
+//! let mut config = NodeConfig::new(
+//!     "n1",
+//!     "127.0.0.1:7001".parse().unwrap(),
+//!     "127.0.0.1:7101".parse().unwrap(),
+//!     "data/n1",
+//! );
+//! config.cluster_secret = "a-long-random-secret".into();
+//! let node = Node::start(config).await?;
+//! println!("serving clients on {}", node.api_addr());
+//! node.shutdown(std::time::Duration::from_secs(10)).await;
+//! # Ok(()) }
+//! ```
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -11,17 +29,57 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use alldata_coordinator::{
+    CommitLevel, Coordinator, Location, Options, OptionsError, Storage, TopologyError,
+};
+use alldata_peer_client_http::{ClientConfig, ClientError, HttpTransport};
+use alldata_peer_server_http::{PeerState, ServerConfig};
+use alldata_server_http::{ApiConfig, ApiState, Counter};
+use alldata_storage_leveldb::{Durability, LevelDbStorage, OpenError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::coordinator::{CommitLevel, Coordinator, Location, Options, Storage};
-use crate::keygen::{Clock, SystemClock};
-use crate::peer_client_http::{ClientConfig, HttpTransport};
-use crate::peer_server_http::{PeerState, ServerConfig};
-use crate::server_http::{ApiConfig, ApiState};
-use crate::storage_leveldb::{Durability, LevelDbStorage};
+/// Why a node could not start. Nothing is left running when one is returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// No cluster secret was given; peers authenticate with it.
+    #[error("a cluster secret is required (peers authenticate with it)")]
+    MissingSecret,
+    /// The coordinator options cannot work.
+    #[error("invalid coordinator options: {0}")]
+    Options(#[from] OptionsError),
+    /// A port could not be bound.
+    #[error("cannot listen on {addr} for the {what} (is the port taken?): {source}")]
+    Bind {
+        /// "client API" or "peer endpoint".
+        what: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The data directory could not be opened.
+    #[error("cannot open the data directory {}: {source}", path.display())]
+    Storage {
+        /// The data directory.
+        path: PathBuf,
+        /// Why.
+        source: OpenError,
+    },
+    /// The peer HTTP client could not be built.
+    #[error("cannot build the peer HTTP client: {0}")]
+    PeerClient(#[from] ClientError),
+    /// A configured peer is not acceptable.
+    #[error("bad peer {peer}: {source}")]
+    Peer {
+        /// The peer as configured.
+        peer: String,
+        /// Why.
+        source: TopologyError,
+    },
+}
 
 /// A peer given on the command line as `ID=HOST:PORT@REGION/ZONE`, where
 /// `HOST:PORT` is the peer's replica endpoint (its `--peer-listen`).
@@ -146,96 +204,98 @@ impl fmt::Debug for Node {
     }
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<(TcpListener, SocketAddr), NodeError> {
+    let bound = async {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        Ok((listener, local))
+    };
+    bound
         .await
-        .with_context(|| format!("cannot listen on {addr} for the {what} (is the port taken?)"))
+        .map_err(|source| NodeError::Bind { what, addr, source })
 }
 
 impl Node {
     /// Binds both ports, opens the storage and starts serving.
     ///
-    /// Fails with a clear message on a taken port, a locked or unwritable data
-    /// directory, impossible options, or an empty cluster secret with peers.
-    pub async fn start(config: NodeConfig) -> anyhow::Result<Self> {
+    /// Fails with a typed [`NodeError`] on a taken port, a locked or
+    /// unwritable data directory, impossible options, a bad peer, or an empty
+    /// cluster secret.
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
         if config.cluster_secret.is_empty() {
-            bail!("a cluster secret is required (peers authenticate with it)");
+            return Err(NodeError::MissingSecret);
         }
-        config
-            .options
-            .validate()
-            .context("invalid coordinator options")?;
-        let api_listener = bind(config.listen, "client API").await?;
-        let peer_listener = bind(config.peer_listen, "peer endpoint").await?;
-        let api_addr = api_listener.local_addr()?;
-        let peer_addr = peer_listener.local_addr()?;
+        config.options.validate()?;
+        let (api_listener, api_addr) = bind(config.listen, "client API").await?;
+        let (peer_listener, peer_addr) = bind(config.peer_listen, "peer endpoint").await?;
 
-        let storage_options = crate::storage_leveldb::Options::new(&config.data_dir)
+        let storage_options = alldata_storage_leveldb::Options::new(&config.data_dir)
             .durability(config.durability)
             .write_buffer_bytes(config.write_buffer_bytes);
         let storage = Arc::new(
             LevelDbStorage::open(storage_options)
                 .await
-                .with_context(|| {
-                    format!(
-                        "cannot open the data directory {}",
-                        config.data_dir.display()
-                    )
+                .map_err(|source| NodeError::Storage {
+                    path: config.data_dir.clone(),
+                    source,
                 })?,
         );
         let dyn_storage: Arc<dyn Storage> = storage.clone();
-        if let Some(mut closed) = storage.closed_intervals() {
-            let id = config.id.clone();
-            tokio::spawn(async move {
-                while let Some(c) = closed.recv().await {
-                    tracing::info!(node = %id, interval = %c.name, start = %c.start, end = %c.end, events = c.events, "interval closed");
-                }
-            });
-        }
+        // The storage logs each closed interval itself and nothing in the node
+        // consumes the notifications, so the receiver is dropped rather than
+        // left to queue them.
+        drop(storage.closed_intervals());
 
         let transport = HttpTransport::new(
             ClientConfig::new(config.cluster_secret.clone())
                 .with_attempt_timeout(config.options.replica_timeout),
-        )
-        .context("cannot build the peer HTTP client")?;
+        )?;
         let coordinator = Coordinator::new(
             config.id.as_str().into(),
             config.location.clone(),
             config.options.clone(),
             Arc::clone(&dyn_storage),
             Arc::new(transport.clone()),
-        )
-        .context("invalid coordinator options")?;
+        )?
+        .with_peer_reader(Arc::new(transport.clone()));
         for p in &config.peers {
             coordinator
                 .add_peer_at(p.id.as_str(), p.address.as_str(), &p.location)
-                .with_context(|| format!("bad peer {p}"))?;
+                .map_err(|source| NodeError::Peer {
+                    peer: p.to_string(),
+                    source,
+                })?;
         }
 
-        let (window, length) = (storage.accept_window(), storage.interval_length());
-        let api_config = ApiConfig::default()
-            .with_max_event_bytes(config.max_event_bytes)
-            // The storage's own window check, so a PUT with an unacceptable key is
-            // a 400 before any replica is written.
-            .with_key_validator(move |key| window.check(length, SystemClock.now_ms(), 0, key));
-        let api_state = ApiState::new(coordinator.clone(), Some(Arc::new(transport)), api_config);
+        // The storage's own window check, so a PUT with an unacceptable key is a
+        // 400 before any replica is written. A weak handle: the API must not
+        // keep the database open after shutdown.
+        let window = Arc::downgrade(&storage);
         let peer_state = PeerState::new(
             Arc::clone(&dyn_storage),
             ServerConfig::new(config.cluster_secret.clone())
                 .with_max_body_bytes((config.max_event_bytes + 1024).max(8 * 1024 * 1024)),
         );
+        let api_config = ApiConfig::default()
+            .with_max_event_bytes(config.max_event_bytes)
+            .with_key_validator(move |key| window.upgrade().map_or(Ok(()), |s| s.check_key(key)))
+            .with_counters(peer_counters(peer_state.clone(), transport.clone()));
+        let api_state = ApiState::new(coordinator.clone(), api_config);
 
         let (stop, stopped) = watch::channel(false);
         let signal = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
         let servers = vec![
-            tokio::spawn(crate::peer_server_http::serve(
+            tokio::spawn(alldata_peer_server_http::serve(
                 peer_listener,
                 peer_state,
                 signal(stopped.clone()),
             )),
-            tokio::spawn(crate::server_http::serve(
+            tokio::spawn(alldata_server_http::serve(
                 api_listener,
                 api_state,
                 signal(stopped),
@@ -307,6 +367,48 @@ impl Node {
             }
         }
         tracing::info!(%id, "node stopped");
+    }
+}
+
+/// The replica endpoint's and the peer client's counters, for `GET /metrics`.
+fn peer_counters(
+    server: PeerState,
+    client: HttpTransport,
+) -> impl Fn() -> Vec<Counter> + Send + Sync + 'static {
+    move || {
+        let (s, c) = (server.stats(), client.stats());
+        vec![
+            Counter {
+                name: "alldata_peer_server_batches_total",
+                help: "Replica batches received from peers and stored (whatever the per-event results).",
+                value: s.batches(),
+            },
+            Counter {
+                name: "alldata_peer_server_events_total",
+                help: "Events received from peers in those batches.",
+                value: s.events(),
+            },
+            Counter {
+                name: "alldata_peer_server_refused_total",
+                help: "Peer requests refused as a whole (400, 401, 413).",
+                value: s.refused(),
+            },
+            Counter {
+                name: "alldata_peer_client_requests_total",
+                help: "Replica batch requests sent to peers.",
+                value: c.requests(),
+            },
+            Counter {
+                name: "alldata_peer_client_events_total",
+                help: "Events sent to peers in those requests.",
+                value: c.events(),
+            },
+            Counter {
+                name: "alldata_peer_client_abandoned_total",
+                help: "Queued replica writes not sent because their deadline had passed.",
+                value: c.abandoned(),
+            },
+        ]
     }
 }
 

@@ -1,0 +1,95 @@
+//! Starting a node: typed errors for what cannot work, and one real node's
+//! metrics over a socket.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use alldata_node::{Node, NodeConfig, NodeError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn config(dir: &std::path::Path) -> NodeConfig {
+    let mut config = NodeConfig::new("n1", any_port(), any_port(), dir);
+    config.cluster_secret = "node-test-secret".into();
+    config
+}
+
+/// `GET path` over a fresh connection; the whole response as text.
+async fn get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_node_without_a_secret_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.cluster_secret.clear();
+    assert!(matches!(
+        Node::start(config).await,
+        Err(NodeError::MissingSecret)
+    ));
+}
+
+#[tokio::test]
+async fn a_taken_port_and_a_locked_directory_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Node::start(config(dir.path())).await.expect("first node");
+
+    let mut taken = config(&dir.path().join("other"));
+    taken.listen = first.api_addr();
+    match Node::start(taken).await {
+        Err(NodeError::Bind { what, addr, .. }) => {
+            assert_eq!(what, "client API");
+            assert_eq!(addr, first.api_addr());
+        }
+        other => panic!("expected a bind error, got {other:?}"),
+    }
+
+    match Node::start(config(dir.path())).await {
+        Err(e @ NodeError::Storage { .. }) => {
+            assert!(e.to_string().contains("already opened"), "{e}");
+        }
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    first.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn metrics_show_the_peer_endpoint_and_client_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.expect("node");
+    let text = get(node.api_addr(), "/metrics").await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for name in [
+        "alldata_peer_server_batches_total 0",
+        "alldata_peer_server_refused_total 0",
+        "alldata_peer_client_requests_total 0",
+        "alldata_coordinator_puts_acked_total 0",
+    ] {
+        assert!(text.contains(name), "missing {name} in\n{text}");
+    }
+    // A refused peer request (no credentials) is counted.
+    let refused = get(node.peer_addr(), "/peer/v1/health").await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(
+        refused.contains(r#"{"error":{"code":"unauthorized""#),
+        "{refused}"
+    );
+    let text = get(node.api_addr(), "/metrics").await;
+    assert!(
+        text.contains("alldata_peer_server_refused_total 1"),
+        "{text}"
+    );
+    node.shutdown(Duration::from_secs(5)).await;
+}

@@ -1,0 +1,142 @@
+//! The AllData peer protocol, and nothing else: the binary batch codec, its
+//! status bytes, the route paths and the authentication scheme.
+//!
+//! Both sides of the replica endpoint depend on this crate:
+//! `alldata-peer-client-http` encodes requests and decodes responses,
+//! `alldata-peer-server-http` does the opposite. Neither depends on the other,
+//! and this crate does no I/O.
+//!
+//! ```
+//! use alldata_peer_wire::{self as wire, EventStatus};
+//! use alldata_keygen::KeyGenerator;
+//!
+//! let key = KeyGenerator::new().generate();
+//! let body = wire::encode_request([(key, &br#"{"a":1}"#[..])]);
+//! let events = wire::decode_request(body).unwrap();
+//! assert_eq!(events[0].0, key);
+//!
+//! let answer = wire::encode_response(&[EventStatus::Stored]);
+//! assert_eq!(wire::decode_response(answer).unwrap(), vec![EventStatus::Stored]);
+//!
+//! let header = wire::bearer("cluster-secret");
+//! assert!(wire::authorized(Some(header.as_bytes()), "cluster-secret"));
+//! assert!(!wire::authorized(Some(b"Bearer guess"), "cluster-secret"));
+//! ```
+//!
+//! # Authentication
+//!
+//! Every route requires `Authorization: Bearer <secret>` carrying the cluster's
+//! shared secret ([`bearer`]), compared in constant time ([`authorized`]). An
+//! empty configured secret refuses every request.
+//!
+//! # Routes (version 1)
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `POST` [`EVENTS_PATH`] | a batch of replica writes, below |
+//! | `GET` [`event_path`]`(key)` | `200` with the stored bytes (`application/octet-stream`), `404` when absent, `400` for a malformed key (the canonical hyphenated lowercase UUID) |
+//! | `GET` [`HEALTH_PATH`] | `200` `ok` |
+//!
+//! Errors answer with the JSON envelope of the client API,
+//! `{"error":{"code":"…","message":"…"}}`.
+//!
+//! # Wire format of `POST /peer/v1/events`
+//!
+//! Request and response bodies use `Content-Type: application/x-alldata-batch`
+//! ([`CONTENT_TYPE`]). All integers are big-endian.
+//!
+//! Request body:
+//!
+//! ```text
+//! u8        format      0xA1 (version 1)
+//! u32       count       number of events, >= 1
+//! count times:
+//!   [u8;16] key         the raw EventKey bytes (a UUIDv7; validated)
+//!   u32     len         length of the event in bytes
+//!   [u8;len] event      the event bytes, stored verbatim
+//! ```
+//!
+//! Nothing may follow the last event. A body that is empty, has another format
+//! byte, announces zero events, ends inside a frame, has a `len` larger than the
+//! bytes left, an invalid key, or trailing bytes is refused as a whole
+//! ([`DecodeError`]) and nothing of it is stored.
+//!
+//! Response body of a parsed batch (HTTP `200`; every event has its own result,
+//! in request order):
+//!
+//! ```text
+//! u8        format      0xA1
+//! u32       count       equal to the request's count
+//! count times:
+//!   u8      status      0 stored (new), 1 already present (same bytes),
+//!                       2 conflict (other bytes stored; nothing written),
+//!                       3 rejected by storage, 4 storage failed
+//!   statuses 3 and 4 only:
+//!   u16     mlen        message length (at most 65535)
+//!   [u8;mlen] message   UTF-8 text
+//! ```
+
+mod codec;
+
+use alldata_keygen::EventKey;
+use subtle::ConstantTimeEq;
+
+pub use codec::{
+    CONTENT_TYPE, DecodeError, EventStatus, FORMAT_V1, FRAME_OVERHEAD, HEADER_LEN, MAX_MESSAGE_LEN,
+    STATUS_ALREADY_PRESENT, STATUS_CONFLICT, STATUS_FAILED, STATUS_REJECTED, STATUS_STORED,
+    decode_request, decode_response, encode_request, encode_response,
+};
+
+/// The path of the batch write route.
+pub const EVENTS_PATH: &str = "/peer/v1/events";
+/// The path of the health route.
+pub const HEALTH_PATH: &str = "/peer/v1/health";
+/// The route pattern of a single-event read, as axum 0.8 spells it.
+pub const EVENT_ROUTE: &str = "/peer/v1/events/{key}";
+
+/// The path that reads the event stored under `key`.
+pub fn event_path(key: EventKey) -> String {
+    format!("{EVENTS_PATH}/{key}")
+}
+
+/// The authentication scheme's prefix of the `Authorization` header.
+pub const AUTH_SCHEME: &str = "Bearer ";
+
+/// The `Authorization` header value that carries `secret`.
+pub fn bearer(secret: &str) -> String {
+    format!("{AUTH_SCHEME}{secret}")
+}
+
+/// Whether an `Authorization` header value (`None`: no header) carries
+/// `secret`. Constant time in the secret; an empty `secret` refuses everyone.
+pub fn authorized(header: Option<&[u8]>, secret: &str) -> bool {
+    let secret = secret.as_bytes();
+    match header.and_then(|v| v.strip_prefix(AUTH_SCHEME.as_bytes())) {
+        Some(presented) => !secret.is_empty() && bool::from(presented.ct_eq(secret)),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorization_needs_the_exact_secret_and_scheme() {
+        assert!(authorized(Some(b"Bearer s3cret"), "s3cret"));
+        assert!(!authorized(Some(b"Bearer s3cre"), "s3cret"));
+        assert!(!authorized(Some(b"Bearer s3crets"), "s3cret"));
+        assert!(!authorized(Some(b"Basic s3cret"), "s3cret"));
+        assert!(!authorized(Some(b"s3cret"), "s3cret"));
+        assert!(!authorized(None, "s3cret"));
+        assert!(!authorized(Some(b"Bearer "), ""), "an empty secret refuses");
+    }
+
+    #[test]
+    fn paths_are_under_the_versioned_prefix() {
+        let key = alldata_keygen::KeyGenerator::new().generate();
+        assert_eq!(event_path(key), format!("/peer/v1/events/{key}"));
+        assert!(EVENT_ROUTE.starts_with(EVENTS_PATH));
+        assert!(HEALTH_PATH.starts_with("/peer/v1/"));
+    }
+}
