@@ -22,7 +22,7 @@ if [ ! -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && command -v apt-ge
     $sudo apt-get install -y -qq fonts-dejavu-core >/dev/null || echo "fonts-dejavu-core not installed; the plot will fail" >&2
 fi
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release --bin alldata
+cargo build --release -p alldata-cli --bin alldata
 mkdir -p docs/bench
 
 if [ "${SKIP_MICRO:-0}" != 1 ]; then

@@ -1,15 +1,18 @@
-//! The `alldata` command: `alldata node` runs one node of a cluster.
+//! The `alldata` command: `alldata node` runs one node of a cluster,
+//! `alldata bench` load-tests a local cluster against baselines.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use alldata::coordinator::{CommitLevel, Location, Options};
-use alldata::node::{Node, NodeConfig, PeerSpec, parse_commit_level};
-use alldata::storage_leveldb::Durability;
+use alldata_coordinator::{CommitLevel, Location, Options};
+use alldata_node::{Node, NodeConfig, PeerSpec, parse_commit_level};
+use alldata_storage_leveldb::Durability;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod bench;
 
 /// AllData: a masterless, append-only, replicated event store.
 #[derive(Debug, Parser)]
@@ -24,7 +27,7 @@ enum Command {
     /// Run one node: the client API on --listen, the replica endpoint on --peer-listen.
     Node(NodeArgs),
     /// Load-test a local cluster over HTTP and compare it with null/fanout baselines.
-    Bench(alldata::bench::BenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -195,7 +198,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Node(args) => run_node(args).await,
-            Command::Bench(args) => alldata::bench::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

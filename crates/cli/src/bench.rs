@@ -14,13 +14,19 @@
 //! `--matrix` runs the report matrix (RF 1/3 × ONE/QUORUM/ALL × single/batch ×
 //! buffered/sync × concurrency 1/64, plus a concurrency sweep) and writes
 //! `docs/BENCHMARKS.md`, `docs/bench/results.json` and a PNG plot.
+//! The report's targets section, when there is one, comes from the data file
+//! `docs/bench/targets.json` (see `targets`), not from the code.
 //!
 //! Every run is bounded in time (and optionally in count) and stops by itself.
 
 mod baseline;
 mod load;
+mod machine;
+mod markdown;
+mod model;
+mod plot;
 mod procs;
-mod report;
+mod targets;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,11 +35,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::ValueEnum;
 
-use report::{RunResult, System};
+use model::{ResultsFile, RunResult, System};
 
 /// Commit level of the benchmarked writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-pub enum Commit {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Commit {
     /// One replica (the local one) acknowledged.
     One,
     /// floor(RF/2)+1 replicas acknowledged.
@@ -44,7 +51,7 @@ pub enum Commit {
 
 impl Commit {
     /// The query/flag value (`one`, `quorum`, `all`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Commit::One => "one",
             Commit::Quorum => "quorum",
@@ -54,8 +61,9 @@ impl Commit {
 }
 
 /// Storage durability of the benchmarked nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-pub enum Durability {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Durability {
     /// OS-buffered writes.
     Buffered,
     /// fsync before acknowledging (group commit).
@@ -64,7 +72,7 @@ pub enum Durability {
 
 impl Durability {
     /// The `--durability` value of `alldata node`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Durability::Buffered => "buffered",
             Durability::Sync => "sync",
@@ -74,88 +82,88 @@ impl Durability {
 
 /// `alldata bench`: drive a local cluster over HTTP and compare it with baselines.
 #[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Nodes in the local cluster, each an `alldata node` child process on 127.0.0.1.
     #[arg(long, default_value_t = 3)]
-    pub nodes: usize,
+    pub(crate) nodes: usize,
     /// Replication factor (replicas per event, the local one included).
     #[arg(long, default_value_t = 3)]
-    pub rf: usize,
+    pub(crate) rf: usize,
     /// Commit level of every write.
     #[arg(long, value_enum, default_value = "quorum")]
-    pub commit: Commit,
+    pub(crate) commit: Commit,
     /// Storage durability of the nodes.
     #[arg(long, value_enum, default_value = "buffered")]
-    pub durability: Durability,
+    pub(crate) durability: Durability,
     /// Placement strategy: replicas put in other zones of the region (nodes are
     /// spread round-robin over eu/a, eu/b, us/a).
     #[arg(long, default_value_t = 0)]
-    pub other_zone_replicas: usize,
+    pub(crate) other_zone_replicas: usize,
     /// Placement strategy: replicas put in other regions.
     #[arg(long, default_value_t = 0)]
-    pub other_region_replicas: usize,
+    pub(crate) other_region_replicas: usize,
     /// Requests in flight (closed-loop workers, one connection each); a comma
     /// list or repeated flag runs one measurement per value.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 64])]
-    pub concurrency: Vec<usize>,
+    pub(crate) concurrency: Vec<usize>,
     /// Size of one JSON event in bytes.
     #[arg(long, default_value_t = 1024)]
-    pub event_bytes: usize,
+    pub(crate) event_bytes: usize,
     /// Events per request: 1 sends single events to `POST /events`, more sends
     /// NDJSON batches to `POST /events/batch`.
     #[arg(long, default_value_t = 1)]
-    pub batch: usize,
+    pub(crate) batch: usize,
     /// Measured seconds per run (at most 600).
     #[arg(long, default_value_t = 5.0)]
-    pub duration_secs: f64,
+    pub(crate) duration_secs: f64,
     /// Measure this many requests instead of a duration (still stops after 600 s).
     #[arg(long)]
-    pub requests: Option<u64>,
+    pub(crate) requests: Option<u64>,
     /// Unmeasured warm-up seconds before each run.
     #[arg(long, default_value_t = 1.0)]
-    pub warmup_secs: f64,
+    pub(crate) warmup_secs: f64,
     /// Run every measurement this many times (in rounds) and report each
     /// cell's median run by events/s, with the range of the runs (1..=9).
     #[arg(long, default_value_t = 1)]
-    pub repeat: usize,
+    pub(crate) repeat: usize,
     /// Skip the `null` and `fanout` baselines.
     #[arg(long)]
-    pub no_baselines: bool,
+    pub(crate) no_baselines: bool,
     /// Write the results as JSON to this file.
     #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
     /// Run the full report matrix and write `BENCHMARKS.md`, `bench/results.json`
     /// and `bench/throughput_p99.png` under `--docs-dir` (ignores the cluster
     /// shape flags above; uses the duration, warm-up and event size).
     #[arg(long)]
-    pub matrix: bool,
+    pub(crate) matrix: bool,
     /// Where `--matrix` writes the report.
     #[arg(long, default_value = "docs")]
-    pub docs_dir: PathBuf,
+    pub(crate) docs_dir: PathBuf,
     /// With `--matrix`: measure nothing, rewrite the report (markdown and plot)
     /// from the existing `bench/results.json` under `--docs-dir`.
     #[arg(long, requires = "matrix")]
-    pub render_only: bool,
+    pub(crate) render_only: bool,
     /// Load an already running cluster instead of starting one: its client API
     /// addresses (127.0.0.1 only; repeatable or comma list).
     #[arg(long, value_delimiter = ',')]
-    pub target: Vec<SocketAddr>,
+    pub(crate) target: Vec<SocketAddr>,
     /// Client threads of the load generator (each a single-threaded runtime).
     #[arg(long, default_value_t = 1)]
-    pub client_threads: usize,
+    pub(crate) client_threads: usize,
     /// Parent directory of the nodes' temporary data directories (default: the
     /// system temp dir). Sync numbers mean little on tmpfs.
     #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// Per-request timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
-    pub request_timeout_ms: u64,
+    pub(crate) request_timeout_ms: u64,
     /// Internal: serve a baseline on this address (null, or fanout with --forward).
     #[arg(long, hide = true)]
-    pub serve_baseline: Option<SocketAddr>,
+    pub(crate) serve_baseline: Option<SocketAddr>,
     /// Internal: the peers a fanout baseline forwards to.
     #[arg(long, hide = true)]
-    pub forward: Vec<SocketAddr>,
+    pub(crate) forward: Vec<SocketAddr>,
 }
 
 /// One measured configuration of the cluster.
@@ -396,7 +404,7 @@ async fn run_cell(args: &BenchArgs, cell: &Cell) -> anyhow::Result<RunResult> {
 }
 
 /// Runs `alldata bench` with `args` (see [`BenchArgs`]).
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     args.validate()?;
     if let Some(listen) = args.serve_baseline {
         return baseline::serve(listen, args.forward.clone()).await;
@@ -426,21 +434,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             results.push(run_cell(&args, &cell).await?);
         }
     }
-    let results = report::medians(results);
-    println!("{}", report::table(&results));
+    let results = model::medians(results);
+    println!("{}", model::table(&results));
     println!("({:.0} s in all)", started.elapsed().as_secs_f64());
     if let Some(out) = &args.out {
-        let doc = report::ResultsFile::new(&args, &results, started.elapsed());
-        report::write_json(out, &doc)?;
+        let doc = ResultsFile::new(&args, &results, started.elapsed());
+        model::write_json(out, &doc)?;
         println!("results written to {}", out.display());
     }
     Ok(())
 }
 
 /// Writes the plot and the markdown from `doc`; true if the plot was drawn.
-fn render(args: &BenchArgs, doc: &report::ResultsFile) -> anyhow::Result<PathBuf> {
+fn render(args: &BenchArgs, doc: &ResultsFile) -> anyhow::Result<PathBuf> {
     let png = args.docs_dir.join("bench").join("throughput_p99.png");
-    let plotted = match report::plot(&doc.results, &png) {
+    let plotted = match plot::plot(&doc.results, &png) {
         Ok(()) => true,
         Err(e) => {
             eprintln!("warning: no plot: {e:#}");
@@ -448,7 +456,7 @@ fn render(args: &BenchArgs, doc: &report::ResultsFile) -> anyhow::Result<PathBuf
         }
     };
     let md = args.docs_dir.join("BENCHMARKS.md");
-    let text = report::markdown(doc, &args.docs_dir, plotted);
+    let text = markdown::markdown(doc, &args.docs_dir, plotted)?;
     std::fs::write(&md, text).with_context(|| format!("cannot write {}", md.display()))?;
     Ok(md)
 }
@@ -459,7 +467,7 @@ async fn run_matrix(args: &BenchArgs) -> anyhow::Result<()> {
         let json = args.docs_dir.join("bench").join("results.json");
         let text = std::fs::read_to_string(&json)
             .with_context(|| format!("cannot read {}", json.display()))?;
-        let doc: report::ResultsFile = serde_json::from_str(&text)
+        let doc: ResultsFile = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a results file", json.display()))?;
         let md = render(args, &doc)?;
         println!("rewrote {} from {}", md.display(), json.display());
@@ -488,17 +496,17 @@ async fn run_matrix(args: &BenchArgs) -> anyhow::Result<()> {
             results.push(run_cell(args, cell).await?);
         }
     }
-    let results = report::medians(results);
-    println!("{}", report::table(&results));
-    let doc = report::ResultsFile::new(args, &results, started.elapsed());
+    let results = model::medians(results);
+    println!("{}", model::table(&results));
+    let doc = ResultsFile::new(args, &results, started.elapsed());
     let bench_dir = args.docs_dir.join("bench");
     std::fs::create_dir_all(&bench_dir)
         .with_context(|| format!("cannot create {}", bench_dir.display()))?;
     let json = bench_dir.join("results.json");
-    report::write_json(&json, &doc)?;
+    model::write_json(&json, &doc)?;
     let md = render(args, &doc)?;
     if let Some(out) = &args.out {
-        report::write_json(out, &doc)?;
+        model::write_json(out, &doc)?;
     }
     println!(
         "wrote {} and {} in {:.0} s",
