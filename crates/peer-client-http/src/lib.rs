@@ -42,6 +42,13 @@
 //! println!("stored {} on {:?}", ack.key, ack.acked);
 //! # Ok(()) }
 //! ```
+//!
+//! # Layout
+//! - `lib.rs`: [`HttpTransport`] (the trait impls, the pooled client, error
+//!   classification).
+//! - `batcher`: one sender task per peer that turns queued writes into batches.
+//! - `config`: [`ClientConfig`], [`ClientError`], [`TransportStats`].
+//! - `wire`: the client's side of `alldata-peer-wire` (per-event results).
 
 use std::collections::HashMap;
 use std::fmt;

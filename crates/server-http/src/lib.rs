@@ -46,6 +46,15 @@
 //! .await
 //! # }
 //! ```
+//!
+//! # Layout
+//! - `state`: [`ApiState`] and its background tasks (replication reports,
+//!   peer health probes).
+//! - `handlers`: puts (single, client key, batch), the event read, health,
+//!   metrics and fallbacks; `scan`: the streamed time-ordered scan.
+//! - `error`: [`ApiError`], every error answer and its status in one place.
+//! - `metrics`: the API's counters and histograms as Prometheus text.
+//! - `config`: [`ApiConfig`]; `peers`: what the node knows of its peers' health.
 
 mod config;
 mod error;
