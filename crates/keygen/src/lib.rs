@@ -8,8 +8,19 @@
 //!
 //! A [`KeyGenerator`] hands out keys that are strictly increasing per generator,
 //! even when the clock stands still or steps back, and unique across nodes with
-//! overwhelming probability (32 random bits per key, plus a counter reseeded at
-//! random every millisecond).
+//! overwhelming probability (a counter reseeded at random every millisecond,
+//! plus random bits).
+//!
+//! # Two key spaces
+//!
+//! The top bit of the 32-bit tail splits keys in two spaces that never meet:
+//! - **generated** keys (bit set), made by a node's generator
+//!   ([`KeyGenerator::with_origin`]): the low 16 bits are the node's
+//!   [`origin_tag`], so any node can tell which node made a key
+//!   ([`EventKey::origin`]); 15 bits are random;
+//! - **client** keys (bit clear), everything else, e.g. the keys of a plain
+//!   [`KeyGenerator::new`] (31 random bits), which clients may use to pick
+//!   their own keys.
 //!
 //! ```
 //! use alldata_keygen::{EventKey, KeyGenerator};
@@ -37,6 +48,23 @@ use rand::{Rng, RngExt};
 
 /// The largest millisecond timestamp a key can carry (48 bits).
 pub const MAX_TIMESTAMP_MS: u64 = (1 << 48) - 1;
+
+/// The tail bit that marks a key made by a node's generator.
+const GENERATED_BIT: u32 = 1 << 31;
+/// The tail bits that carry the generating node's [`origin_tag`].
+const ORIGIN_MASK: u32 = 0xffff;
+
+/// The 16-bit tag of node `id` that its generated keys carry (a stable hash:
+/// FNV-1a, folded). Two nodes of one cluster must not share a tag; nodes check
+/// this at start.
+pub fn origin_tag(id: &str) -> u16 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    ((h >> 16) ^ (h & 0xffff)) as u16
+}
 
 /// Bits of the per-millisecond counter (12 in `rand_a`, 30 at the top of `rand_b`).
 const COUNTER_BITS: u32 = 42;
@@ -112,6 +140,24 @@ impl EventKey {
         let rand_b: u64 = (0b10u64 << 62) | (u64::from(lo) << 32) | u64::from(tail);
         b[8..].copy_from_slice(&rand_b.to_be_bytes());
         Self(b)
+    }
+
+    /// The 32-bit random tail (the last four bytes).
+    fn tail(&self) -> u32 {
+        u32::from_be_bytes([self.0[12], self.0[13], self.0[14], self.0[15]])
+    }
+
+    /// Whether a node's generator made this key (the generated key space);
+    /// `false` for client keys.
+    pub fn is_generated(&self) -> bool {
+        self.tail() & GENERATED_BIT != 0
+    }
+
+    /// The [`origin_tag`] of the node whose generator made this key; `None`
+    /// for a client key.
+    pub fn origin(&self) -> Option<u16> {
+        let tail = self.tail();
+        (tail & GENERATED_BIT != 0).then_some((tail & ORIGIN_MASK) as u16)
     }
 
     /// The key as a [`uuid::Uuid`].
@@ -277,11 +323,15 @@ struct GenState {
 pub struct KeyGenerator {
     clock: Box<dyn Clock>,
     state: Mutex<GenState>,
+    /// `Some(tag)`: generated keys of that node; `None`: client keys.
+    origin: Option<u16>,
 }
 
 impl fmt::Debug for KeyGenerator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyGenerator").finish_non_exhaustive()
+        f.debug_struct("KeyGenerator")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -292,12 +342,12 @@ impl Default for KeyGenerator {
 }
 
 impl KeyGenerator {
-    /// A generator on the system clock.
+    /// A generator of client keys on the system clock.
     pub fn new() -> Self {
         Self::with_clock(SystemClock)
     }
 
-    /// A generator on the given clock.
+    /// A generator of client keys on the given clock.
     pub fn with_clock(clock: impl Clock + 'static) -> Self {
         Self {
             clock: Box::new(clock),
@@ -306,7 +356,15 @@ impl KeyGenerator {
                 counter: 0,
                 rng: rand::make_rng(),
             }),
+            origin: None,
         }
+    }
+
+    /// The same generator making generated keys of the node with `tag`
+    /// ([`origin_tag`] of its id).
+    pub fn with_origin(mut self, tag: u16) -> Self {
+        self.origin = Some(tag);
+        self
     }
 
     /// The next key: strictly greater than every key this generator made before.
@@ -324,7 +382,11 @@ impl KeyGenerator {
             st.last_ms = (st.last_ms + 1).min(MAX_TIMESTAMP_MS);
             st.counter = st.rng.random::<u64>() & (COUNTER_MAX >> 1);
         }
-        let tail = st.rng.next_u32();
+        let random = st.rng.next_u32();
+        let tail = match self.origin {
+            Some(tag) => GENERATED_BIT | (random & 0x7fff_0000) | u32::from(tag),
+            None => random & !GENERATED_BIT,
+        };
         EventKey::assemble(st.last_ms, st.counter, tail)
     }
 }
@@ -332,6 +394,27 @@ impl KeyGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_and_client_keys_are_told_apart() {
+        let tag = origin_tag("n1");
+        let node = KeyGenerator::new().with_origin(tag);
+        let client = KeyGenerator::new();
+        for _ in 0..1000 {
+            let g = node.generate();
+            assert!(g.is_generated());
+            assert_eq!(g.origin(), Some(tag));
+            let c = client.generate();
+            assert!(!c.is_generated());
+            assert_eq!(c.origin(), None);
+        }
+        assert!(!EventKey::min_for_ms(5).is_generated());
+        // Tags are stable and spread.
+        assert_eq!(origin_tag("n1"), origin_tag("n1"));
+        let tags: std::collections::HashSet<u16> =
+            (0..200).map(|i| origin_tag(&format!("node-{i}"))).collect();
+        assert!(tags.len() >= 199, "{} distinct tags of 200", tags.len());
+    }
 
     #[test]
     fn layout_carries_version_variant_and_timestamp() {
