@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
-use alldata_keygen::{EventKey, KeyGenerator};
+use alldata_keygen::{EventKey, KeyGenerator, origin_tag};
 use bytes::Bytes;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -17,7 +17,7 @@ use crate::error::{OptionsError, PutError};
 use crate::options::{Options, PutOptions};
 use crate::outcome::{AtomicStats, Completion, PutAck, ReplicationReport, Stats};
 use crate::placement;
-use crate::slot::Slot;
+use crate::slot::{Slot, Target};
 use crate::storage::Storage;
 use crate::topology::{Locality, Location, NodeId, Peer, PeerChange, Topology, TopologyError};
 use crate::transport::{PeerReader, PeerTransport};
@@ -71,6 +71,7 @@ impl Coordinator {
             None => rand::make_rng(),
         };
         let (reports, _) = broadcast::channel(1024);
+        let keys = KeyGenerator::new().with_origin(origin_tag(local.as_str()));
         Ok(Self {
             inner: Arc::new(Inner {
                 options,
@@ -78,7 +79,7 @@ impl Coordinator {
                 transport,
                 topology: RwLock::new(Arc::new(Topology::new(local, location))),
                 rng: Mutex::new(rng),
-                keys: KeyGenerator::new(),
+                keys,
                 reports,
                 stats: AtomicStats::default(),
                 reader: RwLock::new(None),
@@ -234,8 +235,12 @@ impl Coordinator {
         self.put_with(key, event, PutOptions::default()).await
     }
 
-    /// Stores `event` under `key`: the local write plus `replication_factor - 1`
-    /// peers chosen by the placement policy, all started at once. Answers as soon
+    /// Stores `event` under `key`: first at the key's decider
+    /// ([`Topology::decider`]), then, once the decider has stored these bytes
+    /// or already held them, the local write and the peers the placement
+    /// policy chose (`replication_factor` in all). Other bytes than the
+    /// decider's are a [`PutError::Conflict`] before anything is written;
+    /// a generated key no member made is [`PutError::UnknownOrigin`]. Answers as soon
     /// as the commit level is met or can no longer be met. The writes run in a
     /// task of their own, so dropping this future does not stop them.
     pub async fn put_with(
@@ -279,19 +284,61 @@ impl Coordinator {
         events: Vec<(EventKey, Bytes)>,
         options: PutOptions,
     ) -> Vec<Result<PutAck, PutError>> {
-        if events.is_empty() {
-            return Vec::new();
-        }
-        let n = events.len();
         let level = options
             .commit_level
             .unwrap_or(self.inner.options.commit_level);
         let topology = self.topology();
+        // Events no member can decide are refused at once; the rest are placed.
+        let mut refused: Vec<Option<PutError>> = Vec::with_capacity(events.len());
+        let mut placeable = Vec::with_capacity(events.len());
+        for (key, event) in events {
+            match topology.decider(&key) {
+                Some(decider) => {
+                    refused.push(None);
+                    placeable.push((key, event, decider));
+                }
+                None => refused.push(Some(PutError::UnknownOrigin {
+                    key,
+                    tag: key.origin().unwrap_or_default(),
+                })),
+            }
+        }
+        let failed_now = refused.iter().flatten().count();
+        if failed_now > 0 {
+            self.inner
+                .stats
+                .puts_failed
+                .fetch_add(failed_now as u64, Ordering::Relaxed);
+        }
+        let mut placed = self
+            .put_placed(&topology, level, placeable)
+            .await
+            .into_iter();
+        refused
+            .into_iter()
+            .map(|r| match r {
+                Some(error) => Err(error),
+                None => placed.next().unwrap_or(Err(PutError::Shutdown)),
+            })
+            .collect()
+    }
+
+    /// [`Coordinator::put_many`] of events whose deciders are known.
+    async fn put_placed(
+        &self,
+        topology: &Topology,
+        level: CommitLevel,
+        events: Vec<(EventKey, Bytes, NodeId)>,
+    ) -> Vec<Result<PutAck, PutError>> {
+        if events.is_empty() {
+            return Vec::new();
+        }
+        let n = events.len();
         let Placed {
             slots,
             groups,
             completions,
-        } = match self.place_batch(&topology, level, events) {
+        } = match self.place_batch(topology, level, events) {
             Ok(placed) => placed,
             Err(error) => {
                 self.inner
@@ -343,42 +390,65 @@ impl Coordinator {
         results
     }
 
-    /// Places each event of a batch: its slot (local write first, then the
-    /// chosen peers), the writes grouped per peer, and the receivers of the
-    /// events' reports. Fails (nothing written) when there are fewer nodes
-    /// than the replication factor.
+    /// Places each event of a batch: its decider write first, then the
+    /// local write and the chosen peers (the decider takes the place of a
+    /// chosen node when placement did not pick it), the first writes grouped
+    /// per node, and the receivers of the events' reports. Fails (nothing
+    /// written) when there are fewer nodes than the replication factor.
     fn place_batch(
         &self,
         topology: &Topology,
         level: CommitLevel,
-        events: Vec<(EventKey, Bytes)>,
+        events: Vec<(EventKey, Bytes, NodeId)>,
     ) -> Result<Placed, PutError> {
         let opts = &self.inner.options;
         let rf = opts.replication_factor;
         let required = level.required(rf);
         let policy = opts.policy();
+        let local = topology.local();
         let mut slots = Vec::with_capacity(events.len());
         let mut completions = Vec::with_capacity(events.len());
         let mut groups = PeerGroups::default();
         self.with_rng(|rng| {
-            for (i, (key, event)) in events.into_iter().enumerate() {
-                let (peers, chosen) =
+            for (i, (key, event, decider)) in events.into_iter().enumerate() {
+                let (peers, mut chosen) =
                     placement::place(topology, &policy, &mut *rng).map_err(|e| {
                         PutError::NotEnoughNodes {
                             replication_factor: e.replication_factor,
                             nodes: e.nodes,
                         }
                     })?;
-                let mut targets = Vec::with_capacity(rf);
-                targets.push(topology.local().clone());
-                for peer in peers {
-                    targets.push(peer.id.clone());
-                    groups.join(peer, i);
+                let mut targets: Vec<Target> = std::iter::once(Target::Local)
+                    .chain(peers.into_iter().map(Target::Peer))
+                    .collect();
+                if !targets.iter().any(|t| t.id(local) == decider) {
+                    let peer = topology
+                        .peer(&decider)
+                        .cloned()
+                        .expect("a decider is a member: the local node or a peer");
+                    chosen.record(&peer);
+                    // Prefer giving up a chosen peer of the decider's own category.
+                    let category = peer.locality.category();
+                    let at = targets
+                        .iter()
+                        .rposition(
+                            |t| matches!(t, Target::Peer(p) if p.locality.category() == category),
+                        )
+                        .or_else(|| targets.iter().rposition(|t| matches!(t, Target::Peer(_))))
+                        .unwrap_or(0);
+                    targets[at] = Target::Peer(peer);
                 }
+                let first = targets
+                    .iter()
+                    .position(|t| t.id(local) == decider)
+                    .expect("the decider is a target");
+                groups.add(targets.remove(first), i);
                 let (done_tx, done_rx) = oneshot::channel();
                 completions.push(done_rx);
                 let tracker = Tracker::new(rf, required, opts.max_replacements);
-                slots.push(Slot::new(key, event, chosen, tracker, targets, done_tx));
+                slots.push(Slot::new(
+                    key, event, chosen, tracker, decider, targets, done_tx,
+                ));
             }
             Ok(Placed {
                 slots,

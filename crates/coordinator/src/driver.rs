@@ -23,7 +23,7 @@ use crate::coordinator::Coordinator;
 use crate::error::{PutError, ReplicaError, StorageError};
 use crate::outcome::bump;
 use crate::placement;
-use crate::slot::{AnswerResult, Slot};
+use crate::slot::{AnswerResult, Slot, Target};
 use crate::storage::PutStatus;
 use crate::topology::{Category, NodeId, Peer};
 
@@ -41,16 +41,28 @@ struct GroupOutcome {
 
 type GroupFuture = Pin<Box<dyn Future<Output = GroupOutcome> + Send>>;
 
-/// The writes of one batch still to be sent to a peer, by peer.
+/// Writes of one batch still to be started, grouped per node: one local
+/// group write, one per peer.
 #[derive(Default)]
-pub(crate) struct PeerGroups(Vec<(Peer, Vec<usize>)>);
+pub(crate) struct PeerGroups {
+    local: Vec<usize>,
+    peers: Vec<(Peer, Vec<usize>)>,
+}
 
 impl PeerGroups {
     /// Adds event `slot` to the group of writes going to `peer`.
     pub(crate) fn join(&mut self, peer: Peer, slot: usize) {
-        match self.0.iter_mut().find(|(p, _)| p.id == peer.id) {
+        match self.peers.iter_mut().find(|(p, _)| p.id == peer.id) {
             Some((_, members)) => members.push(slot),
-            None => self.0.push((peer, vec![slot])),
+            None => self.peers.push((peer, vec![slot])),
+        }
+    }
+
+    /// Adds event `slot`'s write to `target`.
+    pub(crate) fn add(&mut self, target: Target, slot: usize) {
+        match target {
+            Target::Local => self.local.push(slot),
+            Target::Peer(peer) => self.join(peer, slot),
         }
     }
 }
@@ -156,9 +168,10 @@ impl Batch {
         })
     }
 
-    /// Drives every write of the batch to its end: the local group write and
-    /// `groups` (the peers' initial writes), then replacements. Sends the
-    /// answers on `answer_tx` as soon as every event has one.
+    /// Drives every write of the batch to its end: `groups` (the deciders'
+    /// writes), then each event's other writes once its decider accepted,
+    /// then replacements. Sends the answers on `answer_tx` as soon as every
+    /// event has one.
     pub(crate) async fn run(
         mut self,
         groups: PeerGroups,
@@ -166,11 +179,9 @@ impl Batch {
     ) {
         let opts = self.coordinator.options().clone();
         let n = self.slots.len();
-        let mut writes: FuturesUnordered<GroupFuture> = FuturesUnordered::new();
-        writes.push(self.local_write((0..n).collect()));
-        for (peer, members) in groups.0 {
-            writes.push(self.peer_write(peer, members));
-        }
+        let writes: FuturesUnordered<GroupFuture> = FuturesUnordered::new();
+        self.start(groups, &writes);
+        let mut writes = writes;
         let mut answers = Answers {
             slots: (0..n).map(|_| None).collect(),
             missing: n,
@@ -229,6 +240,7 @@ impl Batch {
         let coordinator = self.coordinator.clone();
         let (rf, stats, reports) = coordinator.report_sinks();
         let mut replace: Vec<(usize, Category)> = Vec::new();
+        let mut decided = PeerGroups::default();
         for (&i, result) in members.iter().zip(results) {
             let slot = &mut self.slots[i];
             if slot.is_finished() {
@@ -237,10 +249,14 @@ impl Batch {
             }
             let failed = result.is_err();
             slot.record(&node, result, stats);
+            for target in slot.decide(&node, !failed, &self.local) {
+                decided.add(target, i);
+            }
             if failed && slot.wants_replacement() {
                 replace.push((i, category));
             }
         }
+        self.start(decided, writes);
         if !replace.is_empty() {
             self.start_replacements(replace, writes);
         }
@@ -283,7 +299,15 @@ impl Batch {
                 groups.join(peer, i);
             }
         });
-        for (peer, members) in groups.0 {
+        self.start(groups, writes);
+    }
+
+    /// Starts grouped writes: one local group write and one per peer.
+    fn start(&self, groups: PeerGroups, writes: &FuturesUnordered<GroupFuture>) {
+        if !groups.local.is_empty() {
+            writes.push(self.local_write(groups.local));
+        }
+        for (peer, members) in groups.peers {
             writes.push(self.peer_write(peer, members));
         }
     }

@@ -7,6 +7,11 @@
 //! or can no longer be met. Writes still in flight after the answer finish in the
 //! background and publish a [`ReplicationReport`].
 //!
+//! Events are write-once across the cluster: every key has a decider node
+//! ([`topology::Topology::decider`]) whose write goes first, and the other
+//! writes start only once it stored (or already held) the same bytes, so at most
+//! one value per key is ever acknowledged or stored anywhere.
+//!
 //! The crate does no I/O of its own: storage and transport are trait objects, and
 //! placement ([`placement`]) and commit counting ([`Tracker`]) are pure functions
 //! and state over an injected RNG.
@@ -76,7 +81,7 @@ mod transport;
 #[cfg(feature = "test-util")]
 pub mod sim;
 
-pub use alldata_keygen::{EventKey, KeyGenerator};
+pub use alldata_keygen::{EventKey, KeyGenerator, origin_tag};
 pub use commit::{CommitLevel, Tracker, UnknownCommitLevel, Verdict};
 pub use coordinator::Coordinator;
 pub use error::{

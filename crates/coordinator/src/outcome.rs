@@ -22,8 +22,8 @@ pub struct PutAck {
     pub required: usize,
     /// Nodes that held the event when the answer was given.
     pub acked: Vec<NodeId>,
-    /// Whether any replica stored it now (false: every acknowledgement was an
-    /// identical event already present, i.e. a retry).
+    /// Whether the key's decider stored it now (false: the key already held
+    /// these bytes, i.e. a retry; other nodes may still have stored a copy).
     pub created: bool,
     /// The final outcome of the remaining replica writes.
     pub completion: Completion,

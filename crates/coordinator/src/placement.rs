@@ -54,7 +54,7 @@ impl Chosen {
         self.used.is_empty()
     }
 
-    fn record(&mut self, peer: &Peer) {
+    pub(crate) fn record(&mut self, peer: &Peer) {
         self.used.insert(peer.id.clone());
         *self
             .per_group

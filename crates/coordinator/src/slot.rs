@@ -1,5 +1,11 @@
 //! One event of a batch in the driver: its placement, what its writes have
 //! produced, and where it stands (running, answered, finished).
+//!
+//! Every event has a decider (see `Topology::decider`): its write goes first,
+//! alone, and the other writes start only once the decider has stored these
+//! bytes (or already held them). Since the decider's storage is write-once,
+//! every copy anywhere carries the bytes the decider accepted, and a
+//! conflicting put is refused before it has written anything.
 
 use std::time::Duration;
 
@@ -12,7 +18,26 @@ use crate::error::{PutError, ReplicaError, ReplicaFailure};
 use crate::outcome::{AtomicStats, ReplicationReport, bump};
 use crate::placement::Chosen;
 use crate::storage::PutStatus;
-use crate::topology::NodeId;
+use crate::topology::{NodeId, Peer};
+
+/// Where one write of an event goes.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// The local storage.
+    Local,
+    /// A peer, through the transport.
+    Peer(Peer),
+}
+
+impl Target {
+    /// The node id of the target (`local` is the local node's).
+    pub(crate) fn id(&self, local: &NodeId) -> NodeId {
+        match self {
+            Target::Local => local.clone(),
+            Target::Peer(p) => p.id.clone(),
+        }
+    }
+}
 
 /// What an acknowledged event's answer carries back to the caller.
 pub(crate) struct Answer {
@@ -43,7 +68,7 @@ pub(crate) struct Writes {
     failures: Vec<ReplicaFailure>,
     /// The first node that reported other bytes under the key.
     conflict: Option<NodeId>,
-    /// Whether any replica stored the event now (not a retry).
+    /// Whether the decider stored the event now (not a retry).
     created: bool,
     /// Writes started in all.
     pub(crate) attempts: usize,
@@ -57,20 +82,30 @@ pub(crate) struct Slot {
     pub(crate) tracker: Tracker,
     pub(crate) writes: Writes,
     phase: Phase,
+    /// The node whose write goes first and decides.
+    decider: NodeId,
+    /// Writes waiting for the decider's acceptance.
+    deferred: Vec<Target>,
+    /// Whether the decider's write ended.
+    decided: bool,
+    /// The decider refused or failed: no further writes, no replacements.
+    blocked: bool,
 }
 
 impl Slot {
-    /// An event whose initial writes (to `targets`, the local node first) are
-    /// about to start; its report goes to `report`.
+    /// An event whose decider write (to `decider`) is about to start, with
+    /// `deferred` writes to follow once it succeeds; its report goes to
+    /// `report`. All of them count as in flight for the commit level.
     pub(crate) fn new(
         key: EventKey,
         event: Bytes,
         chosen: Chosen,
         mut tracker: Tracker,
-        targets: Vec<NodeId>,
+        decider: NodeId,
+        deferred: Vec<Target>,
         report: oneshot::Sender<ReplicationReport>,
     ) -> Self {
-        for _ in &targets {
+        for _ in 0..=deferred.len() {
             tracker.started();
         }
         Self {
@@ -79,11 +114,40 @@ impl Slot {
             chosen,
             tracker,
             writes: Writes {
-                attempts: targets.len(),
-                pending: targets,
+                attempts: 1,
+                pending: vec![decider.clone()],
                 ..Writes::default()
             },
             phase: Phase::Running(report),
+            decider,
+            deferred,
+            decided: false,
+            blocked: false,
+        }
+    }
+
+    /// After `record`ing a result from `node`: when it was the decider's, the
+    /// writes that may start now (all deferred ones on success; none on
+    /// failure, which also ends the put: the deferred writes count as failed
+    /// without being sent, and no replacement is started).
+    pub(crate) fn decide(&mut self, node: &NodeId, ok: bool, local: &NodeId) -> Vec<Target> {
+        if self.decided || *node != self.decider {
+            return Vec::new();
+        }
+        self.decided = true;
+        let deferred = std::mem::take(&mut self.deferred);
+        if ok {
+            self.writes.attempts += deferred.len();
+            self.writes
+                .pending
+                .extend(deferred.iter().map(|t| t.id(local)));
+            deferred
+        } else {
+            self.blocked = true;
+            for _ in &deferred {
+                self.tracker.failed();
+            }
+            Vec::new()
         }
     }
 
@@ -107,7 +171,11 @@ impl Slot {
             Ok(status) => {
                 bump(&stats.replica_writes_ok);
                 self.tracker.succeeded();
-                self.writes.created |= status == PutStatus::Stored;
+                // Whether the event is new is the decider's to say: other
+                // nodes may store a copy now of an event that existed before.
+                if *node == self.decider && !self.decided {
+                    self.writes.created = status == PutStatus::Stored;
+                }
                 self.writes.holders.push(node.clone());
             }
             Err(error) => {
@@ -127,7 +195,7 @@ impl Slot {
 
     /// Whether a failed write should move to an unused peer.
     pub(crate) fn wants_replacement(&self) -> bool {
-        self.writes.conflict.is_none() && self.tracker.may_replace()
+        !self.blocked && self.writes.conflict.is_none() && self.tracker.may_replace()
     }
 
     /// The answer, once the commit level is met or cannot be met any more.

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use alldata_keygen::{EventKey, origin_tag};
+
 /// The name of a node (the local one or a peer). Unique within a cluster.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
@@ -173,6 +175,18 @@ pub enum TopologyError {
     /// The peer id is empty.
     #[error("peer id must not be empty")]
     EmptyId,
+    /// The peer's id has the same origin tag (the 16-bit hash that generated
+    /// keys carry) as another member's: the cluster could not tell which node
+    /// made a key. Rename one of them.
+    #[error("node ids {peer} and {other} share the origin tag {tag:#06x}; rename one of them")]
+    OriginTagCollision {
+        /// The peer being added.
+        peer: NodeId,
+        /// The member with the same tag.
+        other: NodeId,
+        /// The shared tag.
+        tag: u16,
+    },
 }
 
 /// The local node and its known peers. Cheap to clone via `Arc`; the coordinator
@@ -211,6 +225,17 @@ impl Topology {
         }
         if peer.id == self.local {
             return Err(TopologyError::SelfPeer(peer.id));
+        }
+        let tag = origin_tag(peer.id.as_str());
+        if let Some(other) = self
+            .members()
+            .find(|m| **m != peer.id && origin_tag(m.as_str()) == tag)
+        {
+            return Err(TopologyError::OriginTagCollision {
+                peer: peer.id,
+                other: other.clone(),
+                tag,
+            });
         }
         match self.peers.get_mut(&peer.id) {
             Some(known) if *known == peer => Ok(PeerChange::Unchanged),
@@ -265,6 +290,31 @@ impl Topology {
         self.peers.len() + 1
     }
 
+    /// Every member: the local node, then the peers by id.
+    pub fn members(&self) -> impl Iterator<Item = &NodeId> {
+        std::iter::once(&self.local).chain(self.peers.keys())
+    }
+
+    /// The node that decides which bytes `key` holds: every write of the key
+    /// goes to it first, and its write-once storage accepts one value only.
+    ///
+    /// For a generated key, the node whose generator made it (its
+    /// [`EventKey::origin`] tag); `None` when no member has that tag. For a
+    /// client key, the member that ranks highest for the key by rendezvous
+    /// hashing (the same on every node that knows the same members).
+    pub fn decider(&self, key: &EventKey) -> Option<NodeId> {
+        match key.origin() {
+            Some(tag) => self
+                .members()
+                .find(|m| origin_tag(m.as_str()) == tag)
+                .cloned(),
+            None => self
+                .members()
+                .max_by_key(|m| (rendezvous(key, m), *m))
+                .cloned(),
+        }
+    }
+
     /// Peers of one category grouped by zone (other zones) or region (other regions).
     pub(crate) fn groups(&self, category: Category) -> BTreeMap<&str, Vec<&Peer>> {
         let mut groups: BTreeMap<&str, Vec<&Peer>> = BTreeMap::new();
@@ -277,6 +327,26 @@ impl Topology {
         }
         groups
     }
+}
+
+/// The rendezvous score of `node` for `key`: FNV-1a over both, then a
+/// splitmix64 finalizer (stable across builds and platforms).
+fn rendezvous(key: &EventKey, node: &NodeId) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key
+        .as_bytes()
+        .iter()
+        .chain([0xff].iter())
+        .chain(node.as_str().as_bytes())
+    {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 #[cfg(test)]
@@ -328,6 +398,44 @@ mod tests {
         assert!(t.drop_peer(&"p".into()));
         assert!(!t.drop_peer(&"p".into()));
         assert_eq!(t.peer_count(), 0);
+    }
+
+    #[test]
+    fn deciders_agree_across_nodes_and_spread_client_keys() {
+        let ids = ["a", "b", "c", "d", "e"];
+        let views: Vec<Topology> = ids
+            .iter()
+            .map(|me| {
+                let mut t = Topology::new((*me).into(), Location::default());
+                for id in ids.iter().filter(|id| *id != me) {
+                    t.add_peer(peer(id, Locality::LocalZone)).unwrap();
+                }
+                t
+            })
+            .collect();
+        let client = alldata_keygen::KeyGenerator::new();
+        let mut per_node = std::collections::BTreeMap::new();
+        for _ in 0..2000 {
+            let key = client.generate();
+            let d = views[0].decider(&key).unwrap();
+            for v in &views[1..] {
+                assert_eq!(v.decider(&key).as_ref(), Some(&d));
+            }
+            *per_node.entry(d).or_insert(0) += 1;
+        }
+        assert_eq!(per_node.len(), 5);
+        assert!(per_node.values().all(|n| *n > 250), "{per_node:?}");
+        // A generated key is decided by the node that made it, or by nobody.
+        let made_by_c = alldata_keygen::KeyGenerator::new()
+            .with_origin(origin_tag("c"))
+            .generate();
+        for v in &views {
+            assert_eq!(v.decider(&made_by_c), Some("c".into()));
+        }
+        let stranger = alldata_keygen::KeyGenerator::new()
+            .with_origin(origin_tag("zz"))
+            .generate();
+        assert_eq!(views[0].decider(&stranger), None);
     }
 
     #[test]
