@@ -39,9 +39,31 @@ pub enum ApiError {
         /// Why it was refused.
         reason: String,
     },
-    /// 404 `not_found`: no event under this key (here or on any peer asked).
+    /// 400 `unknown_origin`: the key is in the generated key space but no
+    /// member made it; client keys must not be in that space. Nothing was
+    /// written.
+    #[error(
+        "key {key} is in the generated key space but no member made it (origin tag {tag:#06x}); choose a client key (see the README)"
+    )]
+    UnknownOrigin {
+        /// The key.
+        key: EventKey,
+        /// Its origin tag.
+        tag: u16,
+    },
+    /// 404 `not_found`: no event under this key: the local storage and every
+    /// peer answered "not found".
     #[error("no event with key {0}")]
     EventNotFound(EventKey),
+    /// 503 `unavailable`: nobody that answered holds the key, but some peers
+    /// did not answer, so the event may exist on them. Retry later.
+    #[error("key {key} not found on the nodes that answered; {} could not answer, so it may exist there", failed.len())]
+    ReadUnavailable {
+        /// The key.
+        key: EventKey,
+        /// `(node, error)` of each peer that could not answer.
+        failed: Vec<(String, String)>,
+    },
     /// 404 `not_found`: no such route.
     #[error("no route for {0}")]
     RouteNotFound(String),
@@ -76,11 +98,15 @@ pub enum ApiError {
         nodes: usize,
     },
     /// 503 `commit_not_reached`: the commit level can no longer be reached.
+    /// When the event may be stored somewhere, the body names its key: retry
+    /// with `PUT /events/{key}` and the same bytes.
     #[error(
         "commit level {level} needs {required} replicas, only {acked} acknowledged{}",
-        if *may_have_written { "; the event may be stored on some replicas" } else { "" }
+        if *may_have_written { "; the event may be stored on some replicas: retry with PUT /events/{key} and the same bytes" } else { "" }
     )]
     CommitNotReached {
+        /// The key the event was put under.
+        key: EventKey,
         /// The commit level asked for.
         level: CommitLevel,
         /// Acknowledgements required.
@@ -128,13 +154,15 @@ impl ApiError {
             | ApiError::MalformedKey { .. }
             | ApiError::BadParam(_)
             | ApiError::BadBody(_)
-            | ApiError::KeyRejected { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::KeyRejected { .. }
+            | ApiError::UnknownOrigin { .. } => StatusCode::BAD_REQUEST,
             ApiError::EventNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotEnoughNodes { .. }
             | ApiError::CommitNotReached { .. }
+            | ApiError::ReadUnavailable { .. }
             | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -149,6 +177,8 @@ impl ApiError {
             ApiError::BadParam(_) => "bad_param",
             ApiError::BadBody(_) => "bad_request",
             ApiError::KeyRejected { .. } => "key_rejected",
+            ApiError::UnknownOrigin { .. } => "unknown_origin",
+            ApiError::ReadUnavailable { .. } => "unavailable",
             ApiError::EventNotFound(_) | ApiError::RouteNotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict { .. } => "conflict",
@@ -166,9 +196,16 @@ impl ApiError {
         let mut error = json!({ "code": self.code(), "message": self.to_string() });
         let details = match self {
             ApiError::Conflict { key, node } => json!({ "key": key, "node": node }),
-            ApiError::EventNotFound(key) | ApiError::KeyRejected { key, .. } => {
-                json!({ "key": key })
-            }
+            ApiError::EventNotFound(key)
+            | ApiError::KeyRejected { key, .. }
+            | ApiError::UnknownOrigin { key, .. } => json!({ "key": key }),
+            ApiError::ReadUnavailable { key, failed } => json!({
+                "key": key,
+                "failed": failed
+                    .iter()
+                    .map(|(node, error)| json!({ "node": node, "error": error }))
+                    .collect::<Vec<_>>(),
+            }),
             ApiError::TooLarge { limit, .. } => json!({ "limit": limit }),
             ApiError::NotEnoughNodes {
                 replication_factor,
@@ -179,12 +216,14 @@ impl ApiError {
                 "may_have_written": false,
             }),
             ApiError::CommitNotReached {
+                key,
                 level,
                 required,
                 acked,
                 may_have_written,
                 failures,
             } => json!({
+                "key": key,
                 "level": level.as_str(),
                 "required": required,
                 "acked": acked,
@@ -246,6 +285,7 @@ impl ApiError {
                     return ApiError::KeyRejected { key, reason };
                 }
                 ApiError::CommitNotReached {
+                    key,
                     level,
                     required,
                     acked,
@@ -275,6 +315,7 @@ impl ApiError {
                 key,
                 node: node.to_string(),
             },
+            PutError::UnknownOrigin { key, tag } => ApiError::UnknownOrigin { key, tag },
             PutError::Shutdown => ApiError::ShuttingDown,
             other => ApiError::Storage(other.to_string()),
         }

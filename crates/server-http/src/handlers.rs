@@ -316,9 +316,9 @@ fn event_response(bytes: Bytes, source: &str) -> Response {
 /// `GET /events/{key}`: the stored bytes, from here or from a peer
 /// ([`Coordinator::get`](alldata_coordinator::Coordinator::get)).
 ///
-/// When nobody that answered holds the key but some peers could not answer,
-/// the answer is still 404, as it has always been; the read outcome says which
-/// peers failed, and their health records it.
+/// 404 only when the local storage and every peer answered "not found"; when
+/// nobody that answered holds the key but some peers could not answer, 503
+/// `unavailable` names them (the event may be stored there).
 pub(crate) async fn get_event(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -368,9 +368,23 @@ pub(crate) async fn get_event(
             metrics.read(ReadAnswer::Error);
             Err(ApiError::Storage(e.to_string()))
         }
-        ReadOutcome::NotFound { .. } | ReadOutcome::Unavailable { local: None, .. } => {
+        ReadOutcome::NotFound { .. } => {
             metrics.read(ReadAnswer::NotFound);
             Err(ApiError::EventNotFound(key))
+        }
+        ReadOutcome::Unavailable {
+            local: None,
+            failures,
+            ..
+        } => {
+            metrics.read(ReadAnswer::Unavailable);
+            Err(ApiError::ReadUnavailable {
+                key,
+                failed: failures
+                    .iter()
+                    .map(|f| (f.node.to_string(), f.error.to_string()))
+                    .collect(),
+            })
         }
     }
 }

@@ -66,14 +66,16 @@ pub(crate) enum ReadAnswer {
     Local,
     Peer,
     NotFound,
+    Unavailable,
     Error,
 }
 
 impl ReadAnswer {
-    const ALL: [ReadAnswer; 4] = [
+    const ALL: [ReadAnswer; 5] = [
         ReadAnswer::Local,
         ReadAnswer::Peer,
         ReadAnswer::NotFound,
+        ReadAnswer::Unavailable,
         ReadAnswer::Error,
     ];
 
@@ -82,6 +84,7 @@ impl ReadAnswer {
             ReadAnswer::Local => "local",
             ReadAnswer::Peer => "peer",
             ReadAnswer::NotFound => "not_found",
+            ReadAnswer::Unavailable => "unavailable",
             ReadAnswer::Error => "error",
         }
     }

@@ -448,7 +448,8 @@ async fn get_asks_peers_when_missing_locally() {
     assert_eq!(a.header("x-alldata-source"), Some("peer:n3"));
     assert!(!n.storage.contains(&key));
 
-    // No peer has it: 404 after asking every peer.
+    // Nobody that answered has it, but n2 could not answer: it may hold the
+    // event, so the answer is 503 naming n2, not 404.
     let missing = EventKey::min_for_ms(999);
     reader.gets.lock().unwrap().clear();
     let a = call(
@@ -458,10 +459,24 @@ async fn get_asks_peers_when_missing_locally() {
         Body::empty(),
     )
     .await;
-    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.code(), "unavailable");
+    assert_eq!(a.json()["error"]["key"], missing.to_string());
+    assert_eq!(a.json()["error"]["failed"][0]["node"], "n2");
     let mut asked = reader.gets.lock().unwrap().clone();
     asked.sort();
     assert_eq!(asked, ["n2", "n3"]);
+
+    // Every peer answered "not found": 404.
+    reader.failing.lock().unwrap().clear();
+    let a = call(
+        &n.app,
+        Method::GET,
+        &format!("/events/{missing}"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

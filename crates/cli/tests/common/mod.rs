@@ -1,0 +1,288 @@
+//! The multi-process harness: real `alldata node` processes on 127.0.0.1 with
+//! their own LevelDB directories, killed, stopped and restarted.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const SECRET: &str = "test-cluster-secret";
+
+pub struct Proc {
+    pub id: String,
+    pub api: u16,
+    pub peer: u16,
+    pub region: &'static str,
+    pub zone: &'static str,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub _tmp: tempfile::TempDir,
+    pub secret_file: PathBuf,
+    pub nodes: Vec<Proc>,
+    pub rf: usize,
+    pub client: reqwest::Client,
+}
+
+/// A port for a test node. Ports come from one counter per test process,
+/// below the kernel's ephemeral range (so outgoing connections never take
+/// them), each checked free: tests that start clusters at the same time never
+/// get the same port (asking the kernel for port 0 and releasing it races).
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + std::process::id() % 10_000,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = 20_000 + (NEXT.fetch_add(1, Ordering::SeqCst) - 20_000) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+}
+
+impl Cluster {
+    /// `n` nodes over zones eu/a, eu/b, us/a (round-robin), replication factor `rf`.
+    pub async fn start(n: usize, rf: usize) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let secret_file = tmp.path().join("secret");
+        std::fs::write(&secret_file, SECRET).unwrap();
+        let places = [("eu", "a"), ("eu", "b"), ("us", "a")];
+        let nodes = (0..n)
+            .map(|i| Proc {
+                id: format!("n{}", i + 1),
+                api: free_port(),
+                peer: free_port(),
+                region: places[i % 3].0,
+                zone: places[i % 3].1,
+                dir: tmp.path().join(format!("n{}", i + 1)),
+                child: None,
+            })
+            .collect();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let mut c = Cluster {
+            _tmp: tmp,
+            secret_file,
+            nodes,
+            rf,
+            client,
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        for i in 0..n {
+            c.wait_healthy(i).await;
+        }
+        c
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let me = &self.nodes[i];
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_alldata"));
+        cmd.arg("node")
+            .args(["--id", &me.id])
+            .args(["--listen", &format!("127.0.0.1:{}", me.api)])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", me.peer)])
+            .args(["--data-dir", me.dir.to_str().unwrap()])
+            .args(["--region", me.region, "--zone", me.zone])
+            .args(["--replication-factor", &self.rf.to_string()])
+            .args(["--replica-timeout-ms", "1000", "--deadline-ms", "3000"])
+            .args(["--durability", "buffered"])
+            .arg("--cluster-secret-file")
+            .arg(&self.secret_file);
+        for p in self.nodes.iter().filter(|p| p.id != me.id) {
+            cmd.arg("--peer").arg(format!(
+                "{}=127.0.0.1:{}@{}/{}",
+                p.id, p.peer, p.region, p.zone
+            ));
+        }
+        cmd.env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("start alldata node");
+        self.nodes[i].child = Some(child);
+    }
+
+    pub async fn wait_healthy(&self, i: usize) {
+        let url = format!("http://127.0.0.1:{}/health", self.nodes[i].api);
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self.client.get(&url).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "node {} never became healthy",
+                self.nodes[i].id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    /// Freezes node `i` (SIGSTOP): its sockets stay open but nothing answers.
+    /// Returns once the kernel reports the process stopped.
+    pub fn stop(&self, i: usize) {
+        self.signal(i, "-STOP");
+        let pid = self.nodes[i].child.as_ref().expect("running").id();
+        let start = Instant::now();
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the parenthesised command name.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            if state == Some("T") {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "node {} did not stop: {stat}",
+                self.nodes[i].id
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Thaws node `i` (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        let pid = self.nodes[i].child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
+    /// `PUT /events/{key}` with `body` at node `i`: status and JSON answer.
+    pub async fn put(&self, i: usize, key: &str, level: &str, body: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .put(self.url(i, &format!("/events/{key}?commit={level}")))
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let json = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// `GET /events/{key}` at node `i`: status and body.
+    pub async fn get(&self, i: usize, key: &str) -> (u16, String) {
+        let r = self
+            .client
+            .get(self.url(i, &format!("/events/{key}")))
+            .send()
+            .await
+            .expect("request");
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// The bytes node `i` stores for `key` in its own storage (a local scan of
+    /// exactly that key), if any.
+    pub async fn stored(&self, i: usize, key: &str) -> Option<String> {
+        let body = self
+            .client
+            .get(self.url(i, &format!("/events?from={key}&to={key}")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        body.lines().next().map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["event"].to_string()
+        })
+    }
+
+    pub fn url(&self, i: usize, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.nodes[i].api, path)
+    }
+
+    pub async fn post(&self, i: usize, level: &str, body: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(i, &format!("/events?commit={level}")))
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let json = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// Keys stored locally on node `i` (the scan reads local storage only).
+    pub async fn local_keys(&self, i: usize) -> Vec<String> {
+        let body = self
+            .client
+            .get(self.url(i, "/events?limit=100000"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        body.lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["key"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// How many of the live nodes hold each key.
+    pub async fn replica_counts(&self, alive: &[usize]) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for &i in alive {
+            for k in self.local_keys(i).await {
+                *counts.entry(k).or_default() += 1;
+            }
+        }
+        counts
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+pub fn dir_exists(p: &Path) -> bool {
+    p.join("CURRENT").exists() || p.exists()
+}
