@@ -89,6 +89,12 @@ struct NodeArgs {
     /// Largest accepted event in bytes (413 above it).
     #[arg(long, env = "ALLDATA_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
     max_event_bytes: usize,
+    /// Largest accepted batch body (`POST /events/batch`) in bytes (413 above it).
+    #[arg(long, env = "ALLDATA_MAX_BATCH_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_batch_bytes: usize,
+    /// Most events in one batch (413 above it, before anything is stored).
+    #[arg(long, env = "ALLDATA_MAX_BATCH_EVENTS", default_value_t = 10_000)]
+    max_batch_events: usize,
     /// LevelDB memtable size in MiB (1..=1024). Larger means less compaction work
     /// per event; the node may hold two memtables in memory.
     #[arg(long, env = "ALLDATA_WRITE_BUFFER_MB", default_value_t = 64,
@@ -128,6 +134,8 @@ impl NodeArgs {
         };
         config.cluster_secret = secret;
         config.max_event_bytes = self.max_event_bytes;
+        config.max_batch_bytes = self.max_batch_bytes;
+        config.max_batch_events = self.max_batch_events;
         config.write_buffer_bytes = usize::from(self.write_buffer_mb) << 20;
         Ok(config)
     }

@@ -54,7 +54,10 @@ impl Options {
         if self.replication_factor == 0 {
             return Err(OptionsError::ZeroReplicationFactor);
         }
-        if self.other_zone_replicas + self.other_region_replicas > self.replication_factor - 1 {
+        let remote = self
+            .other_zone_replicas
+            .saturating_add(self.other_region_replicas);
+        if remote > self.replication_factor - 1 {
             return Err(OptionsError::TooManyRemoteReplicas {
                 zone: self.other_zone_replicas,
                 region: self.other_region_replicas,

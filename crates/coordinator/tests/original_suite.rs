@@ -79,6 +79,16 @@ fn impossible_options_are_rejected_at_construction() {
         }),
         OptionsError::TooManyRemoteReplicas { .. }
     ));
+    // Sums that overflow are refused too, not wrapped into something small.
+    assert!(matches!(
+        make(Options {
+            replication_factor: 3,
+            other_zone_replicas: usize::MAX,
+            other_region_replicas: 2,
+            ..Options::default()
+        }),
+        OptionsError::TooManyRemoteReplicas { .. }
+    ));
     assert_eq!(
         make(Options {
             replica_timeout: std::time::Duration::ZERO,

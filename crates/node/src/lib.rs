@@ -79,6 +79,83 @@ pub enum NodeError {
         /// Why.
         source: TopologyError,
     },
+    /// The peer list would fake replicas: the same id twice, two peers at one
+    /// address, or a peer at this node's own address (its copies would land
+    /// on this node and count twice).
+    #[error("the peer list would fake replicas: {0}")]
+    FakeReplicas(String),
+    /// Fewer nodes are configured than the replication factor: every put would
+    /// fail.
+    #[error(
+        "replication factor {replication_factor} needs {replication_factor} nodes, only {nodes} configured (this node and {} peers)", nodes - 1
+    )]
+    NotEnoughNodes {
+        /// The replication factor.
+        replication_factor: usize,
+        /// This node plus its peers.
+        nodes: usize,
+    },
+}
+
+/// Refuses a peer list that would fake replicas or cannot reach the
+/// replication factor.
+fn check_peers(config: &NodeConfig) -> Result<(), NodeError> {
+    let mut ids = std::collections::BTreeSet::new();
+    let mut addresses: std::collections::BTreeMap<String, &str> = Default::default();
+    for p in &config.peers {
+        if p.id == config.id {
+            return Err(NodeError::FakeReplicas(format!(
+                "peer {p} has this node's own id"
+            )));
+        }
+        if !ids.insert(p.id.as_str()) {
+            return Err(NodeError::FakeReplicas(format!(
+                "peer id {} is given twice",
+                p.id
+            )));
+        }
+        let address = normalize(&p.address);
+        if let Some(other) = addresses.insert(address.clone(), p.id.as_str()) {
+            return Err(NodeError::FakeReplicas(format!(
+                "peers {other} and {} share the address {address}",
+                p.id
+            )));
+        }
+        if is_own_address(&p.address, config.peer_listen) {
+            return Err(NodeError::FakeReplicas(format!(
+                "peer {p} is this node's own peer address {}",
+                config.peer_listen
+            )));
+        }
+    }
+    let nodes = config.peers.len() + 1;
+    let replication_factor = config.options.replication_factor;
+    if replication_factor > nodes {
+        return Err(NodeError::NotEnoughNodes {
+            replication_factor,
+            nodes,
+        });
+    }
+    Ok(())
+}
+
+/// A peer address for comparison: lowercase, `localhost` as `127.0.0.1`.
+fn normalize(address: &str) -> String {
+    let lower = address.trim().to_ascii_lowercase();
+    match lower.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => lower,
+    }
+}
+
+/// Whether `address` names `own` (the node's peer listen address), also when
+/// the node listens on all interfaces and the peer is given as loopback.
+fn is_own_address(address: &str, own: SocketAddr) -> bool {
+    let Ok(addr) = normalize(address).parse::<SocketAddr>() else {
+        return false;
+    };
+    addr == own
+        || (addr.port() == own.port() && own.ip().is_unspecified() && addr.ip().is_loopback())
 }
 
 /// A peer given on the command line as `ID=HOST:PORT@REGION/ZONE`, where
@@ -148,6 +225,10 @@ pub struct NodeConfig {
     pub cluster_secret: String,
     /// Largest accepted event in bytes.
     pub max_event_bytes: usize,
+    /// Largest accepted batch body in bytes (`POST /events/batch`).
+    pub max_batch_bytes: usize,
+    /// Most events in one batch.
+    pub max_batch_events: usize,
     /// LevelDB's memtable size in bytes. Larger memtables mean fewer level-0
     /// files and less compaction per event (see `docs/BENCHMARKS.md`); the node
     /// holds up to two of them in memory. Default 64 MiB.
@@ -177,6 +258,8 @@ impl NodeConfig {
             durability: Durability::Sync,
             cluster_secret: String::new(),
             max_event_bytes: 1024 * 1024,
+            max_batch_bytes: ApiConfig::default().max_batch_bytes,
+            max_batch_events: ApiConfig::default().max_batch_events,
             write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
         }
     }
@@ -229,6 +312,7 @@ impl Node {
             return Err(NodeError::MissingSecret);
         }
         config.options.validate()?;
+        check_peers(&config)?;
         let (api_listener, api_addr) = bind(config.listen, "client API").await?;
         let (peer_listener, peer_addr) = bind(config.peer_listen, "peer endpoint").await?;
 
@@ -281,6 +365,8 @@ impl Node {
         );
         let api_config = ApiConfig::default()
             .with_max_event_bytes(config.max_event_bytes)
+            .with_max_batch_bytes(config.max_batch_bytes)
+            .with_max_batch_events(config.max_batch_events)
             .with_key_validator(move |key| window.upgrade().map_or(Ok(()), |s| s.check_key(key)))
             .with_counters(peer_counters(peer_state.clone(), transport.clone()));
         let api_state = ApiState::new(coordinator.clone(), api_config);

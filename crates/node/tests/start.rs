@@ -93,3 +93,57 @@ async fn metrics_show_the_peer_endpoint_and_client_counters() {
     );
     node.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_peer_list_that_would_fake_replicas_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = |s: &str| s.parse::<alldata_node::PeerSpec>().unwrap();
+    let mut own = config(dir.path());
+    own.peer_listen = "127.0.0.1:7301".parse().unwrap();
+    let cases = [
+        (
+            vec![
+                peer("n2=127.0.0.1:7302@eu/a"),
+                peer("n2=127.0.0.1:7303@eu/b"),
+            ],
+            "given twice",
+        ),
+        (
+            vec![
+                peer("n2=127.0.0.1:7302@eu/a"),
+                peer("n3=localhost:7302@eu/b"),
+            ],
+            "share the address",
+        ),
+        (vec![peer("n2=127.0.0.1:7301@eu/a")], "own peer address"),
+        (vec![peer("n1=127.0.0.1:7305@eu/a")], "own id"),
+    ];
+    for (peers, why) in cases {
+        let mut config = own.clone();
+        config.peers = peers;
+        match Node::start(config).await {
+            Err(e @ NodeError::FakeReplicas(_)) => {
+                assert!(e.to_string().contains(why), "{e} (expected {why:?})")
+            }
+            other => panic!("expected a refusal ({why}), got {other:?}"),
+        }
+    }
+    assert!(
+        !dir.path().join("CURRENT").exists(),
+        "refused before the storage was opened"
+    );
+}
+
+#[tokio::test]
+async fn a_replication_factor_above_the_node_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.options.replication_factor = 3;
+    config.peers = vec!["n2=127.0.0.1:7302@eu/a".parse().unwrap()];
+    match Node::start(config).await {
+        Err(e @ NodeError::NotEnoughNodes { .. }) => {
+            assert!(e.to_string().contains("only 2 configured"), "{e}")
+        }
+        other => panic!("expected NotEnoughNodes, got {other:?}"),
+    }
+}

@@ -22,9 +22,12 @@ pub type KeyValidator = Arc<dyn Fn(EventKey) -> Result<(), String> + Send + Sync
 pub struct ApiConfig {
     /// The largest event accepted, in bytes (default 1 MiB). Larger: 413.
     pub max_event_bytes: usize,
-    /// The largest batch body accepted, in bytes (default 64 MiB); each line is
-    /// also held to `max_event_bytes`.
+    /// The largest batch body accepted, in bytes (default 16 MiB); each line is
+    /// also held to `max_event_bytes`. Larger: 413 before anything is stored.
     pub max_batch_bytes: usize,
+    /// The most events one batch may hold (default 10 000). More: 413 before
+    /// anything is stored.
+    pub max_batch_events: usize,
     /// How many events of one batch go to the coordinator together, as one
     /// `Coordinator::put_many` (one local write, one request per peer); a
     /// larger batch is split into groups of this size, up to four in flight
@@ -56,7 +59,8 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_event_bytes: 1024 * 1024,
-            max_batch_bytes: 64 * 1024 * 1024,
+            max_batch_bytes: 16 * 1024 * 1024,
+            max_batch_events: 10_000,
             batch_group_events: 1024,
             default_scan_limit: 1000,
             max_scan_limit: 100_000,
@@ -79,6 +83,12 @@ impl ApiConfig {
     /// Sets the largest accepted batch body.
     pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
         self.max_batch_bytes = bytes;
+        self
+    }
+
+    /// Sets the most events one batch may hold.
+    pub fn with_max_batch_events(mut self, events: usize) -> Self {
+        self.max_batch_events = events;
         self
     }
 
@@ -118,6 +128,7 @@ impl fmt::Debug for ApiConfig {
         f.debug_struct("ApiConfig")
             .field("max_event_bytes", &self.max_event_bytes)
             .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("max_batch_events", &self.max_batch_events)
             .field("batch_group_events", &self.batch_group_events)
             .field("default_scan_limit", &self.default_scan_limit)
             .field("max_scan_limit", &self.max_scan_limit)

@@ -86,6 +86,13 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// 413 `too_large`: a batch holds more events than the configured limit.
+    /// Nothing of it was written.
+    #[error("batch holds more than {limit} events")]
+    TooManyEvents {
+        /// The most events a batch may hold.
+        limit: usize,
+    },
     /// 503 `not_enough_nodes`: fewer nodes are known than the replication
     /// factor. Nothing was written.
     #[error(
@@ -159,7 +166,9 @@ impl ApiError {
             ApiError::EventNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge { .. } | ApiError::TooManyEvents { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::NotEnoughNodes { .. }
             | ApiError::CommitNotReached { .. }
             | ApiError::ReadUnavailable { .. }
@@ -182,7 +191,7 @@ impl ApiError {
             ApiError::EventNotFound(_) | ApiError::RouteNotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict { .. } => "conflict",
-            ApiError::TooLarge { .. } => "too_large",
+            ApiError::TooLarge { .. } | ApiError::TooManyEvents { .. } => "too_large",
             ApiError::NotEnoughNodes { .. } => "not_enough_nodes",
             ApiError::CommitNotReached { .. } => "commit_not_reached",
             ApiError::Timeout { .. } => "timeout",
@@ -207,6 +216,7 @@ impl ApiError {
                     .collect::<Vec<_>>(),
             }),
             ApiError::TooLarge { limit, .. } => json!({ "limit": limit }),
+            ApiError::TooManyEvents { limit } => json!({ "limit_events": limit }),
             ApiError::NotEnoughNodes {
                 replication_factor,
                 nodes,

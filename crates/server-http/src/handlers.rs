@@ -73,8 +73,15 @@ async fn read_body(body: Body, limit: usize, what: &'static str) -> Result<Bytes
     }
 }
 
+/// Checks that `bytes` are one well-formed JSON value in valid UTF-8. (serde_json
+/// skips strings it ignores without checking their UTF-8, so the text is
+/// checked first: invalid UTF-8 stored once would poison every NDJSON scan and
+/// export that contains it.)
 fn validate_json(bytes: &[u8]) -> Result<(), ApiError> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::MalformedJson(format!("not valid UTF-8 at byte {}", e.valid_up_to()))
+    })?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
         .map(drop)
         .map_err(|e| ApiError::MalformedJson(e.to_string()))
 }
@@ -205,7 +212,8 @@ pub(crate) async fn put_event(
 }
 
 /// The non-empty lines of an NDJSON body (a trailing `\r` is dropped).
-fn ndjson_lines(body: &Bytes) -> Vec<Bytes> {
+/// `Err(())` as soon as there are more than `max` of them.
+fn ndjson_lines(body: &Bytes, max: usize) -> Result<Vec<Bytes>, ()> {
     let mut lines = Vec::new();
     let mut start = 0;
     while start < body.len() {
@@ -216,11 +224,14 @@ fn ndjson_lines(body: &Bytes) -> Vec<Bytes> {
         }
         let line = &body[start..line_end];
         if !line.iter().all(u8::is_ascii_whitespace) {
+            if lines.len() == max {
+                return Err(());
+            }
             lines.push(body.slice(start..line_end));
         }
         start = end + 1;
     }
-    lines
+    Ok(lines)
 }
 
 /// Checks one batch line before anything is written.
@@ -248,7 +259,10 @@ pub(crate) async fn batch(
     let level = commit_level(query)?;
     let config = &state.inner.config;
     let body = read_body(request.into_body(), config.max_batch_bytes, "batch").await?;
-    let lines = ndjson_lines(&body);
+    let lines =
+        ndjson_lines(&body, config.max_batch_events).map_err(|()| ApiError::TooManyEvents {
+            limit: config.max_batch_events,
+        })?;
     state.inner.metrics.batch(lines.len());
     let mut results: Vec<Option<Result<EventKey, ApiError>>> = Vec::with_capacity(lines.len());
     let mut valid: Vec<(usize, Bytes)> = Vec::with_capacity(lines.len());
@@ -477,9 +491,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn json_with_invalid_utf8_inside_a_string_is_refused() {
+        assert!(validate_json(b"{\"a\":\"ok\"}").is_ok());
+        for bad in [
+            &b"\"\xff\""[..],
+            b"{\"a\":\"\xc3\x28\"}",
+            b"[\"\xed\xa0\x80\"]",
+        ] {
+            let err = validate_json(bad).unwrap_err();
+            assert!(err.to_string().contains("UTF-8"), "{err}");
+        }
+    }
+
+    #[test]
     fn ndjson_lines_skip_blank_and_strip_cr() {
         let body = Bytes::from_static(b"{\"a\":1}\r\n\n  \n[2]\n3");
-        let lines = ndjson_lines(&body);
+        let lines = ndjson_lines(&body, 3).unwrap();
+        assert!(ndjson_lines(&body, 2).is_err(), "more than 2 events");
         assert_eq!(
             lines,
             vec![
@@ -488,6 +516,6 @@ mod tests {
                 Bytes::from_static(b"3"),
             ]
         );
-        assert!(ndjson_lines(&Bytes::new()).is_empty());
+        assert!(ndjson_lines(&Bytes::new(), 0).unwrap().is_empty());
     }
 }

@@ -134,7 +134,16 @@ async fn malformed_json_is_400() {
     let deep = "[".repeat(10_000);
     let a = call(&n.app, Method::POST, "/events", deep).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    assert!(n.storage.is_empty());
+    // Invalid UTF-8 inside a string, single and in a batch line.
+    let bad = Bytes::from_static(b"{\"a\":\"\xff\xfe\"}");
+    let a = call(&n.app, Method::POST, "/events", bad.clone()).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.code(), "malformed_json");
+    let mut batch = b"{\"ok\":1}\n".to_vec();
+    batch.extend_from_slice(&bad);
+    let a = call(&n.app, Method::POST, "/events/batch", batch).await;
+    assert_eq!(a.ndjson()[1]["error"]["code"], "malformed_json");
+    assert_eq!(n.storage.len(), 1, "only the valid line is stored");
 }
 
 #[tokio::test]
@@ -983,4 +992,38 @@ async fn metrics_render_the_counters_of_other_parts_of_the_node() {
         ),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_batch_over_the_event_limit_is_413_before_anything_is_stored() {
+    let n = node(
+        options(1, CommitLevel::One),
+        &[],
+        None,
+        ApiConfig::default().with_max_batch_events(3),
+    );
+    let a = call(&n.app, Method::POST, "/events/batch", "1\n2\n\n3\n").await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "three events (a blank line is none)"
+    );
+    let a = call(&n.app, Method::POST, "/events/batch", "1\n2\n3\n4\n").await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(a.code(), "too_large");
+    assert_eq!(a.json()["error"]["limit_events"], 3);
+    assert_eq!(n.storage.len(), 3, "only the first batch was stored");
+}
+
+#[tokio::test]
+async fn sixteen_mib_of_one_character_lines_is_refused_at_once() {
+    let n = single();
+    // 8M events of one character: the defaults (16 MiB, 10 000 events).
+    let body = "1\n".repeat(8 * 1024 * 1024);
+    let started = std::time::Instant::now();
+    let a = call(&n.app, Method::POST, "/events/batch", body).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(a.json()["error"]["limit_events"], 10_000);
+    assert!(n.storage.is_empty());
+    eprintln!("refused in {:?}", started.elapsed());
 }
