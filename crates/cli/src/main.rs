@@ -95,6 +95,17 @@ struct NodeArgs {
     /// Most events in one batch (413 above it, before anything is stored).
     #[arg(long, env = "ALLDATA_MAX_BATCH_EVENTS", default_value_t = 10_000)]
     max_batch_events: usize,
+    /// Most connections open at once on each port; over it a new connection is
+    /// answered 503 `overloaded` at once and closed.
+    #[arg(long, env = "ALLDATA_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// How long a connection may take to send a request's headers, and sit idle
+    /// between requests, in milliseconds.
+    #[arg(long, env = "ALLDATA_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// How long one request may take, body upload included, in milliseconds (408 after it).
+    #[arg(long, env = "ALLDATA_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
+    request_timeout_ms: u64,
     /// LevelDB memtable size in MiB (1..=1024). Larger means less compaction work
     /// per event; the node may hold two memtables in memory.
     #[arg(long, env = "ALLDATA_WRITE_BUFFER_MB", default_value_t = 64,
@@ -136,6 +147,19 @@ impl NodeArgs {
         config.max_event_bytes = self.max_event_bytes;
         config.max_batch_bytes = self.max_batch_bytes;
         config.max_batch_events = self.max_batch_events;
+        anyhow::ensure!(
+            self.max_connections > 0,
+            "--max-connections must be at least 1"
+        );
+        anyhow::ensure!(
+            self.header_timeout_ms > 0 && self.request_timeout_ms > 0,
+            "--header-timeout-ms and --request-timeout-ms must be greater than zero"
+        );
+        config.limits = alldata_node::Limits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+        };
         config.write_buffer_bytes = usize::from(self.write_buffer_mb) << 20;
         Ok(config)
     }
@@ -163,7 +187,18 @@ async fn shutdown_signal() {
     }
 }
 
+/// Raises the open-file limit to the hard limit: every connection and every
+/// LevelDB file is a descriptor, and the usual soft limit (1024) is below the
+/// default connection caps of the two ports.
+fn raise_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
+    }
+}
+
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    raise_file_limit();
     let config = args.into_config()?;
     let node = Node::start(config).await?;
     println!(

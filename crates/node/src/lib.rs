@@ -40,6 +40,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use alldata_server_http::Limits;
+
 /// Why a node could not start. Nothing is left running when one is returned.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -229,6 +231,9 @@ pub struct NodeConfig {
     pub max_batch_bytes: usize,
     /// Most events in one batch.
     pub max_batch_events: usize,
+    /// Bounds of the connections of both ports (cap, header read and
+    /// per-request time limits).
+    pub limits: Limits,
     /// LevelDB's memtable size in bytes. Larger memtables mean fewer level-0
     /// files and less compaction per event (see `docs/BENCHMARKS.md`); the node
     /// holds up to two of them in memory. Default 64 MiB.
@@ -260,6 +265,7 @@ impl NodeConfig {
             max_event_bytes: 1024 * 1024,
             max_batch_bytes: ApiConfig::default().max_batch_bytes,
             max_batch_events: ApiConfig::default().max_batch_events,
+            limits: Limits::default(),
             write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
         }
     }
@@ -361,12 +367,14 @@ impl Node {
         let peer_state = PeerState::new(
             Arc::clone(&dyn_storage),
             ServerConfig::new(config.cluster_secret.clone())
-                .with_max_body_bytes((config.max_event_bytes + 1024).max(8 * 1024 * 1024)),
+                .with_max_body_bytes((config.max_event_bytes + 1024).max(8 * 1024 * 1024))
+                .with_limits(config.limits),
         );
         let api_config = ApiConfig::default()
             .with_max_event_bytes(config.max_event_bytes)
             .with_max_batch_bytes(config.max_batch_bytes)
             .with_max_batch_events(config.max_batch_events)
+            .with_limits(config.limits)
             .with_key_validator(move |key| window.upgrade().map_or(Ok(()), |s| s.check_key(key)))
             .with_counters(peer_counters(peer_state.clone(), transport.clone()));
         let api_state = ApiState::new(coordinator.clone(), api_config);
@@ -478,6 +486,16 @@ fn peer_counters(
                 name: "alldata_peer_server_refused_total",
                 help: "Peer requests refused as a whole (400, 401, 413).",
                 value: s.refused(),
+            },
+            Counter {
+                name: "alldata_peer_server_connections_accepted_total",
+                help: "Peer connections accepted.",
+                value: server.connection_stats().accepted(),
+            },
+            Counter {
+                name: "alldata_peer_server_connections_rejected_total",
+                help: "Peer connections refused at once because the connection cap was reached.",
+                value: server.connection_stats().rejected(),
             },
             Counter {
                 name: "alldata_peer_client_requests_total",

@@ -59,12 +59,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 mod error;
 
+pub use alldata_http_serve::{ConnectionStats, Limits};
 pub use alldata_peer_wire::{DecodeError, EVENTS_PATH, EventStatus, HEALTH_PATH};
 pub use error::PeerError;
 /// The default body limit: 8 MiB.
@@ -77,6 +77,9 @@ pub struct ServerConfig {
     pub secret: String,
     /// The largest request body accepted, in bytes (larger: `413`).
     pub max_body_bytes: usize,
+    /// Bounds of the connections (cap, header read and per-request time
+    /// limits), as for the client API.
+    pub limits: Limits,
 }
 
 impl ServerConfig {
@@ -85,7 +88,14 @@ impl ServerConfig {
         Self {
             secret: secret.into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            limits: Limits::default(),
         }
+    }
+
+    /// The same settings with other connection bounds.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The same settings with another body limit.
@@ -100,6 +110,7 @@ impl std::fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("secret", &"<redacted>")
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -133,6 +144,7 @@ struct Inner {
     storage: Arc<dyn Storage>,
     config: ServerConfig,
     stats: PeerStats,
+    connections: Arc<ConnectionStats>,
 }
 
 /// The endpoint's shared state: the local storage, the settings and counters.
@@ -159,6 +171,7 @@ impl PeerState {
                 storage,
                 config,
                 stats: PeerStats::default(),
+                connections: Arc::default(),
             }),
         }
     }
@@ -166,6 +179,11 @@ impl PeerState {
     /// The endpoint's counters.
     pub fn stats(&self) -> &PeerStats {
         &self.inner.stats
+    }
+
+    /// The counters of the endpoint's connections (what [`serve`] fills).
+    pub fn connection_stats(&self) -> Arc<ConnectionStats> {
+        Arc::clone(&self.inner.connections)
     }
 
     /// The settings.
@@ -216,7 +234,9 @@ pub fn router(state: PeerState) -> Router {
 }
 
 /// Serves [`router`]`(state)` on `listener` until `shutdown` completes, then
-/// stops accepting and waits for requests in flight to finish.
+/// stops accepting and waits for requests in flight to finish. Connections are
+/// bounded by [`ServerConfig::limits`] (see `alldata-http-serve`); HTTP/1.1
+/// and HTTP/2 with prior knowledge are both served.
 pub async fn serve<F>(
     listener: tokio::net::TcpListener,
     state: PeerState,
@@ -225,14 +245,9 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY on a peer connection");
-        }
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.config().limits;
+    let stats = state.connection_stats();
+    alldata_http_serve::serve(listener, router(state), limits, stats, shutdown).await
 }
 
 async fn put_events(

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alldata_coordinator::EventKey;
+use alldata_http_serve::Limits;
 
 use crate::metrics::{Counter, CounterSource};
 
@@ -50,6 +51,10 @@ pub struct ApiConfig {
     /// A peer whose last success is older than this is no longer "answered
     /// lately" (default 60 s).
     pub peer_fresh_for: Duration,
+    /// Bounds of the connections: a cap (over it, `503 overloaded` at once),
+    /// the header read timeout (also the idle limit between requests) and the
+    /// per-request time limit (`408`). Defaults: 1024, 10 s, 60 s.
+    pub limits: Limits,
     /// Counters kept elsewhere in the node (the replica endpoint, the peer
     /// client), rendered by `GET /metrics` after the API's own.
     pub counters: Vec<CounterSource>,
@@ -69,6 +74,7 @@ impl Default for ApiConfig {
             health_probe_interval: Some(Duration::from_secs(10)),
             peer_fresh_for: Duration::from_secs(60),
             counters: Vec::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -83,6 +89,12 @@ impl ApiConfig {
     /// Sets the largest accepted batch body.
     pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
         self.max_batch_bytes = bytes;
+        self
+    }
+
+    /// Sets the connection bounds.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -137,6 +149,7 @@ impl fmt::Debug for ApiConfig {
             .field("health_probe_interval", &self.health_probe_interval)
             .field("peer_fresh_for", &self.peer_fresh_for)
             .field("counters", &self.counters.len())
+            .field("limits", &self.limits)
             .finish()
     }
 }

@@ -68,8 +68,8 @@ use std::future::Future;
 
 use axum::Router;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 
+pub use alldata_http_serve::{ConnectionStats, Limits};
 pub use config::{ApiConfig, KeyValidator};
 pub use error::ApiError;
 pub use metrics::{Counter, CounterSource};
@@ -97,19 +97,16 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then stops
-/// accepting connections and waits for requests in flight to finish. Accepted
-/// connections get `TCP_NODELAY`.
+/// accepting connections and waits for requests in flight to finish. The
+/// connections are bounded by [`ApiConfig::limits`] (a cap with fast `503`
+/// refusal, header read and per-request time limits; see
+/// `alldata-http-serve`) and counted in the metrics.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.config().limits;
+    let stats = state.connection_stats();
+    alldata_http_serve::serve(listener, router(state), limits, stats, shutdown).await
 }

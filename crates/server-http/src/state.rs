@@ -3,11 +3,13 @@
 use std::sync::{Arc, Weak};
 
 use alldata_coordinator::{Coordinator, NodeId, ReplicationReport};
+use alldata_http_serve::ConnectionStats;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::broadcast;
 
 use crate::config::ApiConfig;
+use crate::metrics::Counter;
 use crate::metrics::Metrics;
 use crate::peers::PeerHealth;
 
@@ -23,6 +25,7 @@ pub(crate) struct Inner {
     pub(crate) config: ApiConfig,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) health: Arc<PeerHealth>,
+    pub(crate) connections: Arc<ConnectionStats>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -61,6 +64,7 @@ impl ApiState {
             config,
             metrics,
             health,
+            connections: Arc::default(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let reports = inner.coordinator.subscribe_reports();
@@ -87,6 +91,11 @@ impl ApiState {
         &self.inner.coordinator
     }
 
+    /// The counters of the API's connections (what [`crate::serve`] fills).
+    pub fn connection_stats(&self) -> Arc<ConnectionStats> {
+        Arc::clone(&self.inner.connections)
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &ApiConfig {
         &self.inner.config
@@ -104,13 +113,31 @@ impl ApiState {
                 (p.id.to_string(), up == Some(true))
             })
             .collect();
-        let extra: Vec<_> = self
-            .inner
-            .config
-            .counters
-            .iter()
-            .flat_map(|source| source())
-            .collect();
+        let c = &self.inner.connections;
+        let mut extra = vec![
+            Counter {
+                name: "alldata_api_connections_accepted_total",
+                help: "Client connections accepted.",
+                value: c.accepted(),
+            },
+            Counter {
+                name: "alldata_api_connections_rejected_total",
+                help: "Client connections refused at once because the connection cap was reached.",
+                value: c.rejected(),
+            },
+            Counter {
+                name: "alldata_api_request_timeouts_total",
+                help: "Client requests answered 408 because they took longer than the time limit.",
+                value: c.request_timeouts(),
+            },
+        ];
+        extra.extend(
+            self.inner
+                .config
+                .counters
+                .iter()
+                .flat_map(|source| source()),
+        );
         self.inner
             .metrics
             .render(&self.inner.coordinator.stats(), &up, &extra)

@@ -28,6 +28,8 @@ pub struct Cluster {
     pub nodes: Vec<Proc>,
     pub rf: usize,
     pub client: reqwest::Client,
+    /// Extra flags for every node.
+    pub extra: Vec<String>,
 }
 
 /// A port for a test node. Ports come from one counter per test process,
@@ -54,6 +56,11 @@ pub fn free_port() -> u16 {
 impl Cluster {
     /// `n` nodes over zones eu/a, eu/b, us/a (round-robin), replication factor `rf`.
     pub async fn start(n: usize, rf: usize) -> Self {
+        Self::start_with(n, rf, &[]).await
+    }
+
+    /// `start` with extra flags for every node.
+    pub async fn start_with(n: usize, rf: usize, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let secret_file = tmp.path().join("secret");
         std::fs::write(&secret_file, SECRET).unwrap();
@@ -80,6 +87,7 @@ impl Cluster {
             nodes,
             rf,
             client,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         for i in 0..n {
             c.spawn(i);
@@ -103,7 +111,8 @@ impl Cluster {
             .args(["--replica-timeout-ms", "1000", "--deadline-ms", "3000"])
             .args(["--durability", "buffered"])
             .arg("--cluster-secret-file")
-            .arg(&self.secret_file);
+            .arg(&self.secret_file)
+            .args(&self.extra);
         for p in self.nodes.iter().filter(|p| p.id != me.id) {
             cmd.arg("--peer").arg(format!(
                 "{}=127.0.0.1:{}@{}/{}",
