@@ -95,6 +95,10 @@ struct NodeArgs {
     /// Most events in one batch (413 above it, before anything is stored).
     #[arg(long, env = "ALLDATA_MAX_BATCH_EVENTS", default_value_t = 10_000)]
     max_batch_events: usize,
+    /// Most events with replica writes running at once (foreground and
+    /// background); over it a put is answered 503 `overloaded` at once, nothing written.
+    #[arg(long, env = "ALLDATA_MAX_PUTS_IN_FLIGHT", default_value_t = 65_536)]
+    max_puts_in_flight: usize,
     /// Most connections open at once on each port; over it a new connection is
     /// answered 503 `overloaded` at once and closed.
     #[arg(long, env = "ALLDATA_MAX_CONNECTIONS", default_value_t = 1024)]
@@ -137,6 +141,7 @@ impl NodeArgs {
             other_region_replicas: self.other_region_replicas,
             replica_timeout: Duration::from_millis(self.replica_timeout_ms),
             deadline: Duration::from_millis(self.deadline_ms),
+            max_puts_in_flight: self.max_puts_in_flight,
             ..Options::default()
         };
         config.durability = match self.durability {

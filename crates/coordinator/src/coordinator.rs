@@ -348,6 +348,28 @@ impl Coordinator {
                 return (0..n).map(|_| Err(error.clone())).collect();
             }
         };
+        // Admission: reserve room for the batch's events, or refuse it whole
+        // before anything is written.
+        let limit = self.inner.options.max_puts_in_flight;
+        let mut in_flight = 0;
+        let admitted = self.inner.running.send_if_modified(|r| {
+            in_flight = *r;
+            if *r + n <= limit {
+                *r += n;
+                true
+            } else {
+                false
+            }
+        });
+        if !admitted {
+            self.inner
+                .stats
+                .puts_failed
+                .fetch_add(n as u64, Ordering::Relaxed);
+            tracing::debug!(in_flight, limit, events = n, "put refused: overloaded");
+            let error = PutError::Overloaded { in_flight, limit };
+            return (0..n).map(|_| Err(error.clone())).collect();
+        }
         let keys: Vec<EventKey> = slots.iter().map(Slot::key).collect();
         let (answer_tx, answer_rx) = oneshot::channel();
         let batch = Batch {
@@ -356,7 +378,6 @@ impl Coordinator {
             level,
             slots,
         };
-        self.inner.running.send_modify(|r| *r += n);
         tokio::spawn(batch.run(groups, answer_tx));
         let answers = answer_rx.await.unwrap_or_default();
         let mut acked = 0u64;

@@ -231,6 +231,17 @@ pub enum PutError {
         /// Its origin tag.
         tag: u16,
     },
+    /// Too many events already have writes running (see
+    /// `Options::max_puts_in_flight`). Nothing was written; retry later.
+    #[error(
+        "overloaded: {in_flight} events have writes running (limit {limit}); nothing was written, retry later"
+    )]
+    Overloaded {
+        /// Events with writes running when the put was refused.
+        in_flight: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The coordinator's background task stopped (runtime shutting down).
     #[error("the coordinator is shutting down")]
     Shutdown,
@@ -247,7 +258,9 @@ impl PutError {
                 ..
             } => *acked > 0 || *may_have_written,
             PutError::Timeout { .. } | PutError::Shutdown => true,
-            PutError::Conflict { .. } | PutError::UnknownOrigin { .. } => false,
+            PutError::Conflict { .. }
+            | PutError::UnknownOrigin { .. }
+            | PutError::Overloaded { .. } => false,
         }
     }
 }
@@ -274,6 +287,9 @@ pub enum OptionsError {
     /// A timeout or deadline is zero.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
+    /// A limit is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroLimit(&'static str),
     /// The per-replica timeout is longer than the overall deadline.
     #[error("replica timeout {replica:?} exceeds the overall deadline {deadline:?}")]
     ReplicaTimeoutAfterDeadline {

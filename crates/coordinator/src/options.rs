@@ -25,6 +25,12 @@ pub struct Options {
     pub deadline: Duration,
     /// At most this many replacement writes per put (default 8).
     pub max_replacements: usize,
+    /// At most this many events may have writes running at once, in the
+    /// foreground or the background (default 65 536). A put that would go
+    /// over is refused at once with [`crate::PutError::Overloaded`], before
+    /// anything is written: a slow peer cannot make the node queue without
+    /// bound.
+    pub max_puts_in_flight: usize,
     /// How long a read of one event from one peer may take
     /// ([`crate::Coordinator::get`]; default 2 s).
     pub read_timeout: Duration,
@@ -42,6 +48,7 @@ impl Default for Options {
             replica_timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(5),
             max_replacements: 8,
+            max_puts_in_flight: 65_536,
             read_timeout: Duration::from_secs(2),
             rng_seed: None,
         }
@@ -69,6 +76,9 @@ impl Options {
         }
         if self.deadline.is_zero() {
             return Err(OptionsError::ZeroDuration("deadline"));
+        }
+        if self.max_puts_in_flight == 0 {
+            return Err(OptionsError::ZeroLimit("max_puts_in_flight"));
         }
         if self.read_timeout.is_zero() {
             return Err(OptionsError::ZeroDuration("read_timeout"));

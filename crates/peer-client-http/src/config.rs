@@ -29,6 +29,10 @@ pub struct ClientConfig {
     /// Speak HTTP/2 with prior knowledge (one multiplexed connection per peer)
     /// instead of a pool of HTTP/1.1 keep-alive connections. Default off.
     pub http2: bool,
+    /// The largest response body read from a peer (a batch's results, an
+    /// event read); larger ones fail the call instead of being buffered.
+    /// Default 32 MiB.
+    pub max_response_bytes: usize,
 }
 
 impl ClientConfig {
@@ -44,6 +48,7 @@ impl ClientConfig {
             queue_capacity: 8192,
             pool_idle_timeout: Duration::from_secs(30),
             http2: false,
+            max_response_bytes: 32 * 1024 * 1024,
         }
     }
 
@@ -79,6 +84,7 @@ impl fmt::Debug for ClientConfig {
             .field("queue_capacity", &self.queue_capacity)
             .field("pool_idle_timeout", &self.pool_idle_timeout)
             .field("http2", &self.http2)
+            .field("max_response_bytes", &self.max_response_bytes)
             .finish()
     }
 }

@@ -59,7 +59,7 @@ use std::time::Duration;
 use alldata_coordinator::{EventKey, Peer, PeerReader, PeerTransport, PutStatus, TransportError};
 use async_trait::async_trait;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
@@ -145,9 +145,15 @@ impl Shared {
                 // The status says it all.
                 return Ok((status, Bytes::new()));
             }
-            match response.into_body().collect().await {
+            let limit = self.config.max_response_bytes;
+            match Limited::new(response.into_body(), limit).collect().await {
                 Ok(body) => Ok((status, body.to_bytes())),
-                Err(e) if status == StatusCode::OK => Err(TransportError::Network(error_chain(&e))),
+                Err(e) if status == StatusCode::OK && e.is::<LengthLimitError>() => Err(
+                    TransportError::Network(format!("peer response larger than {limit} bytes")),
+                ),
+                Err(e) if status == StatusCode::OK => {
+                    Err(TransportError::Network(error_chain(&*e)))
+                }
                 // An error body that cannot be read adds nothing.
                 Err(_) => Ok((status, Bytes::new())),
             }
@@ -256,6 +262,7 @@ impl HttpTransport {
             ("max_batch_bytes", config.max_batch_bytes),
             ("max_in_flight", config.max_in_flight),
             ("queue_capacity", config.queue_capacity),
+            ("max_response_bytes", config.max_response_bytes),
         ] {
             if value == 0 {
                 return Err(ClientError::Zero(name));

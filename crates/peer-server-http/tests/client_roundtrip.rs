@@ -537,3 +537,36 @@ async fn put_many_to_nothing_listening_fails_every_event_as_unreachable() {
         "{results:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_peer_response_fails_the_call_instead_of_being_buffered() {
+    // A "peer" that answers every request with 200 and an endless body.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 1000000000\r\n\r\n";
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                while stream.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    let mut config = config();
+    config.max_response_bytes = 1024 * 1024;
+    let t = transport(config);
+    let key = KeyGenerator::new().generate();
+    let started = Instant::now();
+    let err = t.get(&peer_at(&addr.to_string()), key).await.unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Network(m) if m.contains("larger than 1048576")),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}

@@ -145,6 +145,17 @@ pub enum ApiError {
         /// Nodes whose write was still in flight.
         pending: Vec<String>,
     },
+    /// 503 `overloaded` (with `Retry-After: 1`): too many events have writes
+    /// running on this node. Nothing was written; retry later.
+    #[error(
+        "the node is overloaded ({in_flight} events have writes running, limit {limit}); nothing was written, retry later"
+    )]
+    Overloaded {
+        /// Events with writes running.
+        in_flight: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// 503 `unavailable`: the node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -172,6 +183,7 @@ impl ApiError {
             ApiError::NotEnoughNodes { .. }
             | ApiError::CommitNotReached { .. }
             | ApiError::ReadUnavailable { .. }
+            | ApiError::Overloaded { .. }
             | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -195,6 +207,7 @@ impl ApiError {
             ApiError::NotEnoughNodes { .. } => "not_enough_nodes",
             ApiError::CommitNotReached { .. } => "commit_not_reached",
             ApiError::Timeout { .. } => "timeout",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::ShuttingDown => "unavailable",
             ApiError::Storage(_) => "internal",
         }
@@ -217,6 +230,11 @@ impl ApiError {
             }),
             ApiError::TooLarge { limit, .. } => json!({ "limit": limit }),
             ApiError::TooManyEvents { limit } => json!({ "limit_events": limit }),
+            ApiError::Overloaded { in_flight, limit } => json!({
+                "in_flight": in_flight,
+                "limit": limit,
+                "may_have_written": false,
+            }),
             ApiError::NotEnoughNodes {
                 replication_factor,
                 nodes,
@@ -326,6 +344,7 @@ impl ApiError {
                 node: node.to_string(),
             },
             PutError::UnknownOrigin { key, tag } => ApiError::UnknownOrigin { key, tag },
+            PutError::Overloaded { in_flight, limit } => ApiError::Overloaded { in_flight, limit },
             PutError::Shutdown => ApiError::ShuttingDown,
             other => ApiError::Storage(other.to_string()),
         }
@@ -354,6 +373,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if matches!(self, ApiError::Overloaded { .. }) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }

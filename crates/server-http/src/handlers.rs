@@ -93,6 +93,7 @@ fn outcome_of(error: &ApiError) -> PutOutcome {
         ApiError::NotEnoughNodes { .. } => PutOutcome::NotEnoughNodes,
         ApiError::CommitNotReached { .. } => PutOutcome::CommitNotReached,
         ApiError::Timeout { .. } => PutOutcome::Timeout,
+        ApiError::Overloaded { .. } => PutOutcome::Overloaded,
         _ => PutOutcome::Error,
     }
 }

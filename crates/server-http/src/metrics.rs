@@ -31,11 +31,12 @@ pub(crate) enum PutOutcome {
     NotEnoughNodes,
     CommitNotReached,
     Timeout,
+    Overloaded,
     Error,
 }
 
 impl PutOutcome {
-    const ALL: [PutOutcome; 8] = [
+    const ALL: [PutOutcome; 9] = [
         PutOutcome::Created,
         PutOutcome::Existing,
         PutOutcome::Conflict,
@@ -43,6 +44,7 @@ impl PutOutcome {
         PutOutcome::NotEnoughNodes,
         PutOutcome::CommitNotReached,
         PutOutcome::Timeout,
+        PutOutcome::Overloaded,
         PutOutcome::Error,
     ];
 
@@ -55,6 +57,7 @@ impl PutOutcome {
             PutOutcome::NotEnoughNodes => "not_enough_nodes",
             PutOutcome::CommitNotReached => "commit_not_reached",
             PutOutcome::Timeout => "timeout",
+            PutOutcome::Overloaded => "overloaded",
             PutOutcome::Error => "error",
         }
     }

@@ -1027,3 +1027,24 @@ async fn sixteen_mib_of_one_character_lines_is_refused_at_once() {
     assert!(n.storage.is_empty());
     eprintln!("refused in {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn over_the_puts_in_flight_bound_is_503_overloaded_with_retry_after() {
+    let mut opts = options(2, CommitLevel::One);
+    opts.max_puts_in_flight = 1;
+    let n = node(opts, &["n2"], None, ApiConfig::default());
+    n.net.set_fault("n2", Some(Fault::Hang));
+    let a = call(&n.app, Method::POST, "/events", "{}").await;
+    assert_eq!(
+        a.status,
+        StatusCode::CREATED,
+        "ONE: the local write answers"
+    );
+    // Its write to the hung n2 is still running: no room for another.
+    let a = call(&n.app, Method::POST, "/events", "{\"second\":1}").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.code(), "overloaded");
+    assert_eq!(a.header("retry-after"), Some("1"));
+    assert_eq!(a.json()["error"]["may_have_written"], false);
+    assert_eq!(n.storage.len(), 1, "the refused event was not written");
+}
