@@ -33,6 +33,8 @@ struct Inner {
     stats: AtomicStats,
     /// Reads from peers for [`Coordinator::get`]; `None`: local reads only.
     reader: RwLock<Option<Arc<dyn PeerReader>>>,
+    /// Bounds the peer reads in flight (`Options::max_peer_reads`).
+    read_permits: Arc<tokio::sync::Semaphore>,
     /// Puts whose writes have not all finished yet.
     running: watch::Sender<usize>,
 }
@@ -72,6 +74,7 @@ impl Coordinator {
         };
         let (reports, _) = broadcast::channel(1024);
         let keys = KeyGenerator::new().with_origin(origin_tag(local.as_str()));
+        let max_peer_reads = options.max_peer_reads;
         Ok(Self {
             inner: Arc::new(Inner {
                 options,
@@ -83,6 +86,7 @@ impl Coordinator {
                 reports,
                 stats: AtomicStats::default(),
                 reader: RwLock::new(None),
+                read_permits: Arc::new(tokio::sync::Semaphore::new(max_peer_reads)),
                 running: watch::Sender::new(0),
             }),
         })
@@ -189,6 +193,11 @@ impl Coordinator {
     /// Runs `f` with the placement RNG locked (never across an `.await`).
     pub(crate) fn with_rng<R>(&self, f: impl FnOnce(&mut StdRng) -> R) -> R {
         f(&mut self.inner.rng.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The permits of peer reads (see `read.rs`).
+    pub(crate) fn read_permits(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.read_permits
     }
 
     /// Where the peer reader lives (see `read.rs`).

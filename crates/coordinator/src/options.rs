@@ -31,6 +31,10 @@ pub struct Options {
     /// anything is written: a slow peer cannot make the node queue without
     /// bound.
     pub max_puts_in_flight: usize,
+    /// At most this many reads from peers run at once in the whole node
+    /// (default 256); a peer read that finds no room within `read_timeout`
+    /// fails (the read answers "unavailable").
+    pub max_peer_reads: usize,
     /// How long a read of one event from one peer may take
     /// ([`crate::Coordinator::get`]; default 2 s).
     pub read_timeout: Duration,
@@ -49,6 +53,7 @@ impl Default for Options {
             deadline: Duration::from_secs(5),
             max_replacements: 8,
             max_puts_in_flight: 65_536,
+            max_peer_reads: 256,
             read_timeout: Duration::from_secs(2),
             rng_seed: None,
         }
@@ -79,6 +84,9 @@ impl Options {
         }
         if self.max_puts_in_flight == 0 {
             return Err(OptionsError::ZeroLimit("max_puts_in_flight"));
+        }
+        if self.max_peer_reads == 0 {
+            return Err(OptionsError::ZeroLimit("max_peer_reads"));
         }
         if self.read_timeout.is_zero() {
             return Err(OptionsError::ZeroDuration("read_timeout"));

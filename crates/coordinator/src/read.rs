@@ -4,12 +4,14 @@ use std::sync::Arc;
 
 use alldata_keygen::EventKey;
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 
 use crate::coordinator::Coordinator;
 use crate::error::TransportError;
 use crate::outcome::{ReadFailure, ReadOutcome, ReadSource};
 use crate::transport::PeerReader;
+
+/// Peers one read asks at once.
+const PEER_READS_PER_GET: usize = 8;
 
 impl Coordinator {
     /// Lets [`Coordinator::get`] ask peers through `reader` (e.g. the HTTP peer
@@ -36,8 +38,9 @@ impl Coordinator {
     }
 
     /// Reads the event stored under `key`: from the local storage, else from
-    /// the peers, all asked at once (each within `Options::read_timeout`); the
-    /// first peer that has it answers.
+    /// the peers, up to eight at once (each within `Options::read_timeout`,
+    /// and at most `Options::max_peer_reads` in the whole node); the first
+    /// peer that has it answers.
     ///
     /// [`ReadOutcome::NotFound`] only when the local storage and every peer
     /// said "not found"; when some could not answer,
@@ -64,19 +67,31 @@ impl Coordinator {
         if let Some(reader) = self.peer_reader() {
             let timeout = self.options().read_timeout;
             let topology = self.topology();
-            let mut reads: FuturesUnordered<_> = topology
-                .peers()
-                .cloned()
-                .map(|peer| {
-                    let reader = Arc::clone(&reader);
-                    async move {
-                        let result = tokio::time::timeout(timeout, reader.get(&peer, key))
-                            .await
-                            .unwrap_or(Err(TransportError::Timeout));
-                        (peer.id, result)
-                    }
-                })
-                .collect();
+            let permits = Arc::clone(self.read_permits());
+            // At most PEER_READS_PER_GET at once for this read, and at most
+            // `max_peer_reads` in the whole node: a storm of misses cannot
+            // fan out without bound (a read that finds no permit within the
+            // read timeout counts as a peer that did not answer).
+            let mut reads = futures::stream::iter(topology.peers().cloned().map(|peer| {
+                let reader = Arc::clone(&reader);
+                let permits = Arc::clone(&permits);
+                async move {
+                    let permit = tokio::time::timeout(timeout, permits.acquire_owned()).await;
+                    let Ok(Ok(_permit)) = permit else {
+                        return (
+                            peer.id,
+                            Err(TransportError::Rejected(
+                                "too many peer reads in flight on this node".into(),
+                            )),
+                        );
+                    };
+                    let result = tokio::time::timeout(timeout, reader.get(&peer, key))
+                        .await
+                        .unwrap_or(Err(TransportError::Timeout));
+                    (peer.id, result)
+                }
+            }))
+            .buffer_unordered(PEER_READS_PER_GET);
             while let Some((node, result)) = reads.next().await {
                 match result {
                     Ok(Some(event)) => {

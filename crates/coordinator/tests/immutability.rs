@@ -99,6 +99,7 @@ fn cluster(seed: u64) -> Cluster {
             read_timeout: Duration::from_millis(200),
             max_replacements: 4,
             max_puts_in_flight: 1_000,
+            max_peer_reads: 64,
             rng_seed: Some(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
         };
         let c = Coordinator::new(

@@ -161,3 +161,34 @@ async fn without_a_reader_only_the_local_storage_is_read() {
         ReadOutcome::NotFound { asked: Vec::new() }
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn peer_reads_are_bounded_in_the_whole_node() {
+    let mut options = opts(1, 0, 0);
+    options.max_peer_reads = 1;
+    options.read_timeout = Duration::from_millis(300);
+    let n = node(options, &[("p1", local()), ("p2", local())]);
+    n.coord.set_peer_reader(n.net.reader("local"));
+    n.net.set_fault("p1", Some(Fault::Hang));
+    n.net.set_fault("p2", Some(Fault::Hang));
+    let started = tokio::time::Instant::now();
+    match n.coord.get(key(9)).await {
+        ReadOutcome::Unavailable { failures, .. } => assert_eq!(failures.len(), 2),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    // One permit: the two reads ran one after the other, not at once.
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    // The permit is back once the read ended.
+    n.net.set_fault("p1", None);
+    n.net.set_fault("p2", None);
+    n.net
+        .storage("p2")
+        .put_now(key(9), Bytes::from_static(b"9"))
+        .unwrap();
+    let found = n.coord.get(key(9)).await;
+    assert_eq!(found.event(), Some(&Bytes::from_static(b"9")));
+}

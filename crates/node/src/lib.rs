@@ -308,7 +308,8 @@ async fn bind(
 }
 
 impl Node {
-    /// Binds both ports, opens the storage and starts serving.
+    /// Opens the storage (recounting after a crash), binds both ports and
+    /// starts serving.
     ///
     /// Fails with a typed [`NodeError`] on a taken port, a locked or
     /// unwritable data directory, impossible options, a bad peer, or an empty
@@ -319,20 +320,31 @@ impl Node {
         }
         config.options.validate()?;
         check_peers(&config)?;
-        let (api_listener, api_addr) = bind(config.listen, "client API").await?;
-        let (peer_listener, peer_addr) = bind(config.peer_listen, "peer endpoint").await?;
-
+        // The storage first: after a crash its open recounts the open
+        // intervals, and until the ports are bound peers see a refused
+        // connection (a clear "not here"), not one that never answers.
         let storage_options = alldata_storage_leveldb::Options::new(&config.data_dir)
             .durability(config.durability)
             .write_buffer_bytes(config.write_buffer_bytes);
-        let storage = Arc::new(
-            LevelDbStorage::open(storage_options)
-                .await
-                .map_err(|source| NodeError::Storage {
-                    path: config.data_dir.clone(),
-                    source,
-                })?,
-        );
+        let storage = LevelDbStorage::open(storage_options)
+            .await
+            .map_err(|source| NodeError::Storage {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        let bound = async {
+            let api = bind(config.listen, "client API").await?;
+            let peer = bind(config.peer_listen, "peer endpoint").await?;
+            Ok::<_, NodeError>((api, peer))
+        };
+        let ((api_listener, api_addr), (peer_listener, peer_addr)) = match bound.await {
+            Ok(bound) => bound,
+            Err(e) => {
+                storage.close().await;
+                return Err(e);
+            }
+        };
+        let storage = Arc::new(storage);
         let dyn_storage: Arc<dyn Storage> = storage.clone();
         // The storage logs each closed interval itself and nothing in the node
         // consumes the notifications, so the receiver is dropped rather than
