@@ -248,6 +248,31 @@ fn check(c: &Cluster, log: &Log) -> Result<(), String> {
     Ok(())
 }
 
+/// A put of `bytes` under `key` at `node`, recorded with what it was told.
+fn put(
+    c: &Arc<Cluster>,
+    log: &Arc<Mutex<Log>>,
+    op: usize,
+    node: usize,
+    key: EventKey,
+    bytes: Bytes,
+    level: CommitLevel,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (c, log) = (Arc::clone(c), Arc::clone(log));
+    async move {
+        let r = c.nodes[node]
+            .put_with(key, bytes.clone(), PutOptions::level(level))
+            .await;
+        log.lock().unwrap().puts.push(PutRecord {
+            op,
+            node,
+            key,
+            bytes,
+            told: told(&r, level),
+        });
+    }
+}
+
 /// Clears every fault: nodes up, links healed, storages healthy.
 fn heal(c: &Cluster) {
     c.net.heal();
@@ -404,19 +429,7 @@ fn run_schedule(seed: u64) -> Result<Tally, String> {
                     let v = rng.random_range(0..3);
                     let bytes = Bytes::from(format!("{{\"client\":{v}}}"));
                     trace.push(format!("{op}: put {key} = {v} at n{node} {lvl}"));
-                    let (c, log) = (Arc::clone(&c), Arc::clone(&log));
-                    tasks.spawn(async move {
-                        let r = c.nodes[node]
-                            .put_with(key, bytes.clone(), PutOptions::level(lvl))
-                            .await;
-                        log.lock().unwrap().puts.push(PutRecord {
-                            op,
-                            node,
-                            key,
-                            bytes,
-                            told: told(&r, lvl),
-                        });
-                    });
+                    tasks.spawn(put(&c, &log, op, node, key, bytes, lvl));
                 }
                 11..=13 => {
                     // A generated key again: the same bytes (a retry) or others.
@@ -432,19 +445,7 @@ fn run_schedule(seed: u64) -> Result<Tally, String> {
                         }
                     };
                     trace.push(format!("{op}: put generated {key} at n{node} {lvl}"));
-                    let (c, log) = (Arc::clone(&c), Arc::clone(&log));
-                    tasks.spawn(async move {
-                        let r = c.nodes[node]
-                            .put_with(key, bytes.clone(), PutOptions::level(lvl))
-                            .await;
-                        log.lock().unwrap().puts.push(PutRecord {
-                            op,
-                            node,
-                            key,
-                            bytes,
-                            told: told(&r, lvl),
-                        });
-                    });
+                    tasks.spawn(put(&c, &log, op, node, key, bytes, lvl));
                 }
                 14..=15 => {
                     let key = if rng.random_bool(0.5) {

@@ -220,6 +220,26 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Drives `conn` to its end; when `stop` says so first, asks it to shut down
+/// gracefully (with `graceful`) and lets it finish.
+async fn until_stopped<C, T>(
+    conn: C,
+    stop: &mut watch::Receiver<bool>,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) -> T
+where
+    C: Future<Output = T>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result,
+        () = stopped(stop) => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+    }
+}
+
 /// Serves one connection until it closes, or until `stop` says so (then
 /// gracefully: requests in flight finish).
 async fn connection(
@@ -259,27 +279,13 @@ async fn connection(
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => result,
-            () = stopped(&mut stop) => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        until_stopped(conn, &mut stop, |c| c.graceful_shutdown()).await
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => result,
-            () = stopped(&mut stop) => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        until_stopped(conn, &mut stop, |c| c.graceful_shutdown()).await
     };
     if let Err(error) = result {
         tracing::debug!(%error, "connection ended with an error");
