@@ -58,6 +58,7 @@ pub struct Options {
     pub(crate) paranoid_checks: bool,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) rotation_check: Option<Duration>,
+    pub(crate) follow_clock_jumps: bool,
     pub(crate) max_batch: usize,
     pub(crate) queue_depth: usize,
 }
@@ -79,6 +80,7 @@ impl Options {
             paranoid_checks: false,
             clock: Arc::new(SystemClock),
             rotation_check: Some(Duration::from_secs(1)),
+            follow_clock_jumps: false,
             max_batch: 1024,
             queue_depth: 8192,
         }
@@ -155,6 +157,20 @@ impl Options {
         self
     }
 
+    /// Whether closing intervals follows the clock however far it jumps
+    /// (default `false`). By default, between two checks the closing clock
+    /// advances at most by the real time elapsed, plus a tenth, plus a second:
+    /// a forward jump of the wall clock (a bad NTP step, an operator typo) is
+    /// logged and followed only at that pace, so intervals are not closed (and
+    /// the node's own later writes refused) because of it. A restart trusts
+    /// the clock again. Tests that move a [`alldata_keygen::ManualClock`] by
+    /// hours at once turn this on.
+    #[must_use]
+    pub fn follow_clock_jumps(mut self, follow: bool) -> Self {
+        self.follow_clock_jumps = follow;
+        self
+    }
+
     /// The most puts the writer gathers into one write batch (and, in
     /// [`Durability::Sync`], one `fsync`). `1` turns group commit off: one sync
     /// per put, the naive baseline. Values below 1 count as 1.
@@ -185,6 +201,7 @@ impl fmt::Debug for Options {
             .field("write_buffer_bytes", &self.write_buffer_bytes)
             .field("paranoid_checks", &self.paranoid_checks)
             .field("rotation_check", &self.rotation_check)
+            .field("follow_clock_jumps", &self.follow_clock_jumps)
             .field("max_batch", &self.max_batch)
             .field("queue_depth", &self.queue_depth)
             .finish_non_exhaustive()

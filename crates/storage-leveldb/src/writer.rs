@@ -24,6 +24,10 @@ use crate::options::{Durability, Options};
 /// long pause or a clock jump); intervals that hold events are always reported.
 const MAX_EMPTY_CLOSES: u64 = 10_000;
 
+/// How far the closing clock may run ahead of the real time elapsed between
+/// two interval checks.
+const CLOCK_SLACK_MS: u64 = 1_000;
+
 /// A sync-mode batch waits for the callers of the previous batch at most half
 /// as long as the last sync took, and never longer than this.
 const MAX_GATHER_WAIT: Duration = Duration::from_millis(1);
@@ -78,6 +82,13 @@ pub(crate) fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
 pub(crate) struct Writer {
     db: Db,
     clock: Arc<dyn Clock>,
+    /// The clock reading the last interval check used, and when (monotonic).
+    closing_ms: u64,
+    closing_at: Instant,
+    /// Whether checks follow any jump of the clock (see `Options`).
+    follow_clock_jumps: bool,
+    /// A jump is being absorbed (logged once).
+    absorbing_jump: bool,
     length: IntervalLength,
     window: AcceptWindow,
     sync: bool,
@@ -158,6 +169,10 @@ impl Writer {
         Ok(Writer {
             db,
             clock: options.clock.clone(),
+            closing_ms: now,
+            closing_at: Instant::now(),
+            follow_clock_jumps: options.follow_clock_jumps,
+            absorbing_jump: false,
             length,
             window: options.window,
             sync: options.durability == Durability::Sync,
@@ -379,8 +394,40 @@ impl Writer {
 
     /// Closes every interval that left the acceptance window, records it, and
     /// reports it.
+    /// The time interval closing goes by: the clock, unless it jumped ahead
+    /// of the real time elapsed since the last check (see
+    /// `Options::follow_clock_jumps`).
+    fn closing_now(&mut self) -> u64 {
+        let wall = self.clock.now_ms();
+        let now = if self.follow_clock_jumps {
+            wall
+        } else {
+            let elapsed = u64::try_from(self.closing_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let bound = self
+                .closing_ms
+                .saturating_add(elapsed.saturating_add(elapsed / 10))
+                .saturating_add(CLOCK_SLACK_MS);
+            if wall > bound {
+                if !self.absorbing_jump {
+                    tracing::warn!(
+                        ahead_ms = wall - bound,
+                        "the wall clock jumped ahead of the time elapsed; closing intervals follows it only at a bounded pace"
+                    );
+                }
+                self.absorbing_jump = true;
+                bound
+            } else {
+                self.absorbing_jump = false;
+                wall
+            }
+        };
+        self.closing_ms = now;
+        self.closing_at = Instant::now();
+        now
+    }
+
     pub(crate) fn check(&mut self) -> Result<Vec<IntervalClosed>, StorageError> {
-        let now = self.clock.now_ms();
+        let now = self.closing_now();
         let oldest = self.window.oldest_ms(self.length, now);
         let len = self.length.as_millis();
         let mut starts: BTreeSet<u64> = self.counts.range(..oldest).map(|(s, _)| *s).collect();

@@ -206,6 +206,8 @@ async fn open_at(
             .accept_window(window)
             .durability(Durability::Buffered)
             .clock(Arc::new(clock.clone()))
+            // These tests move the clock by hours at once on purpose.
+            .follow_clock_jumps(true)
             .rotation_check(None),
     )
     .await
@@ -353,6 +355,49 @@ async fn check_key_agrees_with_put_including_closed_intervals() {
     let closed = store.check_key(key_at(at(4, 30))).unwrap_err();
     assert!(closed.contains("its interval is closed"), "{closed}");
     rejected(store.put(key_at(at(4, 30)), Bytes::new()).await);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_forward_jump_of_the_clock_does_not_make_the_node_refuse_its_own_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T);
+    let store = LevelDbStorage::open(
+        Options::new(dir.path())
+            .interval_length(IntervalLength::Hour)
+            .durability(Durability::Buffered)
+            .clock(Arc::new(clock.clone()))
+            .rotation_check(None),
+    )
+    .await
+    .expect("open");
+    assert_eq!(
+        store.put(key_at(T), Bytes::new()).await,
+        Ok(PutStatus::Stored)
+    );
+    // The wall clock jumps three days ahead, checks run, and it comes back.
+    clock.set(T + 72 * HOUR);
+    let closed = store.check_intervals().await.unwrap();
+    assert!(closed.is_empty(), "closed on a jump: {closed:?}");
+    clock.set(T + 10);
+    assert_eq!(
+        store.put(key_at(T + 5), Bytes::new()).await,
+        Ok(PutStatus::Stored),
+        "the node's own write after the clock came back"
+    );
+    store.check_key(key_at(T + 6)).unwrap();
+    store.close().await;
+    // A restart trusts the clock again: real time passing closes as before.
+    let (store, clock) = open_at(
+        dir.path(),
+        IntervalLength::Hour,
+        AcceptWindow::default(),
+        T + 10,
+    )
+    .await;
+    clock.set(T + 3 * HOUR);
+    let closed = store.check_intervals().await.unwrap();
+    assert!(!closed.is_empty());
     store.close().await;
 }
 
