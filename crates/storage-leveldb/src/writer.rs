@@ -24,6 +24,13 @@ use crate::options::{Durability, Options};
 /// long pause or a clock jump); intervals that hold events are always reported.
 const MAX_EMPTY_CLOSES: u64 = 10_000;
 
+/// The most event bytes the writer gathers into one write batch (a single
+/// larger command still goes alone).
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long the sync-mode gather sleeps between looks at the queue.
+const GATHER_STEP: Duration = Duration::from_micros(20);
+
 /// How far the closing clock may run ahead of the real time elapsed between
 /// two interval checks.
 const CLOCK_SLACK_MS: u64 = 1_000;
@@ -63,6 +70,39 @@ pub(crate) enum Command {
     Compact {
         reply: oneshot::Sender<Result<(), StorageError>>,
     },
+}
+
+/// Events and bytes a command carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Load {
+    pub(crate) events: usize,
+    pub(crate) bytes: usize,
+}
+
+impl Load {
+    fn add(self, other: Load) -> Load {
+        Load {
+            events: self.events + other.events,
+            bytes: self.bytes.saturating_add(other.bytes),
+        }
+    }
+}
+
+impl Command {
+    /// What this command adds to a write batch.
+    pub(crate) fn load(&self) -> Load {
+        match self {
+            Command::Put { event, .. } => Load {
+                events: 1,
+                bytes: event.len(),
+            },
+            Command::PutMany { events, .. } => Load {
+                events: events.len(),
+                bytes: events.iter().map(|(_, e)| e.len()).sum(),
+            },
+            Command::Check { .. } | Command::Compact { .. } => Load::default(),
+        }
+    }
 }
 
 /// The result of one put inside a batch.
@@ -205,23 +245,41 @@ impl Writer {
         // Puts in the previous batch: about how many callers are writing.
         let mut expected = 1usize;
         while let Some(first) = rx.blocking_recv() {
+            // A batch is bounded by events and bytes, not by commands: one
+            // command may carry a whole group of events.
+            let mut load = first.load();
             commands.push(first);
-            while commands.len() < max_batch {
+            let room = |commands: &Vec<Command>, load: Load| {
+                commands.len() < max_batch
+                    && load.events < max_batch
+                    && load.bytes < MAX_BATCH_BYTES
+            };
+            while room(&commands, load) {
                 match rx.try_recv() {
-                    Ok(c) => commands.push(c),
+                    Ok(c) => {
+                        load = load.add(c.load());
+                        commands.push(c);
+                    }
                     Err(_) => break,
                 }
             }
             // In sync mode the callers answered by the last batch come back
             // within microseconds; waiting briefly for them keeps one sync per
-            // round instead of alternating small and large batches.
+            // round instead of alternating small and large batches. The wait
+            // sleeps in small steps rather than spinning.
             if sync && commands.len() < expected {
                 let last_write = lock(writer).last_write;
                 let deadline = Instant::now() + (last_write / 2).min(MAX_GATHER_WAIT);
-                while commands.len() < expected && Instant::now() < deadline {
+                while commands.len() < expected
+                    && room(&commands, load)
+                    && Instant::now() < deadline
+                {
                     match rx.try_recv() {
-                        Ok(c) => commands.push(c),
-                        Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
+                        Ok(c) => {
+                            load = load.add(c.load());
+                            commands.push(c);
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(GATHER_STEP),
                         Err(mpsc::error::TryRecvError::Disconnected) => break,
                     }
                 }
@@ -467,5 +525,44 @@ impl Writer {
             let _ = self.events.send(event.clone());
         }
         Ok(closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_s_load_counts_events_and_bytes() {
+        let key = alldata_keygen::KeyGenerator::new().generate();
+        let (reply, _) = oneshot::channel();
+        let many = Command::PutMany {
+            events: vec![
+                (key, Bytes::from_static(b"abc")),
+                (key, Bytes::from_static(b"de")),
+            ],
+            reply,
+        };
+        assert_eq!(
+            many.load(),
+            Load {
+                events: 2,
+                bytes: 5
+            }
+        );
+        let (reply, _) = oneshot::channel();
+        let one = Command::Put {
+            key,
+            event: Bytes::from_static(b"x"),
+            reply,
+        };
+        assert_eq!(
+            one.load().add(many.load()),
+            Load {
+                events: 3,
+                bytes: 6
+            }
+        );
+        assert_eq!(Command::Check { reply: None }.load(), Load::default());
     }
 }
