@@ -439,9 +439,11 @@ impl Node {
         &self.coordinator
     }
 
-    /// Graceful shutdown: stop accepting, finish requests in flight, let
-    /// background replica writes finish (at most `drain_for`), flush and close
-    /// the storage.
+    /// Graceful shutdown within `drain_for`: stop accepting, let requests in
+    /// flight and background replica writes finish (cut off at the deadline),
+    /// record a clean stop and close the storage (when background writes still
+    /// hold it at the deadline, its writer is stopped anyway and the database
+    /// closes once they let go).
     pub async fn shutdown(self, drain_for: Duration) {
         let Node {
             id,
@@ -452,24 +454,34 @@ impl Node {
             ..
         } = self;
         let _ = stop.send(true);
-        for s in servers {
-            match s.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(%id, error = %e, "server ended with an error"),
-                Err(e) => tracing::warn!(%id, error = %e, "server task failed"),
+        // Requests in flight finish, within the same deadline as the drain.
+        let until = tokio::time::Instant::now() + drain_for;
+        for mut s in servers {
+            match tokio::time::timeout_at(until, &mut s).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(%id, error = %e, "server ended with an error"),
+                Ok(Err(e)) => tracing::warn!(%id, error = %e, "server task failed"),
+                Err(_) => {
+                    tracing::warn!(%id, "requests still running at the shutdown deadline; cut off");
+                    s.abort();
+                }
             }
         }
-        if tokio::time::timeout(drain_for, coordinator.drain())
+        if tokio::time::timeout_at(until, coordinator.drain())
             .await
             .is_err()
         {
-            tracing::warn!(%id, running = coordinator.running_puts(), "background replica writes still running at shutdown");
+            tracing::warn!(%id, running = coordinator.running_puts(), "background replica writes still running at the shutdown deadline");
         }
         drop(coordinator);
         match Arc::try_unwrap(storage) {
             Ok(storage) => storage.close().await,
-            Err(_) => {
-                tracing::warn!(%id, "storage still in use at shutdown; it closes when released")
+            Err(storage) => {
+                // Background writes still hold the store: stop its writer
+                // anyway, so the clean stop is recorded; their late writes
+                // fail, and the database closes when they let go.
+                storage.shutdown().await;
+                tracing::warn!(%id, "storage shut down while background writes still held it");
             }
         }
         tracing::info!(%id, "node stopped");

@@ -147,3 +147,67 @@ async fn a_replication_factor_above_the_node_count_is_refused() {
         other => panic!("expected NotEnoughNodes, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_and_records_a_clean_stop_despite_background_writes() {
+    use alldata_node::PeerSpec;
+    // A "peer" that accepts connections and never answers.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.options.replication_factor = 2;
+    config.options.commit_level = alldata_coordinator::CommitLevel::One;
+    config.options.replica_timeout = Duration::from_secs(1);
+    config.options.deadline = Duration::from_secs(2);
+    config.peers = vec![PeerSpec {
+        id: "hung".into(),
+        address: hung_addr.to_string(),
+        location: Default::default(),
+    }];
+    let node = Node::start(config).await.expect("node");
+    let mut stream = tokio::net::TcpStream::connect(node.api_addr())
+        .await
+        .unwrap();
+    let body = r#"{"a":1}"#;
+    let request = format!(
+        "POST /events HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    // The write to the hung peer is still running when the shutdown starts.
+    let started = std::time::Instant::now();
+    node.shutdown(Duration::from_millis(200)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Once the background write lets go, the directory opens, cleanly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let store = loop {
+        match alldata_storage_leveldb::LevelDbStorage::open(alldata_storage_leveldb::Options::new(
+            dir.path(),
+        ))
+        .await
+        {
+            Ok(store) => break store,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(store.opened_clean(), "the shutdown recorded a clean stop");
+    store.close().await;
+}

@@ -66,6 +66,7 @@ pub struct LevelDbStorage {
     clock: Arc<dyn Clock>,
     /// The end of the last closed interval, kept by the writer.
     closed_mark: Arc<AtomicU64>,
+    opened_clean: bool,
 }
 
 impl std::fmt::Debug for LevelDbStorage {
@@ -128,6 +129,7 @@ impl LevelDbStorage {
         let (tx, rx) = mpsc::channel(options.queue_depth);
         let (done_tx, done_rx) = oneshot::channel();
         let closed_mark = Arc::clone(&writer.closed_mark);
+        let opened_clean = writer.opened_clean;
         let writer = Arc::new(Mutex::new(writer));
         let thread_writer = Arc::clone(&writer);
         let spawned = std::thread::Builder::new()
@@ -174,6 +176,7 @@ impl LevelDbStorage {
             durability: options.durability,
             clock: options.clock,
             closed_mark,
+            opened_clean,
         })
     }
 
@@ -238,6 +241,26 @@ impl LevelDbStorage {
             .await
             .map_err(|_| closed_error())?;
         rx.await.map_err(|_| closed_error())?
+    }
+
+    /// Stops the writer through a shared handle: the puts queued before are
+    /// written, the open intervals' counts and the clean-shutdown marker are
+    /// recorded, and every later put fails as closed. For a shutdown that
+    /// cannot wait for every holder of the store to let go (background
+    /// writes past a deadline); the database itself closes when the last
+    /// handle is dropped. Calling it again does nothing.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Whether the last shutdown before this open was clean (no recount was
+    /// needed); `false` after a crash, for a new database, or one written by an
+    /// earlier format.
+    pub fn opened_clean(&self) -> bool {
+        self.opened_clean
     }
 
     /// Stops the writer after the puts already queued and closes the database.

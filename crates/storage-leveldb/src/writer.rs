@@ -70,6 +70,33 @@ pub(crate) enum Command {
     Compact {
         reply: oneshot::Sender<Result<(), StorageError>>,
     },
+    /// Write what came before, record a clean shutdown and stop: later puts
+    /// fail as "closed".
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// Answers a command that arrived after the shutdown: the store is closed.
+fn answer_closed(command: Command) {
+    let closed = || StorageError::Failed("the LevelDB storage is closed".into());
+    match command {
+        Command::Put { reply, .. } => {
+            let _ = reply.send(Err(closed()));
+        }
+        Command::PutMany { events, reply } => {
+            let _ = reply.send(events.iter().map(|_| Err(closed())).collect());
+        }
+        Command::Check { reply } => {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(closed()));
+            }
+        }
+        Command::Compact { reply } => {
+            let _ = reply.send(Err(closed()));
+        }
+        Command::Shutdown { reply } => {
+            let _ = reply.send(());
+        }
+    }
 }
 
 /// Events and bytes a command carries.
@@ -100,7 +127,9 @@ impl Command {
                 events: events.len(),
                 bytes: events.iter().map(|(_, e)| e.len()).sum(),
             },
-            Command::Check { .. } | Command::Compact { .. } => Load::default(),
+            Command::Check { .. } | Command::Compact { .. } | Command::Shutdown { .. } => {
+                Load::default()
+            }
         }
     }
 }
@@ -129,6 +158,10 @@ pub(crate) struct Writer {
     follow_clock_jumps: bool,
     /// A jump is being absorbed (logged once).
     absorbing_jump: bool,
+    /// Shut down: nothing more is written.
+    closed: bool,
+    /// The database had a clean-shutdown marker (and fitting records) at open.
+    pub(crate) opened_clean: bool,
     length: IntervalLength,
     window: AcceptWindow,
     sync: bool,
@@ -180,7 +213,8 @@ impl Writer {
         // now on is seen at the next open.
         let mut batch = Writebatch::new();
         db::set_clean_marker(&mut batch, false);
-        if clean && open.iter().all(|r| r.length_ms == len) {
+        let opened_clean = clean && open.iter().all(|r| r.length_ms == len);
+        if opened_clean {
             counts.extend(open.iter().map(|r| (r.start_ms, r.count)));
             db.write(&batch, true)?;
         } else {
@@ -213,6 +247,8 @@ impl Writer {
             closing_at: Instant::now(),
             follow_clock_jumps: options.follow_clock_jumps,
             absorbing_jump: false,
+            closed: false,
+            opened_clean,
             length,
             window: options.window,
             sync: options.durability == Durability::Sync,
@@ -289,6 +325,25 @@ impl Writer {
                 .iter()
                 .filter(|c| matches!(c, Command::Put { .. } | Command::PutMany { .. }))
                 .count();
+            let stop = commands
+                .iter()
+                .position(|c| matches!(c, Command::Shutdown { .. }));
+            if let Some(at) = stop {
+                let later: Vec<Command> = commands.drain(at..).collect();
+                let mut w = lock(writer);
+                w.process(&mut commands);
+                w.shut_down();
+                drop(w);
+                // What came with or after the shutdown finds the store closed.
+                for command in later {
+                    answer_closed(command);
+                }
+                rx.close();
+                while let Ok(command) = rx.try_recv() {
+                    answer_closed(command);
+                }
+                return;
+            }
             lock(writer).process(&mut commands);
             expected = puts.clamp(1, max_batch);
         }
@@ -296,8 +351,14 @@ impl Writer {
     }
 
     /// Writes the open intervals' counts and the clean-shutdown marker, so the
-    /// next open need not recount. On failure the next open recounts.
+    /// next open need not recount. On failure the next open recounts. Once
+    /// done, nothing more is written (a caller writing inline finds the
+    /// writer closed).
     fn shut_down(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
         let len = self.length.as_millis();
         let mut batch = Writebatch::new();
         for (start, count) in &self.counts {
@@ -310,6 +371,12 @@ impl Writer {
     }
 
     pub(crate) fn process(&mut self, commands: &mut Vec<Command>) {
+        if self.closed {
+            for command in commands.drain(..) {
+                answer_closed(command);
+            }
+            return;
+        }
         let now = self.clock.now_ms();
         let mut batch = Writebatch::new();
         let mut pending: HashMap<EventKey, Bytes> = HashMap::new();
@@ -348,6 +415,11 @@ impl Writer {
                 }
                 Command::Check { reply } => checks.push(reply),
                 Command::Compact { reply } => compactions.push(reply),
+                // `run` splits batches at a shutdown; one reaching here (an
+                // inline caller cannot send it) is answered as done.
+                Command::Shutdown { reply } => {
+                    let _ = reply.send(());
+                }
             }
         }
         if !delta.is_empty() {

@@ -126,6 +126,10 @@ async fn acknowledged_sync_puts_survive_sigkill() {
         let store = LevelDbStorage::open(Options::new(&db))
             .await
             .expect("reopen after kill");
+        assert!(
+            !store.opened_clean(),
+            "a killed writer left no clean marker"
+        );
         let mut lost = 0;
         for key in &acked {
             match store.get(*key).await {
@@ -544,4 +548,34 @@ async fn close_then_open_at_once_never_finds_the_lock_held() {
         );
         store.close().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_through_a_shared_handle_records_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path(), Durability::Sync).await);
+    assert!(!store.opened_clean(), "a new database");
+    let keys = keys_spread(now_ms(), 5, 3);
+    store.put(keys[0], event_for(&keys[0], 10)).await.unwrap();
+    // Another holder (a background write past the deadline) keeps the store.
+    let holder = Arc::clone(&store);
+    store.shutdown().await;
+    match holder.put(keys[1], event_for(&keys[1], 10)).await {
+        Err(StorageError::Failed(m)) => assert!(m.contains("closed"), "{m}"),
+        other => panic!("a put after shutdown: {other:?}"),
+    }
+    store.shutdown().await; // again: nothing happens
+    drop(holder);
+    Arc::into_inner(store)
+        .expect("the last handle")
+        .close()
+        .await;
+    let store = open(dir.path(), Durability::Sync).await;
+    assert!(store.opened_clean(), "the shutdown recorded a clean stop");
+    assert_eq!(
+        store.get(keys[0]).await.unwrap(),
+        Some(event_for(&keys[0], 10))
+    );
+    assert_eq!(store.get(keys[1]).await.unwrap(), None);
+    store.close().await;
 }
