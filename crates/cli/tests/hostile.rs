@@ -39,7 +39,7 @@ async fn eleven_hundred_idle_connections_do_not_stop_the_node_from_answering() {
     let c = Cluster::start_with(
         1,
         1,
-        &["--max-connections", "256", "--header-timeout-ms", "1000"],
+        &["--max-connections", "256", "--header-timeout-ms", "3000"],
     )
     .await;
     let port = c.nodes[0].api;
@@ -66,7 +66,7 @@ async fn eleven_hundred_idle_connections_do_not_stop_the_node_from_answering() {
     assert!(open_fds(pid) < 600, "{} descriptors open", open_fds(pid));
     // The idle connections are closed after the header timeout; then new
     // clients are served normally.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(4000)).await;
     assert_eq!(status_of(port, "/health").unwrap(), "HTTP/1.1 200 OK");
     let metrics = c
         .client

@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use crate::commit::{CommitLevel, Tracker};
 use crate::driver::{Batch, PeerGroups};
 use crate::error::{OptionsError, PutError};
+use crate::health::PeerScores;
 use crate::options::{Options, PutOptions};
 use crate::outcome::{AtomicStats, Completion, PutAck, ReplicationReport, Stats};
 use crate::placement;
@@ -35,6 +36,8 @@ struct Inner {
     reader: RwLock<Option<Arc<dyn PeerReader>>>,
     /// Bounds the peer reads in flight (`Options::max_peer_reads`).
     read_permits: Arc<tokio::sync::Semaphore>,
+    /// Which peers placement avoids for a while.
+    scores: PeerScores,
     /// Puts whose writes have not all finished yet.
     running: watch::Sender<usize>,
 }
@@ -87,6 +90,7 @@ impl Coordinator {
                 stats: AtomicStats::default(),
                 reader: RwLock::new(None),
                 read_permits: Arc::new(tokio::sync::Semaphore::new(max_peer_reads)),
+                scores: PeerScores::default(),
                 running: watch::Sender::new(0),
             }),
         })
@@ -193,6 +197,19 @@ impl Coordinator {
     /// Runs `f` with the placement RNG locked (never across an `.await`).
     pub(crate) fn with_rng<R>(&self, f: impl FnOnce(&mut StdRng) -> R) -> R {
         f(&mut self.inner.rng.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Peers that kept timing out or refusing connections lately: placement
+    /// avoids them (while enough other nodes exist) until a cooldown passes.
+    pub fn graylisted_peers(&self) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> = self.inner.scores.graylisted().into_iter().collect();
+        peers.sort();
+        peers
+    }
+
+    /// The peer health scores (fed by the driver).
+    pub(crate) fn scores(&self) -> &PeerScores {
+        &self.inner.scores
     }
 
     /// The permits of peer reads (see `read.rs`).
@@ -439,15 +456,17 @@ impl Coordinator {
         let mut slots = Vec::with_capacity(events.len());
         let mut completions = Vec::with_capacity(events.len());
         let mut groups = PeerGroups::default();
+        // Graylisted peers are avoided while enough others exist.
+        let avoid = self.inner.scores.graylisted();
         self.with_rng(|rng| {
             for (i, (key, event, decider)) in events.into_iter().enumerate() {
-                let (peers, mut chosen) =
-                    placement::place(topology, &policy, &mut *rng).map_err(|e| {
-                        PutError::NotEnoughNodes {
-                            replication_factor: e.replication_factor,
-                            nodes: e.nodes,
-                        }
-                    })?;
+                let (peers, mut chosen) = placement::place_avoiding(
+                    topology, &policy, &avoid, &mut *rng,
+                )
+                .map_err(|e| PutError::NotEnoughNodes {
+                    replication_factor: e.replication_factor,
+                    nodes: e.nodes,
+                })?;
                 let mut targets: Vec<Target> = std::iter::once(Target::Local)
                     .chain(peers.into_iter().map(Target::Peer))
                     .collect();

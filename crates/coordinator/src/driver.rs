@@ -239,6 +239,18 @@ impl Batch {
         } = outcome;
         let coordinator = self.coordinator.clone();
         let (rf, stats, reports) = coordinator.report_sinks();
+        if node != self.local {
+            // One verdict per request: any answer clears the peer; only
+            // timeouts and failed connections count against it.
+            if results.iter().any(|r| match r {
+                Ok(_) => true,
+                Err(e) => !e.kind().is_unresponsive(),
+            }) {
+                coordinator.scores().answered(&node);
+            } else if !results.is_empty() {
+                coordinator.scores().unresponsive(&node);
+            }
+        }
         let mut replace: Vec<(usize, Category)> = Vec::new();
         let mut decided = PeerGroups::default();
         for (&i, result) in members.iter().zip(results) {

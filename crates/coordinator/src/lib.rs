@@ -69,6 +69,7 @@ pub mod commit;
 mod coordinator;
 mod driver;
 mod error;
+mod health;
 mod options;
 mod outcome;
 pub mod placement;

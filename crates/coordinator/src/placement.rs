@@ -83,7 +83,17 @@ pub fn place(
             nodes: topology.node_count(),
         });
     }
-    let mut chosen = Chosen::default();
+    place_into(topology, policy, Chosen::default(), rng)
+}
+
+/// [`place`] with some nodes already marked used.
+fn place_into(
+    topology: &Topology,
+    policy: &PlacementPolicy,
+    mut chosen: Chosen,
+    rng: &mut impl Rng,
+) -> Result<(Vec<Peer>, Chosen), NotEnoughNodes> {
+    let rf = policy.replication_factor.max(1);
     chosen.used.insert(topology.local().clone());
     let mut out = Vec::with_capacity(rf - 1);
     let mut need = rf - 1;
@@ -109,6 +119,30 @@ pub fn place(
     }
     debug_assert_eq!(need, 0, "node_count >= rf guarantees enough peers");
     Ok((out, chosen))
+}
+
+/// [`place`], avoiding the peers in `avoid` (graylisted: slow or failing
+/// lately) as long as enough other nodes exist; they stay unused for this
+/// put's replacements too. With too few other nodes, placement ignores
+/// `avoid`.
+pub fn place_avoiding(
+    topology: &Topology,
+    policy: &PlacementPolicy,
+    avoid: &HashSet<NodeId>,
+    rng: &mut impl Rng,
+) -> Result<(Vec<Peer>, Chosen), NotEnoughNodes> {
+    let avoided = topology.peers().filter(|p| avoid.contains(&p.id)).count();
+    if avoided == 0 || topology.node_count() - avoided < policy.replication_factor.max(1) {
+        return place(topology, policy, rng);
+    }
+    let mut chosen = Chosen::default();
+    chosen.used.extend(
+        topology
+            .peers()
+            .filter(|p| avoid.contains(&p.id))
+            .map(|p| p.id.clone()),
+    );
+    place_into(topology, policy, chosen, rng)
 }
 
 /// Chooses one unused peer to take over a failed replica write, preferring the
@@ -238,6 +272,27 @@ mod tests {
             let (p, _) = place(&t, &policy(3, 2, 0), &mut StdRng::seed_from_u64(seed)).unwrap();
             assert!(ids(&p).contains(&"b1"), "seed {seed}: {:?}", ids(&p));
         }
+    }
+
+    #[test]
+    fn avoided_peers_are_skipped_while_others_suffice() {
+        let t = topo(&[
+            ("a", Locality::LocalZone),
+            ("b", Locality::LocalZone),
+            ("c", Locality::LocalZone),
+        ]);
+        let avoid: HashSet<NodeId> = ["a".into()].into_iter().collect();
+        for seed in 0..50 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (p, mut chosen) = place_avoiding(&t, &policy(3, 0, 0), &avoid, &mut rng).unwrap();
+            assert!(!ids(&p).contains(&"a"), "seed {seed}: {:?}", ids(&p));
+            // Not a replacement either.
+            assert!(replacement(&t, Category::LocalZone, &mut chosen, &mut rng).is_none());
+        }
+        // Too few others: the avoided peer is used after all.
+        let (p, _) =
+            place_avoiding(&t, &policy(4, 0, 0), &avoid, &mut StdRng::seed_from_u64(1)).unwrap();
+        assert!(ids(&p).contains(&"a"));
     }
 
     #[test]

@@ -451,6 +451,7 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
         "commit_level": options.commit_level.as_str(),
         "peers_total": peers.len(),
         "peers_up": up_count,
+        "graylisted": coordinator.graylisted_peers(),
         "peers": peers,
     });
     json_response(StatusCode::OK, body.to_string())

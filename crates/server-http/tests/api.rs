@@ -877,6 +877,11 @@ async fn health_reports_node_and_peers() {
     assert_eq!(h["peers"][2]["up"], serde_json::Value::Null);
     assert_eq!(h["peers_up"], 2);
     assert_eq!(h["peers_total"], 4);
+    // The downed peer timed out or refused often enough to be graylisted;
+    // nobody else is.
+    for g in h["graylisted"].as_array().unwrap() {
+        assert_eq!(g, &h["peers"][1]["id"], "{h}");
+    }
 }
 
 #[tokio::test]
