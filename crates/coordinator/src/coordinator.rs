@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use crate::commit::{CommitLevel, Tracker};
 use crate::driver::{Batch, PeerGroups};
 use crate::error::{OptionsError, PutError};
-use crate::health::PeerScores;
+use crate::health::{LocalHealth, PeerScores, StorageHealth};
 use crate::options::{Options, PutOptions};
 use crate::outcome::{AtomicStats, Completion, PutAck, ReplicationReport, Stats};
 use crate::placement;
@@ -38,6 +38,8 @@ struct Inner {
     read_permits: Arc<tokio::sync::Semaphore>,
     /// Which peers placement avoids for a while.
     scores: PeerScores,
+    /// How the local storage's writes went lately.
+    local_health: LocalHealth,
     /// Puts whose writes have not all finished yet.
     running: watch::Sender<usize>,
 }
@@ -91,6 +93,7 @@ impl Coordinator {
                 reader: RwLock::new(None),
                 read_permits: Arc::new(tokio::sync::Semaphore::new(max_peer_reads)),
                 scores: PeerScores::default(),
+                local_health: LocalHealth::default(),
                 running: watch::Sender::new(0),
             }),
         })
@@ -205,6 +208,17 @@ impl Coordinator {
         let mut peers: Vec<NodeId> = self.inner.scores.graylisted().into_iter().collect();
         peers.sort();
         peers
+    }
+
+    /// How the local storage's writes went lately: a run of failures (a full
+    /// disk, an I/O error) shows here, with the last error.
+    pub fn storage_health(&self) -> StorageHealth {
+        self.inner.local_health.snapshot()
+    }
+
+    /// The local storage health (fed by the driver).
+    pub(crate) fn local_health(&self) -> &LocalHealth {
+        &self.inner.local_health
     }
 
     /// The peer health scores (fed by the driver).

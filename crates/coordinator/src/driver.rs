@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::commit::CommitLevel;
 use crate::coordinator::Coordinator;
-use crate::error::{PutError, ReplicaError, StorageError};
+use crate::error::{PutError, ReplicaError, ReplicaErrorKind, StorageError};
 use crate::outcome::bump;
 use crate::placement;
 use crate::slot::{AnswerResult, Slot, Target};
@@ -239,7 +239,22 @@ impl Batch {
         } = outcome;
         let coordinator = self.coordinator.clone();
         let (rf, stats, reports) = coordinator.report_sinks();
-        if node != self.local {
+        if node == self.local {
+            // Storage failures only: a conflict or a refusal is an answer.
+            let failure = results.iter().find_map(|r| match r {
+                Err(e)
+                    if e.kind() == ReplicaErrorKind::Failed
+                        || e.kind() == ReplicaErrorKind::Timeout =>
+                {
+                    Some(e.to_string())
+                }
+                _ => None,
+            });
+            match failure {
+                Some(error) => coordinator.local_health().failed(error),
+                None => coordinator.local_health().succeeded(),
+            }
+        } else {
             // One verdict per request: any answer clears the peer; only
             // timeouts and failed connections count against it.
             if results.iter().any(|r| match r {

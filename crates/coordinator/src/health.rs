@@ -83,3 +83,53 @@ impl PeerScores {
         })
     }
 }
+
+/// What the node knows about its own storage from its local writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageHealth {
+    /// Local writes that failed in a row (0: the last one succeeded).
+    pub consecutive_failures: u64,
+    /// Local writes that failed since start.
+    pub failures_total: u64,
+    /// The last failure's message, while failures continue.
+    pub last_error: Option<String>,
+}
+
+impl StorageHealth {
+    /// Whether the last local write succeeded (or none failed yet).
+    pub fn ok(&self) -> bool {
+        self.consecutive_failures == 0
+    }
+}
+
+/// Tracks [`StorageHealth`] from the outcomes of local writes.
+#[derive(Debug, Default)]
+pub(crate) struct LocalHealth(Mutex<StorageHealth>);
+
+impl LocalHealth {
+    pub(crate) fn succeeded(&self) {
+        let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if h.consecutive_failures > 0 {
+            tracing::info!(
+                after = h.consecutive_failures,
+                "local storage writes succeed again"
+            );
+            h.consecutive_failures = 0;
+            h.last_error = None;
+        }
+    }
+
+    pub(crate) fn failed(&self, error: String) {
+        let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if h.consecutive_failures == 0 {
+            tracing::error!(%error, "local storage write failed: this node cannot decide its own events until it recovers");
+        }
+        h.consecutive_failures += 1;
+        h.failures_total += 1;
+        h.last_error = Some(error);
+    }
+
+    pub(crate) fn snapshot(&self) -> StorageHealth {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}

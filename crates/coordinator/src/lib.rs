@@ -69,7 +69,7 @@ pub mod commit;
 mod coordinator;
 mod driver;
 mod error;
-mod health;
+pub mod health;
 mod options;
 mod outcome;
 pub mod placement;
@@ -89,6 +89,7 @@ pub use error::{
     OptionsError, PutError, ReplicaError, ReplicaErrorKind, ReplicaFailure, StorageError,
     TransportError,
 };
+pub use health::StorageHealth;
 pub use options::{Options, PutOptions};
 pub use outcome::{
     Completion, PutAck, ReadFailure, ReadOutcome, ReadSource, ReplicationReport, Stats,

@@ -404,7 +404,9 @@ pub(crate) async fn get_event(
     }
 }
 
-/// `GET /health`: this node, its peers and whether each answered lately.
+/// `GET /health`: this node, its storage, its peers and whether each answered
+/// lately. `200` `ok`; `503` `storage_failing` (with the last error) while the
+/// local storage's writes fail.
 pub(crate) async fn health(State(state): State<ApiState>) -> Response {
     let coordinator = &state.inner.coordinator;
     let topology = coordinator.topology();
@@ -442,8 +444,22 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
         })
         .collect();
     let options = coordinator.options();
+    let storage = coordinator.storage_health();
+    // A node whose local writes fail cannot decide its own events: every
+    // POST to it fails until the storage recovers, so it says so.
+    let (status, code) = if storage.ok() {
+        ("ok", StatusCode::OK)
+    } else {
+        ("storage_failing", StatusCode::SERVICE_UNAVAILABLE)
+    };
     let body = json!({
-        "status": "ok",
+        "status": status,
+        "storage": {
+            "ok": storage.ok(),
+            "consecutive_failures": storage.consecutive_failures,
+            "failures_total": storage.failures_total,
+            "last_error": storage.last_error,
+        },
         "node": topology.local(),
         "region": location.region,
         "zone": location.zone,
@@ -454,7 +470,7 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
         "graylisted": coordinator.graylisted_peers(),
         "peers": peers,
     });
-    json_response(StatusCode::OK, body.to_string())
+    json_response(code, body.to_string())
 }
 
 /// `GET /metrics`: Prometheus text.

@@ -126,6 +126,11 @@ impl ApiState {
                 value: c.rejected(),
             },
             Counter {
+                name: "alldata_storage_write_failures_total",
+                help: "Local storage writes that failed (full disk, I/O error); see /health.",
+                value: self.inner.coordinator.storage_health().failures_total,
+            },
+            Counter {
                 name: "alldata_api_request_timeouts_total",
                 help: "Client requests answered 408 because they took longer than the time limit.",
                 value: c.request_timeouts(),

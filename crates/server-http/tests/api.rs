@@ -1053,3 +1053,41 @@ async fn over_the_puts_in_flight_bound_is_503_overloaded_with_retry_after() {
     assert_eq!(a.json()["error"]["may_have_written"], false);
     assert_eq!(n.storage.len(), 1, "the refused event was not written");
 }
+
+#[tokio::test]
+async fn a_failing_local_storage_turns_health_non_ok_with_the_reason() {
+    let n = single();
+    let a = call(&n.app, Method::GET, "/health", Body::empty()).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["storage"]["ok"], true);
+    n.storage
+        .set_fault(Some(alldata_coordinator::StorageFault::Error));
+    let a = call(&n.app, Method::POST, "/events", "{}").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    let h = call(&n.app, Method::GET, "/health", Body::empty()).await;
+    assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);
+    let body = h.json();
+    assert_eq!(body["status"], "storage_failing");
+    assert!(
+        body["storage"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("injected storage fault"),
+        "{body}"
+    );
+    let metrics = call(&n.app, Method::GET, "/metrics", Body::empty())
+        .await
+        .body;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    assert!(
+        metrics.contains("alldata_storage_write_failures_total 1\n"),
+        "{metrics}"
+    );
+    // Once writes succeed again, the node is healthy again.
+    n.storage.set_fault(None);
+    let a = call(&n.app, Method::POST, "/events", "{}").await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let h = call(&n.app, Method::GET, "/health", Body::empty()).await;
+    assert_eq!(h.status, StatusCode::OK);
+    assert_eq!(h.json()["storage"]["failures_total"], 1);
+}
