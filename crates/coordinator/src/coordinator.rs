@@ -2,46 +2,40 @@
 //! in [`crate::driver`]; placement and commit counting are pure
 //! ([`crate::placement`], [`crate::commit`]).
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
-use alldata_keygen::{EventKey, KeyGenerator, origin_tag};
-use bytes::Bytes;
+use alldata_keygen::{KeyGenerator, origin_tag};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, watch};
 
-use crate::commit::{CommitLevel, Tracker};
-use crate::driver::{Batch, PeerGroups};
-use crate::error::{OptionsError, PutError};
+use crate::error::OptionsError;
 use crate::health::{LocalHealth, PeerScores, StorageHealth};
-use crate::options::{Options, PutOptions};
-use crate::outcome::{AtomicStats, Completion, PutAck, ReplicationReport, Stats};
-use crate::placement;
-use crate::slot::{Slot, Target};
+use crate::options::Options;
+use crate::outcome::{AtomicStats, ReplicationReport, Stats};
 use crate::storage::Storage;
 use crate::topology::{Locality, Location, NodeId, Peer, PeerChange, Topology, TopologyError};
 use crate::transport::{PeerReader, PeerTransport};
 
-struct Inner {
-    options: Options,
-    storage: Arc<dyn Storage>,
-    transport: Arc<dyn PeerTransport>,
-    topology: RwLock<Arc<Topology>>,
-    rng: Mutex<StdRng>,
-    keys: KeyGenerator,
-    reports: broadcast::Sender<ReplicationReport>,
-    stats: AtomicStats,
+pub(crate) struct Inner {
+    pub(crate) options: Options,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) transport: Arc<dyn PeerTransport>,
+    pub(crate) topology: RwLock<Arc<Topology>>,
+    pub(crate) rng: Mutex<StdRng>,
+    pub(crate) keys: KeyGenerator,
+    pub(crate) reports: broadcast::Sender<ReplicationReport>,
+    pub(crate) stats: AtomicStats,
     /// Reads from peers for [`Coordinator::get`]; `None`: local reads only.
-    reader: RwLock<Option<Arc<dyn PeerReader>>>,
+    pub(crate) reader: RwLock<Option<Arc<dyn PeerReader>>>,
     /// Bounds the peer reads in flight (`Options::max_peer_reads`).
-    read_permits: Arc<tokio::sync::Semaphore>,
+    pub(crate) read_permits: Arc<tokio::sync::Semaphore>,
     /// Which peers placement avoids for a while.
-    scores: PeerScores,
+    pub(crate) scores: PeerScores,
     /// How the local storage's writes went lately.
-    local_health: LocalHealth,
+    pub(crate) local_health: LocalHealth,
     /// Puts whose writes have not all finished yet.
-    running: watch::Sender<usize>,
+    pub(crate) running: watch::Sender<usize>,
 }
 
 /// Places replicas, drives replica writes and answers at the commit level.
@@ -50,7 +44,7 @@ struct Inner {
 /// call from many tasks at once, including topology changes while puts run.
 #[derive(Clone)]
 pub struct Coordinator {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -258,274 +252,4 @@ impl Coordinator {
             self.inner.running.send_modify(|r| *r -= n);
         }
     }
-
-    /// Gives `event` a new key and stores it at the default commit level.
-    pub async fn append(&self, event: Bytes) -> Result<PutAck, PutError> {
-        self.append_with(event, PutOptions::default()).await
-    }
-
-    /// Gives `event` a new key and stores it with per-put options.
-    pub async fn append_with(&self, event: Bytes, options: PutOptions) -> Result<PutAck, PutError> {
-        let key = self.inner.keys.generate();
-        self.put_with(key, event, options).await
-    }
-
-    /// Stores `event` under `key` at the default commit level.
-    pub async fn put(&self, key: EventKey, event: Bytes) -> Result<PutAck, PutError> {
-        self.put_with(key, event, PutOptions::default()).await
-    }
-
-    /// Stores `event` under `key`: first at the key's decider
-    /// ([`Topology::decider`]), then, once the decider has stored these bytes
-    /// or already held them, the local write and the peers the placement
-    /// policy chose (`replication_factor` in all). Other bytes than the
-    /// decider's are a [`PutError::Conflict`] before anything is written;
-    /// a generated key no member made is [`PutError::UnknownOrigin`]. Answers as soon
-    /// as the commit level is met or can no longer be met. The writes run in a
-    /// task of their own, so dropping this future does not stop them.
-    pub async fn put_with(
-        &self,
-        key: EventKey,
-        event: Bytes,
-        options: PutOptions,
-    ) -> Result<PutAck, PutError> {
-        self.put_many(vec![(key, event)], options)
-            .await
-            .pop()
-            .unwrap_or(Err(PutError::Shutdown))
-    }
-
-    /// Gives each event a new key and stores them all, like
-    /// [`Coordinator::put_many`].
-    pub async fn append_many(
-        &self,
-        events: Vec<Bytes>,
-        options: PutOptions,
-    ) -> Vec<Result<PutAck, PutError>> {
-        let events = events
-            .into_iter()
-            .map(|event| (self.inner.keys.generate(), event))
-            .collect();
-        self.put_many(events, options).await
-    }
-
-    /// Stores many events at once, each with exactly the semantics of
-    /// [`Coordinator::put_with`]: its own random placement, its own commit
-    /// tracking, replacements and [`ReplicationReport`]. The writes are grouped
-    /// per node: one [`Storage::put_many`] for the local replicas and one
-    /// [`PeerTransport::put_many`] per peer (replacements likewise), so a batch
-    /// costs a few calls rather than a few per event.
-    ///
-    /// Returns one result per event, in order, once every event is answered
-    /// (the batch shares one overall deadline). The writes run in a task of
-    /// their own, so dropping this future does not stop them.
-    pub async fn put_many(
-        &self,
-        events: Vec<(EventKey, Bytes)>,
-        options: PutOptions,
-    ) -> Vec<Result<PutAck, PutError>> {
-        let level = options
-            .commit_level
-            .unwrap_or(self.inner.options.commit_level);
-        let topology = self.topology();
-        // Events no member can decide are refused at once; the rest are placed.
-        let mut refused: Vec<Option<PutError>> = Vec::with_capacity(events.len());
-        let mut placeable = Vec::with_capacity(events.len());
-        for (key, event) in events {
-            match topology.decider(&key) {
-                Some(decider) => {
-                    refused.push(None);
-                    placeable.push((key, event, decider));
-                }
-                None => refused.push(Some(PutError::UnknownOrigin {
-                    key,
-                    tag: key.origin().unwrap_or_default(),
-                })),
-            }
-        }
-        let failed_now = refused.iter().flatten().count();
-        if failed_now > 0 {
-            self.inner
-                .stats
-                .puts_failed
-                .fetch_add(failed_now as u64, Ordering::Relaxed);
-        }
-        let mut placed = self
-            .put_placed(&topology, level, placeable)
-            .await
-            .into_iter();
-        refused
-            .into_iter()
-            .map(|r| match r {
-                Some(error) => Err(error),
-                None => placed.next().unwrap_or(Err(PutError::Shutdown)),
-            })
-            .collect()
-    }
-
-    /// [`Coordinator::put_many`] of events whose deciders are known.
-    async fn put_placed(
-        &self,
-        topology: &Topology,
-        level: CommitLevel,
-        events: Vec<(EventKey, Bytes, NodeId)>,
-    ) -> Vec<Result<PutAck, PutError>> {
-        if events.is_empty() {
-            return Vec::new();
-        }
-        let n = events.len();
-        let Placed {
-            slots,
-            groups,
-            completions,
-        } = match self.place_batch(topology, level, events) {
-            Ok(placed) => placed,
-            Err(error) => {
-                self.inner
-                    .stats
-                    .puts_failed
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                return (0..n).map(|_| Err(error.clone())).collect();
-            }
-        };
-        // Admission: reserve room for the batch's events, or refuse it whole
-        // before anything is written.
-        let limit = self.inner.options.max_puts_in_flight;
-        let mut in_flight = 0;
-        let admitted = self.inner.running.send_if_modified(|r| {
-            in_flight = *r;
-            if *r + n <= limit {
-                *r += n;
-                true
-            } else {
-                false
-            }
-        });
-        if !admitted {
-            self.inner
-                .stats
-                .puts_failed
-                .fetch_add(n as u64, Ordering::Relaxed);
-            tracing::debug!(in_flight, limit, events = n, "put refused: overloaded");
-            let error = PutError::Overloaded { in_flight, limit };
-            return (0..n).map(|_| Err(error.clone())).collect();
-        }
-        let keys: Vec<EventKey> = slots.iter().map(Slot::key).collect();
-        let (answer_tx, answer_rx) = oneshot::channel();
-        let batch = Batch {
-            coordinator: self.clone(),
-            local: topology.local().clone(),
-            level,
-            slots,
-        };
-        tokio::spawn(batch.run(groups, answer_tx));
-        let answers = answer_rx.await.unwrap_or_default();
-        let mut acked = 0u64;
-        let results: Vec<Result<PutAck, PutError>> = keys
-            .into_iter()
-            .zip(completions)
-            .zip(
-                answers
-                    .into_iter()
-                    .chain(std::iter::repeat_with(|| Err(PutError::Shutdown))),
-            )
-            .map(|((key, done_rx), answer)| {
-                answer.map(|a| {
-                    acked += 1;
-                    PutAck {
-                        key,
-                        level,
-                        required: a.required,
-                        acked: a.acked,
-                        created: a.created,
-                        completion: Completion(done_rx),
-                    }
-                })
-            })
-            .collect();
-        let stats = &self.inner.stats;
-        stats.puts_acked.fetch_add(acked, Ordering::Relaxed);
-        stats
-            .puts_failed
-            .fetch_add(n as u64 - acked, Ordering::Relaxed);
-        results
-    }
-
-    /// Places each event of a batch: its decider write first, then the
-    /// local write and the chosen peers (the decider takes the place of a
-    /// chosen node when placement did not pick it), the first writes grouped
-    /// per node, and the receivers of the events' reports. Fails (nothing
-    /// written) when there are fewer nodes than the replication factor.
-    fn place_batch(
-        &self,
-        topology: &Topology,
-        level: CommitLevel,
-        events: Vec<(EventKey, Bytes, NodeId)>,
-    ) -> Result<Placed, PutError> {
-        let opts = &self.inner.options;
-        let rf = opts.replication_factor;
-        let required = level.required(rf);
-        let policy = opts.policy();
-        let local = topology.local();
-        let mut slots = Vec::with_capacity(events.len());
-        let mut completions = Vec::with_capacity(events.len());
-        let mut groups = PeerGroups::default();
-        // Graylisted peers are avoided while enough others exist.
-        let avoid = self.inner.scores.graylisted();
-        self.with_rng(|rng| {
-            for (i, (key, event, decider)) in events.into_iter().enumerate() {
-                let (peers, mut chosen) = placement::place_avoiding(
-                    topology, &policy, &avoid, &mut *rng,
-                )
-                .map_err(|e| PutError::NotEnoughNodes {
-                    replication_factor: e.replication_factor,
-                    nodes: e.nodes,
-                })?;
-                let mut targets: Vec<Target> = std::iter::once(Target::Local)
-                    .chain(peers.into_iter().map(Target::Peer))
-                    .collect();
-                if !targets.iter().any(|t| t.id(local) == decider) {
-                    let peer = topology
-                        .peer(&decider)
-                        .cloned()
-                        .expect("a decider is a member: the local node or a peer");
-                    chosen.record(&peer);
-                    // Prefer giving up a chosen peer of the decider's own category.
-                    let category = peer.locality.category();
-                    let at = targets
-                        .iter()
-                        .rposition(
-                            |t| matches!(t, Target::Peer(p) if p.locality.category() == category),
-                        )
-                        .or_else(|| targets.iter().rposition(|t| matches!(t, Target::Peer(_))))
-                        .unwrap_or(0);
-                    targets[at] = Target::Peer(peer);
-                }
-                let first = targets
-                    .iter()
-                    .position(|t| t.id(local) == decider)
-                    .expect("the decider is a target");
-                groups.add(targets.remove(first), i);
-                let (done_tx, done_rx) = oneshot::channel();
-                completions.push(done_rx);
-                let tracker = Tracker::new(rf, required, opts.max_replacements);
-                slots.push(Slot::new(
-                    key, event, chosen, tracker, decider, targets, done_tx,
-                ));
-            }
-            Ok(Placed {
-                slots,
-                groups,
-                completions,
-            })
-        })
-    }
-}
-
-/// A batch placed and ready to run.
-struct Placed {
-    slots: Vec<Slot>,
-    groups: PeerGroups,
-    /// Each event's report receiver, in order.
-    completions: Vec<oneshot::Receiver<ReplicationReport>>,
 }

@@ -56,7 +56,8 @@
 //! - `options`: [`Options`] and [`PutOptions`].
 //! - `outcome`: what puts and reads answer ([`PutAck`], [`Completion`],
 //!   [`ReplicationReport`], [`ReadOutcome`], [`Stats`]).
-//! - `coordinator`: the handle ([`Coordinator`]): topology, puts, placement of a batch.
+//! - `coordinator`: the handle ([`Coordinator`]): topology, stats, peer and
+//!   storage health; `put`: puts, admission and the placement of a batch.
 //! - `driver`: the async driver of a batch's writes (grouped writes,
 //!   replacements, the deadline, answers); `slot`: one event's state in it.
 //! - `read`: [`Coordinator::get`], local storage first, then the peers.
@@ -73,6 +74,7 @@ pub mod health;
 mod options;
 mod outcome;
 pub mod placement;
+mod put;
 mod read;
 mod slot;
 mod storage;

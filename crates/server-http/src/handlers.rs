@@ -1,4 +1,6 @@
-//! The request handlers.
+//! The request handlers: puts (single, client key, batch), the event read,
+//! health, metrics and the fallbacks; the scan is in `scan`. About 500
+//! lines: the put paths share their body reading, validation and metrics.
 
 use alldata_coordinator::{CommitLevel, EventKey, Locality, PutOptions, ReadOutcome, ReadSource};
 use axum::body::{Body, HttpBody};

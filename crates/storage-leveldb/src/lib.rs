@@ -61,6 +61,7 @@
 //! # }
 //! ```
 
+mod command;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod db;

@@ -12,11 +12,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::command::Command;
 use crate::db::{self, Db};
 use crate::error::OpenError;
 use crate::interval::{AcceptWindow, IntervalClosed, IntervalLength};
 use crate::options::{Durability, Options};
-use crate::writer::{Command, Writer};
+use crate::writer::Writer;
 
 /// A `put_many` of at most this many events may be written by its caller
 /// (see `LevelDbStorage::idle_writer`); larger ones always go to the writer thread.
