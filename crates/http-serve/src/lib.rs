@@ -249,10 +249,16 @@ async fn connection(
     stats: &Arc<ConnectionStats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let h2 = match tokio::time::timeout(limits.header_read_timeout, speaks_h2(&stream)).await {
-        Ok(Ok(h2)) => h2,
-        // Silent past the header timeout, or gone: close.
-        _ => return,
+    let first_bytes = tokio::time::timeout(limits.header_read_timeout, speaks_h2(&stream));
+    let h2 = tokio::select! {
+        sniffed = first_bytes => match sniffed {
+            Ok(Ok(h2)) => h2,
+            // Silent past the header timeout, or gone: close.
+            _ => return,
+        },
+        // Shutting down before the connection said anything: close it now
+        // rather than wait for its header timeout.
+        () = stopped(&mut stop) => return,
     };
     let stats = Arc::clone(stats);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {

@@ -166,3 +166,18 @@ async fn shutdown_lets_a_request_in_flight_finish() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_connection_that_never_spoke() {
+    let mut s = start(limits(16, 10_000, 5_000)).await;
+    let _silent = TcpStream::connect(s.addr).await.unwrap();
+    while s.stats.accepted() < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = s.stop.take().unwrap().send(());
+    tokio::time::timeout(Duration::from_secs(2), s.task)
+        .await
+        .expect("serve returned without waiting for the header timeout")
+        .unwrap()
+        .unwrap();
+}

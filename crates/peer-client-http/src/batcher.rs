@@ -19,6 +19,9 @@ pub(crate) struct Job {
     /// When the caller stops waiting.
     pub(crate) deadline: Instant,
     pub(crate) reply: oneshot::Sender<Result<PutStatus, TransportError>>,
+    /// The event's share of the peer's queued-bytes budget, released when the
+    /// job is done (answered or dropped).
+    pub(crate) _bytes: OwnedSemaphorePermit,
 }
 
 /// Starts the sender task of the peer whose batch URL is `url`; events sent

@@ -29,6 +29,11 @@ pub struct ClientConfig {
     /// Speak HTTP/2 with prior knowledge (one multiplexed connection per peer)
     /// instead of a pool of HTTP/1.1 keep-alive connections. Default off.
     pub http2: bool,
+    /// Event bytes that may wait for one peer or be in flight to it at once
+    /// (default 64 MiB). A write that finds no room within its attempt
+    /// deadline fails as `Rejected` (nothing was sent), so a slow peer cannot
+    /// make the node hold gigabytes for it.
+    pub max_queued_bytes: usize,
     /// The largest response body read from a peer (a batch's results, an
     /// event read); larger ones fail the call instead of being buffered.
     /// Default 32 MiB.
@@ -49,6 +54,7 @@ impl ClientConfig {
             pool_idle_timeout: Duration::from_secs(30),
             http2: false,
             max_response_bytes: 32 * 1024 * 1024,
+            max_queued_bytes: 64 * 1024 * 1024,
         }
     }
 
@@ -85,6 +91,7 @@ impl fmt::Debug for ClientConfig {
             .field("pool_idle_timeout", &self.pool_idle_timeout)
             .field("http2", &self.http2)
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("max_queued_bytes", &self.max_queued_bytes)
             .finish()
     }
 }
@@ -110,6 +117,7 @@ pub struct TransportStats {
     pub(crate) requests: AtomicU64,
     pub(crate) events: AtomicU64,
     pub(crate) abandoned: AtomicU64,
+    pub(crate) over_budget: AtomicU64,
 }
 
 impl TransportStats {
@@ -126,5 +134,10 @@ impl TransportStats {
     /// Queued events not sent because their caller's deadline had passed.
     pub fn abandoned(&self) -> u64 {
         self.abandoned.load(Ordering::Relaxed)
+    }
+
+    /// Writes refused because the peer's queued-bytes budget was full.
+    pub fn over_budget(&self) -> u64 {
+        self.over_budget.load(Ordering::Relaxed)
     }
 }

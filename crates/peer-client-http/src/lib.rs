@@ -230,13 +230,21 @@ fn base_url(address: &str) -> String {
     }
 }
 
+/// One peer's queue: the sender task's channel and the budget of event bytes
+/// waiting for it or in flight to it.
+#[derive(Clone)]
+struct PeerQueue {
+    tx: mpsc::Sender<Job>,
+    bytes: Arc<tokio::sync::Semaphore>,
+}
+
 /// The coordinator's [`PeerTransport`] over HTTP, with per-peer batching (see
 /// the crate docs). Cheap to clone; clones share the connection pool and queues.
 #[derive(Clone)]
 pub struct HttpTransport {
     shared: Arc<Shared>,
-    /// Per peer address: the queue of its sender task.
-    peers: Arc<Mutex<HashMap<String, mpsc::Sender<Job>>>>,
+    /// Per peer address: the queue of its sender task and its bytes budget.
+    peers: Arc<Mutex<HashMap<String, PeerQueue>>>,
 }
 
 impl fmt::Debug for HttpTransport {
@@ -263,6 +271,7 @@ impl HttpTransport {
             ("max_in_flight", config.max_in_flight),
             ("queue_capacity", config.queue_capacity),
             ("max_response_bytes", config.max_response_bytes),
+            ("max_queued_bytes", config.max_queued_bytes),
         ] {
             if value == 0 {
                 return Err(ClientError::Zero(name));
@@ -307,17 +316,25 @@ impl HttpTransport {
 
     /// The queue of `address`'s sender task, started on first use (or again
     /// when the previous task has stopped, e.g. with the runtime it ran on).
-    fn queue(&self, address: &str) -> mpsc::Sender<Job> {
+    fn queue(&self, address: &str) -> PeerQueue {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = peers.get(address)
-            && !tx.is_closed()
+        if let Some(q) = peers.get(address)
+            && !q.tx.is_closed()
         {
-            return tx.clone();
+            return q.clone();
         }
         let url: Arc<str> = format!("{}{EVENTS_PATH}", base_url(address)).into();
-        let tx = batcher::spawn_peer(Arc::clone(&self.shared), url);
-        peers.insert(address.to_owned(), tx.clone());
-        tx
+        let q = PeerQueue {
+            tx: batcher::spawn_peer(Arc::clone(&self.shared), url),
+            bytes: Arc::new(tokio::sync::Semaphore::new(
+                self.shared
+                    .config
+                    .max_queued_bytes
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+        };
+        peers.insert(address.to_owned(), q.clone());
+        q
     }
 
     /// Stops the sender task of a peer address no longer in use (writes queued
@@ -335,10 +352,10 @@ impl HttpTransport {
         job: Job,
         reply: oneshot::Receiver<Result<PutStatus, TransportError>>,
     ) -> Result<PutStatus, TransportError> {
-        let queue = self.queue(address);
+        let queue = self.queue(address).tx;
         if let Err(mpsc::error::SendError(job)) = queue.send(job).await {
             // The task stopped between lookup and send: start a fresh one, once.
-            self.queue(address).send(job).await.map_err(|_| {
+            self.queue(address).tx.send(job).await.map_err(|_| {
                 TransportError::Unreachable(format!("the sender for {address} stopped"))
             })?;
         }
@@ -384,16 +401,36 @@ impl PeerTransport for HttpTransport {
     ) -> Result<PutStatus, TransportError> {
         check_frameable(&event)?;
         let timeout = self.shared.config.attempt_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        // The peer's budget of queued bytes: a slow peer cannot make its queue
+        // hold more than `max_queued_bytes`; over it, the write fails (nothing
+        // was sent) and the coordinator moves it elsewhere.
+        let budget = self.shared.config.max_queued_bytes;
+        let need = u32::try_from(event.len().clamp(1, budget)).unwrap_or(u32::MAX);
+        let bytes = self.queue(&peer.address).bytes;
+        let Ok(Ok(permit)) =
+            tokio::time::timeout_at(deadline, bytes.acquire_many_owned(need)).await
+        else {
+            self.shared
+                .stats
+                .over_budget
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(TransportError::Rejected(format!(
+                "more than {budget} bytes already queued for peer {}",
+                peer.id
+            )));
+        };
         let (tx, rx) = oneshot::channel();
         let job = Job {
             key,
             event,
-            deadline: tokio::time::Instant::now() + timeout,
+            deadline,
             reply: tx,
+            _bytes: permit,
         };
         // The deadline covers queueing too; a caller that gives up is skipped by
         // the sender if its event has not gone out yet.
-        tokio::time::timeout(timeout, self.enqueue_and_wait(&peer.address, job, rx))
+        tokio::time::timeout_at(deadline, self.enqueue_and_wait(&peer.address, job, rx))
             .await
             .unwrap_or(Err(TransportError::Timeout))
     }

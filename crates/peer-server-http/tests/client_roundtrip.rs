@@ -570,3 +570,41 @@ async fn an_oversized_peer_response_fails_the_call_instead_of_being_buffered() {
     );
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_peer_cannot_make_the_client_queue_more_than_its_byte_budget() {
+    // A "peer" that accepts connections and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let mut config = config().with_attempt_timeout(Duration::from_millis(500));
+    config.max_in_flight = 1;
+    config.max_queued_bytes = 100_000;
+    let t = transport(config);
+    let peer = peer_at(&addr.to_string());
+    let keys = KeyGenerator::new();
+    let event = Bytes::from(vec![b'x'; 30_000]);
+    let results = join_all((0..10).map(|_| t.put(&peer, keys.generate(), event.clone()))).await;
+    let over = results
+        .iter()
+        .filter(
+            |r| matches!(r, Err(TransportError::Rejected(m)) if m.contains("bytes already queued")),
+        )
+        .count();
+    let timed_out = results
+        .iter()
+        .filter(|r| matches!(r, Err(TransportError::Timeout)))
+        .count();
+    // Three 30 kB events fit the 100 kB budget and wait for the hung peer;
+    // the others wait for room until their own deadline: some get it as the
+    // first three give up (and then time out too), the rest are refused.
+    assert!(timed_out >= 3, "{results:?}");
+    assert!(over >= 1, "nothing was refused: {results:?}");
+    assert_eq!(over + timed_out, 10, "{results:?}");
+    assert_eq!(t.stats().over_budget(), over as u64);
+}
