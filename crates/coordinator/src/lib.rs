@@ -63,7 +63,7 @@
 //! - `read`: [`Coordinator::get`], local storage first, then the peers.
 //! - `storage`, `transport`: the [`Storage`], [`PeerTransport`] and
 //!   [`PeerReader`] traits, [`MemStorage`].
-//! - `sim` (feature `test-util`): [`sim::SimNetwork`], an in-memory multi-node
+//! - `sim` (feature `test-util`): `sim::SimNetwork`, an in-memory multi-node
 //!   transport with fault injection.
 
 pub mod commit;

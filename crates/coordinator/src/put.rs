@@ -71,8 +71,9 @@ impl Coordinator {
     /// Stores many events at once, each with exactly the semantics of
     /// [`Coordinator::put_with`]: its own random placement, its own commit
     /// tracking, replacements and [`ReplicationReport`]. The writes are grouped
-    /// per node: one [`Storage::put_many`] for the local replicas and one
-    /// [`PeerTransport::put_many`] per peer (replacements likewise), so a batch
+    /// per node: one [`Storage::put_many`](crate::Storage::put_many) for the
+    /// local replicas and one
+    /// [`PeerTransport::put_many`](crate::PeerTransport::put_many) per peer (replacements likewise), so a batch
     /// costs a few calls rather than a few per event.
     ///
     /// Returns one result per event, in order, once every event is answered

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Settings of an [`HttpTransport`].
+/// Settings of an [`HttpTransport`](crate::HttpTransport).
 #[derive(Clone)]
 pub struct ClientConfig {
     /// The cluster's shared secret, sent as `Authorization: Bearer <secret>`.
@@ -96,7 +96,7 @@ impl fmt::Debug for ClientConfig {
     }
 }
 
-/// Why an [`HttpTransport`] could not be built.
+/// Why an [`HttpTransport`](crate::HttpTransport) could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
@@ -111,7 +111,7 @@ pub enum ClientError {
     Build(String),
 }
 
-/// Counters of an [`HttpTransport`], for metrics and benchmarks.
+/// Counters of an [`HttpTransport`](crate::HttpTransport), for metrics and benchmarks.
 #[derive(Debug, Default)]
 pub struct TransportStats {
     pub(crate) requests: AtomicU64,
