@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::commit::CommitLevel;
 use crate::coordinator::Coordinator;
-use crate::error::{PutError, ReplicaError, ReplicaErrorKind, StorageError};
+use crate::error::{PutError, ReplicaError, StorageError};
 use crate::outcome::bump;
 use crate::placement;
 use crate::slot::{AnswerResult, Slot, Target};
@@ -179,9 +179,8 @@ impl Batch {
     ) {
         let opts = self.coordinator.options().clone();
         let n = self.slots.len();
-        let writes: FuturesUnordered<GroupFuture> = FuturesUnordered::new();
+        let mut writes: FuturesUnordered<GroupFuture> = FuturesUnordered::new();
         self.start(groups, &writes);
-        let mut writes = writes;
         let mut answers = Answers {
             slots: (0..n).map(|_| None).collect(),
             missing: n,
@@ -239,33 +238,7 @@ impl Batch {
         } = outcome;
         let coordinator = self.coordinator.clone();
         let (rf, stats, reports) = coordinator.report_sinks();
-        if node == self.local {
-            // Storage failures only: a conflict or a refusal is an answer.
-            let failure = results.iter().find_map(|r| match r {
-                Err(e)
-                    if e.kind() == ReplicaErrorKind::Failed
-                        || e.kind() == ReplicaErrorKind::Timeout =>
-                {
-                    Some(e.to_string())
-                }
-                _ => None,
-            });
-            match failure {
-                Some(error) => coordinator.local_health().failed(error),
-                None => coordinator.local_health().succeeded(),
-            }
-        } else {
-            // One verdict per request: any answer clears the peer; only
-            // timeouts and failed connections count against it.
-            if results.iter().any(|r| match r {
-                Ok(_) => true,
-                Err(e) => !e.kind().is_unresponsive(),
-            }) {
-                coordinator.scores().answered(&node);
-            } else if !results.is_empty() {
-                coordinator.scores().unresponsive(&node);
-            }
-        }
+        self.note_health(&node, &results);
         let mut replace: Vec<(usize, Category)> = Vec::new();
         let mut decided = PeerGroups::default();
         for (&i, result) in members.iter().zip(results) {
@@ -298,6 +271,24 @@ impl Batch {
             }
         }
         finished_now
+    }
+
+    /// Feeds the local storage's or the peer's health with one group write's
+    /// results: only timeouts, failed connections and storage failures count
+    /// against a node; any other answer (even a conflict) shows it answers.
+    fn note_health(&self, node: &NodeId, results: &[Result<PutStatus, ReplicaError>]) {
+        let unresponsive =
+            |r: &Result<PutStatus, ReplicaError>| matches!(r, Err(e) if e.kind().is_unresponsive());
+        if *node == self.local {
+            match results.iter().find(|r| unresponsive(r)) {
+                Some(Err(error)) => self.coordinator.local_health().failed(error.to_string()),
+                _ => self.coordinator.local_health().succeeded(),
+            }
+        } else if results.iter().any(|r| !unresponsive(r)) {
+            self.coordinator.scores().answered(node);
+        } else if !results.is_empty() {
+            self.coordinator.scores().unresponsive(node);
+        }
     }
 
     /// Starts a replacement write for each `(slot, failed category)`, grouped

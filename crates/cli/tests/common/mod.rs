@@ -193,16 +193,8 @@ impl Cluster {
 
     /// `PUT /events/{key}` with `body` at node `i`: status and JSON answer.
     pub async fn put(&self, i: usize, key: &str, level: &str, body: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .put(self.url(i, &format!("/events/{key}?commit={level}")))
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("request");
-        let status = r.status().as_u16();
-        let json = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null);
-        (status, json)
+        let url = self.url(i, &format!("/events/{key}?commit={level}"));
+        send_json(self.client.put(url).body(body.to_owned())).await
     }
 
     /// `GET /events/{key}` at node `i`: status and body.
@@ -239,16 +231,8 @@ impl Cluster {
     }
 
     pub async fn post(&self, i: usize, level: &str, body: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .post(self.url(i, &format!("/events?commit={level}")))
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("request");
-        let status = r.status().as_u16();
-        let json = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null);
-        (status, json)
+        let url = self.url(i, &format!("/events?commit={level}"));
+        send_json(self.client.post(url).body(body.to_owned())).await
     }
 
     /// Keys stored locally on node `i` (the scan reads local storage only).
@@ -282,6 +266,14 @@ impl Cluster {
         }
         counts
     }
+}
+
+/// Sends `request`: the status and the JSON answer (`Null` when not JSON).
+async fn send_json(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = request.send().await.expect("request");
+    let status = r.status().as_u16();
+    let json = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null);
+    (status, json)
 }
 
 impl Drop for Cluster {
