@@ -280,9 +280,13 @@ impl Batch {
         let unresponsive =
             |r: &Result<PutStatus, ReplicaError>| matches!(r, Err(e) if e.kind().is_unresponsive());
         if *node == self.local {
+            let health = self.coordinator.local_health();
             match results.iter().find(|r| unresponsive(r)) {
-                Some(Err(error)) => self.coordinator.local_health().failed(error.to_string()),
-                _ => self.coordinator.local_health().succeeded(),
+                Some(Err(ReplicaError::Storage(StorageError::Corrupt(message)))) => {
+                    health.corrupt(message.clone());
+                }
+                Some(Err(error)) => health.failed(error.to_string()),
+                _ => health.succeeded(),
             }
         } else if results.iter().any(|r| !unresponsive(r)) {
             self.coordinator.scores().answered(node);

@@ -23,6 +23,19 @@ pub enum StorageError {
     /// written.
     #[error("storage failure: {0}")]
     Failed(String),
+    /// The backend found its data corrupt (a damaged log block or table, a
+    /// checksum mismatch). Nothing is known to be written, and unlike
+    /// [`StorageError::Failed`] it will not heal by itself: an operator must
+    /// act (see the operations guide).
+    #[error("storage corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StorageError {
+    /// Whether the backend reported its data corrupt.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StorageError::Corrupt(_))
+    }
 }
 
 /// A peer transport's error for one replica write.
@@ -91,7 +104,9 @@ impl ReplicaError {
             ReplicaError::Transport(TransportError::Network(_)) => ReplicaErrorKind::Network,
             ReplicaError::Storage(StorageError::Rejected(_))
             | ReplicaError::Transport(TransportError::Rejected(_)) => ReplicaErrorKind::Rejected,
-            ReplicaError::Storage(StorageError::Failed(_)) => ReplicaErrorKind::Failed,
+            ReplicaError::Storage(StorageError::Failed(_) | StorageError::Corrupt(_)) => {
+                ReplicaErrorKind::Failed
+            }
         }
     }
 

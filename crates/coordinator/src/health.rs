@@ -93,12 +93,17 @@ pub struct StorageHealth {
     pub failures_total: u64,
     /// The last failure's message, while failures continue.
     pub last_error: Option<String>,
+    /// The first corruption the storage reported
+    /// ([`StorageError::Corrupt`](crate::StorageError::Corrupt)). It stays
+    /// until the node restarts: corrupt data does not heal by itself.
+    pub corrupt: Option<String>,
 }
 
 impl StorageHealth {
-    /// Whether the last local write succeeded (or none failed yet).
+    /// Whether the last local write succeeded (or none failed yet) and no
+    /// corruption was reported.
     pub fn ok(&self) -> bool {
-        self.consecutive_failures == 0
+        self.consecutive_failures == 0 && self.corrupt.is_none()
     }
 }
 
@@ -127,6 +132,17 @@ impl LocalHealth {
         h.consecutive_failures += 1;
         h.failures_total += 1;
         h.last_error = Some(error);
+    }
+
+    /// A local write found the storage corrupt: a failure that is remembered
+    /// until restart, whatever later writes do.
+    pub(crate) fn corrupt(&self, message: String) {
+        self.failed(format!("storage corrupt: {message}"));
+        let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if h.corrupt.is_none() {
+            tracing::error!(error = %message, "local storage reports corruption: this node needs an operator (see the operations guide)");
+            h.corrupt = Some(message);
+        }
     }
 
     pub(crate) fn snapshot(&self) -> StorageHealth {

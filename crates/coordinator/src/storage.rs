@@ -86,6 +86,8 @@ pub trait Storage: Send + Sync + 'static {
 pub enum StorageFault {
     /// Every put fails with [`StorageError::Failed`].
     Error,
+    /// Every put fails with [`StorageError::Corrupt`].
+    Corrupt,
     /// Every put waits forever.
     Hang,
     /// Every put waits this long before storing.
@@ -158,6 +160,9 @@ impl Storage for MemStorage {
             None => {}
             Some(StorageFault::Error) => {
                 return Err(StorageError::Failed("injected storage fault".into()));
+            }
+            Some(StorageFault::Corrupt) => {
+                return Err(StorageError::Corrupt("injected corruption".into()));
             }
             Some(StorageFault::Hang) => futures::future::pending::<()>().await,
             Some(StorageFault::Delay(d)) => tokio::time::sleep(d).await,

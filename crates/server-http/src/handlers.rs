@@ -408,7 +408,8 @@ pub(crate) async fn get_event(
 
 /// `GET /health`: this node, its storage, its peers and whether each answered
 /// lately. `200` `ok`; `503` `storage_failing` (with the last error) while the
-/// local storage's writes fail.
+/// local storage's writes fail; `503` `storage_corrupt` once the storage
+/// reported corruption (until restart).
 pub(crate) async fn health(State(state): State<ApiState>) -> Response {
     let coordinator = &state.inner.coordinator;
     let topology = coordinator.topology();
@@ -449,7 +450,9 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
     let storage = coordinator.storage_health();
     // A node whose local writes fail cannot decide its own events: every
     // POST to it fails until the storage recovers, so it says so.
-    let (status, code) = if storage.ok() {
+    let (status, code) = if storage.corrupt.is_some() {
+        ("storage_corrupt", StatusCode::SERVICE_UNAVAILABLE)
+    } else if storage.ok() {
         ("ok", StatusCode::OK)
     } else {
         ("storage_failing", StatusCode::SERVICE_UNAVAILABLE)
@@ -461,6 +464,7 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
             "consecutive_failures": storage.consecutive_failures,
             "failures_total": storage.failures_total,
             "last_error": storage.last_error,
+            "corrupt": storage.corrupt,
         },
         "node": topology.local(),
         "region": location.region,

@@ -1091,3 +1091,28 @@ async fn a_failing_local_storage_turns_health_non_ok_with_the_reason() {
     assert_eq!(h.status, StatusCode::OK);
     assert_eq!(h.json()["storage"]["failures_total"], 1);
 }
+
+#[tokio::test]
+async fn a_corrupt_local_storage_stays_non_ok_until_restart() {
+    let n = single();
+    n.storage
+        .set_fault(Some(alldata_coordinator::StorageFault::Corrupt));
+    let a = call(&n.app, Method::POST, "/events", "{}").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Later writes succeed, but corruption does not heal by itself.
+    n.storage.set_fault(None);
+    let a = call(&n.app, Method::POST, "/events", "{}").await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let h = call(&n.app, Method::GET, "/health", Body::empty()).await;
+    assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);
+    let body = h.json();
+    assert_eq!(body["status"], "storage_corrupt", "{body}");
+    assert_eq!(body["storage"]["ok"], false, "{body}");
+    assert!(
+        body["storage"]["corrupt"]
+            .as_str()
+            .unwrap()
+            .contains("injected corruption"),
+        "{body}"
+    );
+}

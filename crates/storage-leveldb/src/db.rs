@@ -62,7 +62,7 @@ pub(crate) fn encode_event(event: &[u8]) -> Vec<u8> {
 fn decode_event(raw: &[u8]) -> Result<&[u8], StorageError> {
     match raw.split_first() {
         Some((&VALUE_V1, event)) => Ok(event),
-        _ => Err(StorageError::Failed(
+        _ => Err(StorageError::Corrupt(
             "corrupt event value (unknown format byte)".into(),
         )),
     }
@@ -76,7 +76,7 @@ fn decode_event_key(stored: &[u8]) -> Option<Result<EventKey, StorageError>> {
 }
 
 fn corrupt_event_key(stored: &[u8]) -> StorageError {
-    StorageError::Failed(format!("corrupt event key {stored:02x?}"))
+    StorageError::Corrupt(format!("corrupt event key {stored:02x?}"))
 }
 
 /// The stored key of an interval record.
@@ -142,8 +142,20 @@ impl Policy for SeekFirst {
     }
 }
 
-fn failed(what: &str, e: impl std::fmt::Display) -> StorageError {
-    StorageError::Failed(format!("{what}: {e}"))
+/// A LevelDB error as a [`StorageError`]: LevelDB reports damaged data with a
+/// `Corruption:` status, which becomes [`StorageError::Corrupt`].
+pub(crate) fn failed(what: &str, e: impl std::fmt::Display) -> StorageError {
+    let message = format!("{what}: {e}");
+    if is_corruption(&message) {
+        StorageError::Corrupt(message)
+    } else {
+        StorageError::Failed(message)
+    }
+}
+
+/// Whether a LevelDB status message reports corruption.
+pub(crate) fn is_corruption(message: &str) -> bool {
+    message.to_ascii_lowercase().contains("corruption")
 }
 
 /// Owns the LevelDB database. When the last handle goes, the database is

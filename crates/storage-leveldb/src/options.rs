@@ -77,7 +77,7 @@ impl Options {
             cache_bytes: 8 * 1024 * 1024,
             compression: Compression::Snappy,
             write_buffer_bytes: None,
-            paranoid_checks: false,
+            paranoid_checks: true,
             clock: Arc::new(SystemClock),
             rotation_check: Some(Duration::from_secs(1)),
             follow_clock_jumps: false,
@@ -134,7 +134,11 @@ impl Options {
     }
 
     /// LevelDB's paranoid checks: fail loudly on any detected corruption instead
-    /// of skipping damaged log records (default off).
+    /// of skipping damaged log records (default **on**). With them, a log
+    /// block damaged on disk makes [`crate::LevelDbStorage::open`] fail with
+    /// [`crate::OpenError::Corrupt`] instead of dropping the events in it
+    /// silently, and corruption found later by a compaction fails writes with
+    /// [`alldata_coordinator::StorageError::Corrupt`].
     #[must_use]
     pub fn paranoid_checks(mut self, on: bool) -> Self {
         self.paranoid_checks = on;

@@ -579,3 +579,90 @@ async fn shutdown_through_a_shared_handle_records_a_clean_stop() {
     assert_eq!(store.get(keys[1]).await.unwrap(), None);
     store.close().await;
 }
+
+/// The largest write-ahead log file (`*.log`) in `dir`.
+fn largest_log(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a log file")
+}
+
+/// Writes 200 events, closes, and damages the middle of the write-ahead log.
+async fn store_with_a_damaged_log(dir: &Path) -> Vec<EventKey> {
+    let store = open(dir, Durability::Sync).await;
+    let keys = keys_spread(now_ms(), 200, 50);
+    for k in &keys {
+        store.put(*k, event_for(k, 200)).await.unwrap();
+    }
+    store.close().await;
+    let log = largest_log(dir);
+    let mut bytes = std::fs::read(&log).unwrap();
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name(), e.metadata().unwrap().len()))
+        .collect();
+    assert!(bytes.len() > 4_000, "the events are in the log: {files:?}");
+    // Walk LevelDB's log records (32 KiB blocks; a record header is a
+    // checksum, a u16 length and a type) and flip one payload byte of the
+    // record in the middle: a damaged block, not a torn tail.
+    let mut records = Vec::new();
+    let mut pos = 0;
+    while pos + 7 <= bytes.len() {
+        let left_in_block = 32 * 1024 - pos % (32 * 1024);
+        if left_in_block < 7 {
+            pos += left_in_block;
+            continue;
+        }
+        let len = usize::from(u16::from_le_bytes([bytes[pos + 4], bytes[pos + 5]]));
+        if len == 0 {
+            break;
+        }
+        records.push((pos + 7, len));
+        pos += 7 + len;
+    }
+    assert!(records.len() > 10, "{} records", records.len());
+    let (payload, len) = records[records.len() / 2];
+    bytes[payload + len / 2] ^= 0x5a;
+    std::fs::write(&log, bytes).unwrap();
+    keys
+}
+
+/// A damaged log block is reported at open (paranoid checks are on by
+/// default) as a typed error, instead of the events in it vanishing.
+#[tokio::test]
+async fn a_damaged_log_block_fails_the_open_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_a_damaged_log(dir.path()).await;
+    let err = LevelDbStorage::open(Options::new(dir.path()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}
+
+/// What the default protects against: without paranoid checks LevelDB skips
+/// the damaged block and opens with events silently missing.
+#[tokio::test]
+async fn without_paranoid_checks_a_damaged_log_loses_events_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = store_with_a_damaged_log(dir.path()).await;
+    let store = LevelDbStorage::open(Options::new(dir.path()).paranoid_checks(false))
+        .await
+        .expect("opens without the checks");
+    let mut found = 0;
+    for k in &keys {
+        if store.get(*k).await.unwrap().is_some() {
+            found += 1;
+        }
+    }
+    assert!(
+        found < keys.len(),
+        "{found} of {} events survived",
+        keys.len()
+    );
+    store.close().await;
+}
