@@ -192,6 +192,10 @@ impl Drop for DbInner {
     }
 }
 
+/// LevelDB's level-0 file count from which it delays every write (its
+/// `kL0_SlowdownWritesTrigger`).
+pub(crate) const L0_SLOWDOWN_FILES: u64 = 8;
+
 /// A shared handle to the open database.
 pub(crate) type Db = Arc<DbInner>;
 
@@ -210,6 +214,20 @@ impl DbInner {
             Ok(Some(raw)) => Ok(Some(Bytes::copy_from_slice(decode_event(raw.as_bytes())?))),
             Err(e) => Err(failed("leveldb get failed", e)),
         }
+    }
+
+    /// How many table files level 0 holds now (`None` when LevelDB does not
+    /// say). From [`L0_SLOWDOWN_FILES`] on, LevelDB delays every write, and
+    /// from 12 on it stops writes until a compaction catches up.
+    pub(crate) fn level0_files(&self) -> Option<u64> {
+        use leveldb::database::property::Property;
+        self.db()
+            .ok()?
+            .get_property("leveldb.num-files-at-level0")
+            .ok()??
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Writes a batch.
@@ -521,6 +539,38 @@ mod tests {
             }
             other => panic!("expected IncompatibleFormat, got {:?}", other.err()),
         }
+    }
+
+    #[test]
+    fn level0_files_are_read_from_leveldb() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&Options::new(dir.path()).write_buffer_bytes(64 * 1024)).unwrap();
+        assert_eq!(db.level0_files(), Some(0), "a new database");
+        let mut seen = 0;
+        for round in 0u8..20 {
+            let mut batch = Writebatch::new();
+            let value = vec![round; 100 * 1024];
+            // Overlapping key ranges keep the flushed tables in level 0.
+            batch.put(Slice::from(&[b'a', round][..]), Slice::from(&value[..]));
+            batch.put(Slice::from(&[b'z', round][..]), Slice::from(&b"z"[..]));
+            db.write(&batch, false).unwrap();
+            seen = seen.max(db.level0_files().expect("the property"));
+        }
+        assert!(seen >= 1, "full memtables became level-0 tables");
+        db.compact_all().unwrap();
+        assert_eq!(db.level0_files(), Some(0), "compacted");
+    }
+
+    #[test]
+    fn leveldb_corruption_is_a_typed_storage_error() {
+        assert!(
+            failed(
+                "leveldb write failed",
+                "Corruption: block checksum mismatch"
+            )
+            .is_corrupt()
+        );
+        assert!(!failed("leveldb write failed", "IO error: No space left on device").is_corrupt());
     }
 
     #[test]

@@ -292,7 +292,9 @@ impl LevelDbStorage {
     /// then costs no hand-off to the writer thread and back. A buffered LevelDB write is a
     /// memtable insert and a `write` to the OS (no fsync), shorter than the
     /// hand-off it saves. With concurrent puts they go to the writer thread,
-    /// which groups them into one write batch.
+    /// which groups them into one write batch. Never when LevelDB may stall
+    /// the write (level 0 at its slowdown mark, or the last write slow): a
+    /// stall then blocks the writer thread, not a tokio worker.
     fn idle_writer(&self) -> Option<MutexGuard<'_, Writer>> {
         if self.durability != Durability::Buffered
             || self.active.load(Ordering::Relaxed) != 1
@@ -304,6 +306,10 @@ impl LevelDbStorage {
         // A write within the last moment means a stream of puts that the
         // writer thread should keep grouping.
         if writer.idle_for() < INLINE_AFTER_IDLE {
+            return None;
+        }
+        // A write stall must hold the writer thread, never an async worker.
+        if !writer.inline_is_safe() {
             return None;
         }
         self.inline_writes.fetch_add(1, Ordering::Relaxed);

@@ -57,6 +57,18 @@ pub(crate) fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
     writer.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A write that took at least this long says LevelDB is stalling (or the disk
+/// is slow): callers stop writing inline until a quick write is seen again.
+pub(crate) const SLOW_WRITE: Duration = Duration::from_millis(2);
+
+/// Whether writing on an async worker is safe: the last write took less than
+/// [`SLOW_WRITE`] and level 0 holds fewer files than LevelDB's slowdown mark
+/// (unknown: not safe). Otherwise the write goes to the writer thread, where
+/// a stall blocks that thread only and the async workers keep serving.
+pub(crate) fn inline_is_safe(last_write: Duration, level0_files: Option<u64>) -> bool {
+    last_write < SLOW_WRITE && level0_files.is_some_and(|n| n < db::L0_SLOWDOWN_FILES)
+}
+
 pub(crate) struct Writer {
     db: Db,
     clock: Arc<dyn Clock>,
@@ -176,6 +188,13 @@ impl Writer {
     /// How long ago the last batch was done.
     pub(crate) fn idle_for(&self) -> Duration {
         self.last_done.elapsed()
+    }
+
+    /// Whether a write by the caller's own thread cannot run into a LevelDB
+    /// write stall: the last write was quick and level 0 is below LevelDB's
+    /// slowdown mark (see [`inline_is_safe`]).
+    pub(crate) fn inline_is_safe(&self) -> bool {
+        inline_is_safe(self.last_write, self.db.level0_files())
     }
 
     /// Runs until every sender is gone. The lock is held only while a batch
@@ -506,5 +525,27 @@ impl Writer {
             let _ = self.events.send(event.clone());
         }
         Ok(closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_writes_stop_when_leveldb_may_stall() {
+        let quick = Duration::from_micros(50);
+        assert!(inline_is_safe(quick, Some(0)));
+        assert!(inline_is_safe(quick, Some(db::L0_SLOWDOWN_FILES - 1)));
+        assert!(
+            !inline_is_safe(quick, Some(db::L0_SLOWDOWN_FILES)),
+            "level 0 at the slowdown mark"
+        );
+        assert!(!inline_is_safe(quick, Some(12)), "writes stopped");
+        assert!(!inline_is_safe(quick, None), "unknown level 0");
+        assert!(
+            !inline_is_safe(SLOW_WRITE, Some(0)),
+            "the last write was slow"
+        );
     }
 }
