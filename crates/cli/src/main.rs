@@ -115,6 +115,11 @@ struct NodeArgs {
     #[arg(long, env = "ALLDATA_WRITE_BUFFER_MB", default_value_t = 64,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     write_buffer_mb: u16,
+    /// How often every peer is probed for `/health` (up or not, and what it
+    /// promises: durability, event size), in milliseconds.
+    #[arg(long, env = "ALLDATA_HEALTH_PROBE_INTERVAL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    health_probe_interval_ms: u64,
 }
 
 impl NodeArgs {
@@ -152,6 +157,7 @@ impl NodeArgs {
         config.max_event_bytes = self.max_event_bytes;
         config.max_batch_bytes = self.max_batch_bytes;
         config.max_batch_events = self.max_batch_events;
+        config.health_probe_interval = Duration::from_millis(self.health_probe_interval_ms);
         anyhow::ensure!(
             self.max_connections > 0,
             "--max-connections must be at least 1"

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crate::error::{StorageError, TransportError};
 use crate::storage::{MemStorage, PutStatus};
 use crate::topology::{NodeId, Peer};
-use crate::transport::{PeerReader, PeerTransport};
+use crate::transport::{PeerProfile, PeerReader, PeerTransport};
 
 /// A fault injected on calls to one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,7 +252,9 @@ impl PeerReader for SimTransport {
         }
     }
 
-    async fn health(&self, peer: &Peer) -> Result<(), TransportError> {
-        self.get(peer, EventKey::min_for_ms(0)).await.map(drop)
+    async fn health(&self, peer: &Peer) -> Result<PeerProfile, TransportError> {
+        self.get(peer, EventKey::min_for_ms(0))
+            .await
+            .map(|_| PeerProfile::default())
     }
 }

@@ -77,6 +77,27 @@ pub trait PeerReader: Send + Sync + 'static {
     /// when not. An error means the peer could not say.
     async fn get(&self, peer: &Peer, key: EventKey) -> Result<Option<Bytes>, TransportError>;
 
-    /// `Ok` when `peer` answers.
-    async fn health(&self, peer: &Peer) -> Result<(), TransportError>;
+    /// What `peer` promises, when it answers.
+    async fn health(&self, peer: &Peer) -> Result<PeerProfile, TransportError>;
+}
+
+/// What a peer says about the writes it accepts when its health is probed.
+/// Nodes of one cluster should say the same; `None`: the peer does not say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerProfile {
+    /// When its storage answers a write: `sync` (after fsync) or `buffered`.
+    pub durability: Option<String>,
+    /// The largest event it accepts, in bytes.
+    pub max_event_bytes: Option<u64>,
+}
+
+impl PeerProfile {
+    /// A profile saying `durability` and `max_event_bytes`.
+    pub fn new(durability: Option<String>, max_event_bytes: Option<u64>) -> Self {
+        Self {
+            durability,
+            max_event_bytes,
+        }
+    }
 }

@@ -151,6 +151,9 @@ pub struct NodeConfig {
     /// files and less compaction per event (see `docs/BENCHMARKS.md`); the node
     /// holds up to two of them in memory. Default 64 MiB.
     pub write_buffer_bytes: usize,
+    /// How often every peer's health (and what it promises: durability,
+    /// event size) is probed for `/health`. Default 10 s.
+    pub health_probe_interval: std::time::Duration,
 }
 
 /// The node's default LevelDB memtable size (64 MiB).
@@ -180,6 +183,7 @@ impl NodeConfig {
             max_batch_events: ApiConfig::default().max_batch_events,
             limits: Limits::default(),
             write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
+            health_probe_interval: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -31,8 +31,9 @@ use std::time::Duration;
 use alldata_coordinator::{Coordinator, OptionsError, Storage, TopologyError};
 use alldata_peer_client_http::{ClientConfig, ClientError, HttpTransport};
 use alldata_peer_server_http::{PeerState, ServerConfig};
+use alldata_peer_wire::Durability as WireDurability;
 use alldata_server_http::{ApiConfig, ApiState, Counter};
-use alldata_storage_leveldb::{LevelDbStorage, OpenError};
+use alldata_storage_leveldb::{Durability, LevelDbStorage, OpenError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -181,9 +182,17 @@ impl Node {
         // left to queue them.
         drop(storage.closed_intervals());
 
+        // The peer protocol carries the durability: in sync mode a peer that
+        // stores buffered refuses this node's replicas instead of counting
+        // as a durable copy.
+        let wire_durability = match config.durability {
+            Durability::Sync => WireDurability::Sync,
+            Durability::Buffered => WireDurability::Buffered,
+        };
         let transport = HttpTransport::new(
             ClientConfig::new(config.cluster_secret.clone())
-                .with_attempt_timeout(config.options.replica_timeout),
+                .with_attempt_timeout(config.options.replica_timeout)
+                .with_durability(wire_durability),
         )?;
         let coordinator = Coordinator::new(
             config.id.as_str().into(),
@@ -210,10 +219,14 @@ impl Node {
             Arc::clone(&dyn_storage),
             ServerConfig::new(config.cluster_secret.clone())
                 .with_max_body_bytes((config.max_event_bytes + 1024).max(8 * 1024 * 1024))
-                .with_limits(config.limits),
+                .with_limits(config.limits)
+                .with_durability(wire_durability)
+                .with_max_event_bytes(config.max_event_bytes),
         );
         let api_config = ApiConfig::default()
             .with_max_event_bytes(config.max_event_bytes)
+            .with_durability(wire_durability.as_str())
+            .with_health_probe_interval(Some(config.health_probe_interval))
             .with_max_batch_bytes(config.max_batch_bytes)
             .with_max_batch_events(config.max_batch_events)
             .with_limits(config.limits)

@@ -38,6 +38,11 @@ pub struct ClientConfig {
     /// event read); larger ones fail the call instead of being buffered.
     /// Default 32 MiB.
     pub max_response_bytes: usize,
+    /// The durability this node counts on for a replica: with `Sync`, every
+    /// batch says so and a peer that stores with `buffered` refuses it (the
+    /// write fails as `Rejected`), so it never counts as a durable copy.
+    /// Default `Buffered` (any peer counts).
+    pub durability: alldata_peer_wire::Durability,
 }
 
 impl ClientConfig {
@@ -55,7 +60,14 @@ impl ClientConfig {
             http2: false,
             max_response_bytes: 32 * 1024 * 1024,
             max_queued_bytes: 64 * 1024 * 1024,
+            durability: alldata_peer_wire::Durability::Buffered,
         }
+    }
+
+    /// The same settings, counting on `durability` for a replica.
+    pub fn with_durability(mut self, durability: alldata_peer_wire::Durability) -> Self {
+        self.durability = durability;
+        self
     }
 
     /// The same settings with another attempt deadline.
@@ -92,6 +104,7 @@ impl fmt::Debug for ClientConfig {
             .field("http2", &self.http2)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("max_queued_bytes", &self.max_queued_bytes)
+            .field("durability", &self.durability)
             .finish()
     }
 }

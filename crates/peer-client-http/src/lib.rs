@@ -56,7 +56,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alldata_coordinator::{EventKey, Peer, PeerReader, PeerTransport, PutStatus, TransportError};
+use alldata_coordinator::{
+    EventKey, Peer, PeerProfile, PeerReader, PeerTransport, PutStatus, TransportError,
+};
+use alldata_peer_wire::{Durability, Profile};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -100,9 +103,14 @@ impl Shared {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.stats.events.fetch_add(count as u64, Ordering::Relaxed);
         let mut request = self.request(Method::POST, url, body)?;
-        request
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static(wire::CONTENT_TYPE));
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(wire::CONTENT_TYPE));
+        if self.config.durability == Durability::Sync {
+            headers.insert(
+                alldata_peer_wire::DURABILITY_HEADER,
+                HeaderValue::from_static(Durability::Sync.as_str()),
+            );
+        }
         let (status, body) = self.exchange(request, timeout).await?;
         if status != StatusCode::OK {
             return Err(status_error(status, body));
@@ -381,11 +389,12 @@ impl HttpTransport {
         }
     }
 
-    /// Probes `peer`'s endpoint: `Ok` when it answers and accepts the secret.
-    pub async fn health(&self, peer: &Peer) -> Result<(), TransportError> {
+    /// Probes `peer`'s endpoint: what it promises when it answers and accepts
+    /// the secret.
+    pub async fn health(&self, peer: &Peer) -> Result<Profile, TransportError> {
         let url = format!("{}{HEALTH_PATH}", base_url(&peer.address));
         match self.shared.get(&url).await? {
-            (StatusCode::OK, _) => Ok(()),
+            (StatusCode::OK, body) => Ok(Profile::decode(&body).unwrap_or_default()),
             (status, body) => Err(status_error(status, body)),
         }
     }
@@ -492,7 +501,11 @@ impl PeerReader for HttpTransport {
         HttpTransport::get(self, peer, key).await
     }
 
-    async fn health(&self, peer: &Peer) -> Result<(), TransportError> {
-        HttpTransport::health(self, peer).await
+    async fn health(&self, peer: &Peer) -> Result<PeerProfile, TransportError> {
+        let profile = HttpTransport::health(self, peer).await?;
+        Ok(PeerProfile::new(
+            profile.durability.map(|d| d.as_str().to_owned()),
+            profile.max_event_bytes,
+        ))
     }
 }

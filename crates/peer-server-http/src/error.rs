@@ -32,6 +32,13 @@ pub enum PeerError {
     /// Reading the request body failed (the client went away). 400.
     #[error("could not read the request body: {0}")]
     Body(String),
+    /// The sender counts on `sync` durability and this node stores with
+    /// `buffered`: its answer would not be a durable copy. 412; nothing of the
+    /// batch was stored.
+    #[error(
+        "this node stores with buffered durability (it answers before fsync) and the sender requires sync: it cannot count as a durable copy; give every node the same --durability"
+    )]
+    DurabilityMismatch,
     /// The local storage failed while reading. 500.
     #[error("storage failure: {0}")]
     Storage(String),
@@ -51,6 +58,7 @@ impl PeerError {
             }
             PeerError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             PeerError::NotFound => StatusCode::NOT_FOUND,
+            PeerError::DurabilityMismatch => StatusCode::PRECONDITION_FAILED,
             PeerError::Storage(_) | PeerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -64,6 +72,7 @@ impl PeerError {
             PeerError::TooLarge { .. } => "too_large",
             PeerError::NotFound => "not_found",
             PeerError::Body(_) => "body",
+            PeerError::DurabilityMismatch => "durability_mismatch",
             PeerError::Storage(_) => "storage",
             PeerError::Internal(_) => "internal",
         }

@@ -32,7 +32,7 @@
 //! | --- | --- |
 //! | `POST /peer/v1/events` | one result per event of the batch, in order (`200`) |
 //! | `GET /peer/v1/events/{key}` | `200` with the stored bytes, `404` when absent, `400` for a malformed key |
-//! | `GET /peer/v1/health` | `200` `ok` |
+//! | `GET /peer/v1/health` | `200` with the node's durability and event size limit |
 //!
 //! A batch is decoded as a whole before anything is stored: a malformed body is
 //! `400` and nothing of it is written; a body over
@@ -43,7 +43,7 @@
 //!
 //! Errors answer with the JSON envelope the client API uses,
 //! `{"error":{"code":"…","message":"…"}}`: `400 malformed` / `bad_key` /
-//! `body`, `401 unauthorized`, `404 not_found`, `413 too_large`,
+//! `body`, `401 unauthorized`, `404 not_found`, `412 durability_mismatch`, `413 too_large`,
 //! `500 storage` / `internal`. Unknown routes are `404`.
 
 use std::future::Future;
@@ -80,6 +80,14 @@ pub struct ServerConfig {
     /// Bounds of the connections (cap, header read and per-request time
     /// limits), as for the client API.
     pub limits: Limits,
+    /// When this node's storage answers a write. A batch whose sender
+    /// requires `sync` is refused (`412`) when this is `buffered`. Default
+    /// `buffered`: claim `sync` only for a storage that fsyncs.
+    pub durability: wire::Durability,
+    /// The largest event stored, in bytes; a larger one is refused with
+    /// [`EventStatus::Rejected`] naming both sizes. `None` (the default): no
+    /// limit besides the body's.
+    pub max_event_bytes: Option<usize>,
 }
 
 impl ServerConfig {
@@ -89,6 +97,28 @@ impl ServerConfig {
             secret: secret.into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             limits: Limits::default(),
+            durability: wire::Durability::Buffered,
+            max_event_bytes: None,
+        }
+    }
+
+    /// The same settings with the durability this node's storage promises.
+    pub fn with_durability(mut self, durability: wire::Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// The same settings with a limit on the size of one event.
+    pub fn with_max_event_bytes(mut self, bytes: usize) -> Self {
+        self.max_event_bytes = Some(bytes);
+        self
+    }
+
+    /// What this node tells peers that probe its health.
+    pub fn profile(&self) -> wire::Profile {
+        wire::Profile {
+            durability: Some(self.durability),
+            max_event_bytes: self.max_event_bytes.map(|n| n as u64),
         }
     }
 
@@ -111,6 +141,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("secret", &"<redacted>")
             .field("max_body_bytes", &self.max_body_bytes)
             .field("limits", &self.limits)
+            .field("durability", &self.durability)
+            .field("max_event_bytes", &self.max_event_bytes)
             .finish()
     }
 }
@@ -256,6 +288,14 @@ async fn put_events(
     body: Body,
 ) -> Result<Response, PeerError> {
     state.authorize(&headers)?;
+    let required = headers
+        .get(wire::DURABILITY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(wire::Durability::parse)
+        .unwrap_or(wire::Durability::Buffered);
+    if !state.inner.config.durability.satisfies(required) {
+        return Err(state.refuse(PeerError::DurabilityMismatch));
+    }
     let body = state.read_body(&headers, body).await?;
     let events = wire::decode_request(body).map_err(|e| state.refuse(e.into()))?;
     let stats = &state.inner.stats;
@@ -266,13 +306,34 @@ async fn put_events(
 
     // Store in a task of its own: a peer that hangs up mid-request must not cancel
     // writes half-way, and a panicking storage must not take the connection down.
+    // Events over this node's size limit are refused one by one, naming both
+    // sizes: nodes with different limits would otherwise refuse each other's
+    // replicas with nothing to say why.
+    let limit = state.inner.config.max_event_bytes;
+    let (fit, too_large): (Vec<_>, Vec<_>) = events
+        .into_iter()
+        .enumerate()
+        .partition(|(_, (_, event))| limit.is_none_or(|max| event.len() <= max));
+    let n = fit.len() + too_large.len();
     let storage = Arc::clone(&state.inner.storage);
     let statuses = tokio::spawn(async move {
-        storage
-            .put_many(events)
-            .await
+        let mut statuses: Vec<Option<EventStatus>> = vec![None; n];
+        for (i, (_, event)) in &too_large {
+            statuses[*i] = Some(EventStatus::Rejected(format!(
+                "event of {} bytes is over this node's --max-event-bytes ({} bytes); give every node the same --max-event-bytes",
+                event.len(),
+                limit.unwrap_or_default()
+            )));
+        }
+        if !fit.is_empty() {
+            let (places, events): (Vec<usize>, Vec<_>) = fit.into_iter().unzip();
+            for (i, result) in places.into_iter().zip(storage.put_many(events).await) {
+                statuses[i] = Some(EventStatus::from(result));
+            }
+        }
+        statuses
             .into_iter()
-            .map(EventStatus::from)
+            .map(|s| s.unwrap_or_else(|| EventStatus::Failed("no result from storage".into())))
             .collect::<Vec<_>>()
     })
     .await
@@ -307,12 +368,9 @@ async fn get_event(
     }
 }
 
-async fn health(
-    State(state): State<PeerState>,
-    headers: HeaderMap,
-) -> Result<&'static str, PeerError> {
+async fn health(State(state): State<PeerState>, headers: HeaderMap) -> Result<String, PeerError> {
     state.authorize(&headers)?;
-    Ok("ok")
+    Ok(state.inner.config.profile().encode())
 }
 
 async fn not_found() -> PeerError {

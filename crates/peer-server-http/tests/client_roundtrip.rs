@@ -10,6 +10,7 @@ use alldata_coordinator::{
 };
 use alldata_peer_client_http::{ClientConfig, ClientError, HttpTransport};
 use alldata_peer_server_http::{PeerState, ServerConfig, serve};
+use alldata_peer_wire::Durability;
 use bytes::Bytes;
 use futures::future::join_all;
 use tokio::net::TcpListener;
@@ -327,8 +328,40 @@ async fn peer_get_and_health_round_trip() {
 
     assert_eq!(t.get(&server.peer(), stored).await, Ok(Some(event)));
     assert_eq!(t.get(&server.peer(), absent).await, Ok(None));
-    assert_eq!(t.health(&server.peer()).await, Ok(()));
+    let profile = t.health(&server.peer()).await.unwrap();
+    assert_eq!(profile.durability, Some(Durability::Buffered));
     server.shutdown().await;
+}
+
+/// A sync node's replica write to a buffered node fails as a refusal (it is
+/// never counted as a durable copy) and stores nothing; to a sync node it
+/// lands.
+#[tokio::test]
+async fn a_sync_sender_is_refused_by_a_buffered_peer() {
+    let buffered = Server::start(ServerConfig::new(SECRET)).await;
+    let sync = Server::start(ServerConfig::new(SECRET).with_durability(Durability::Sync)).await;
+    let t = transport(config().with_durability(Durability::Sync));
+    let key = KeyGenerator::new().generate();
+    match t
+        .put(&buffered.peer(), key, Bytes::from_static(b"{}"))
+        .await
+    {
+        Err(TransportError::Rejected(m)) => {
+            assert!(m.contains("durability_mismatch"), "{m}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(buffered.storage.is_empty());
+    assert_eq!(
+        t.put(&sync.peer(), key, Bytes::from_static(b"{}")).await,
+        Ok(PutStatus::Stored)
+    );
+    assert_eq!(
+        t.health(&sync.peer()).await.unwrap().durability,
+        Some(Durability::Sync)
+    );
+    buffered.shutdown().await;
+    sync.shutdown().await;
 }
 
 #[tokio::test]

@@ -302,7 +302,10 @@ async fn get_returns_the_stored_bytes_or_404() {
 async fn health_and_unknown_routes() {
     let (_, state) = setup();
     let (status, body) = call(&state, get("/peer/v1/health", Some(SECRET))).await;
-    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    assert_eq!(status, StatusCode::OK);
+    let profile = wire::Profile::decode(&body).expect("an ok body");
+    assert_eq!(profile.durability, Some(wire::Durability::Buffered));
+    assert_eq!(profile.max_event_bytes, None);
 
     let (status, body) = call(&state, get("/peer/v2/events", Some(SECRET))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -313,5 +316,79 @@ async fn health_and_unknown_routes() {
     assert_eq!(
         call(&state, get(EVENTS_PATH, Some(SECRET))).await.0,
         StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+fn post_requiring(durability: wire::Durability, events: &[(EventKey, &[u8])]) -> Request<Body> {
+    let body = wire::encode_request(events.iter().map(|(k, e)| (*k, *e)));
+    Request::post(EVENTS_PATH)
+        .header(header::CONTENT_TYPE, wire::CONTENT_TYPE)
+        .header(header::AUTHORIZATION, format!("Bearer {SECRET}"))
+        .header(wire::DURABILITY_HEADER, durability.as_str())
+        .body(Body::from(body))
+        .unwrap()
+}
+
+/// A buffered node never counts as a durable copy for a sync sender: the
+/// batch is refused as a whole and nothing of it is stored.
+#[tokio::test]
+async fn a_buffered_node_refuses_a_batch_that_requires_sync() {
+    let (storage, state) = setup();
+    let keys = KeyGenerator::new();
+    let (a, b) = (keys.generate(), keys.generate());
+    let events: [(EventKey, &[u8]); 2] = [(a, b"{}"), (b, b"{}")];
+    let (status, body) = call(&state, post_requiring(wire::Durability::Sync, &events)).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(json_code(&body), "durability_mismatch");
+    assert!(storage.is_empty(), "nothing stored");
+    // Buffered senders are served, and a sync node serves both.
+    let (status, _) = call(&state, post_requiring(wire::Durability::Buffered, &events)).await;
+    assert_eq!(status, StatusCode::OK);
+    let storage = Arc::new(MemStorage::new());
+    let sync = PeerState::new(
+        storage.clone(),
+        ServerConfig::new(SECRET).with_durability(wire::Durability::Sync),
+    );
+    let (status, _) = call(&sync, post_requiring(wire::Durability::Sync, &events)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(storage.len(), 2);
+    let (_, body) = call(&sync, get("/peer/v1/health", Some(SECRET))).await;
+    assert_eq!(
+        wire::Profile::decode(&body).unwrap().durability,
+        Some(wire::Durability::Sync)
+    );
+}
+
+/// An event over this node's size limit is refused alone, with a message
+/// naming both sizes; the others of the batch are stored.
+#[tokio::test]
+async fn an_event_over_the_nodes_size_limit_is_rejected_with_both_sizes() {
+    let storage = Arc::new(MemStorage::new());
+    let state = PeerState::new(
+        storage.clone(),
+        ServerConfig::new(SECRET).with_max_event_bytes(10),
+    );
+    let keys = KeyGenerator::new();
+    let (a, b, c) = (keys.generate(), keys.generate(), keys.generate());
+    let statuses = put_batch(
+        &state,
+        &[(a, b"{}"), (b, b"{\"big\":\"0123456789\"}"), (c, b"[]")],
+    )
+    .await;
+    assert_eq!(statuses[0], EventStatus::Stored);
+    assert_eq!(statuses[2], EventStatus::Stored);
+    match &statuses[1] {
+        EventStatus::Rejected(m) => {
+            assert!(m.contains("20 bytes") && m.contains("(10 bytes)"), "{m}");
+            assert!(m.contains("--max-event-bytes"), "{m}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(storage.len(), 2);
+    assert!(storage.get_now(&b).is_none());
+    let (_, body) = call(&state, get("/peer/v1/health", Some(SECRET))).await;
+    assert_eq!(
+        wire::Profile::decode(&body).unwrap().max_event_bytes,
+        Some(10)
     );
 }

@@ -35,7 +35,26 @@
 //! | --- | --- |
 //! | `POST` [`EVENTS_PATH`] | a batch of replica writes, below |
 //! | `GET` [`event_path`]`(key)` | `200` with the stored bytes (`application/octet-stream`), `404` when absent, `400` for a malformed key (the canonical hyphenated lowercase UUID) |
-//! | `GET` [`HEALTH_PATH`] | `200` `ok` |
+//! | `GET` [`HEALTH_PATH`] | `200` with the node's [`Profile`] (text below) |
+//!
+//! # Durability
+//!
+//! A write request may carry [`DURABILITY_HEADER`]`: sync`: the sender counts
+//! the answer as a durable copy, so a node whose storage answers before its
+//! `fsync` ([`Durability::Buffered`]) refuses the whole batch with `412`
+//! `durability_mismatch` and stores nothing. Without the header (or with
+//! `buffered`) any node accepts.
+//!
+//! # Health body
+//!
+//! `ok` on the first line, then `name=value` lines, each optional (older
+//! nodes send `ok` alone; unknown names are ignored):
+//!
+//! ```text
+//! ok
+//! durability=sync
+//! max_event_bytes=1048576
+//! ```
 //!
 //! Errors answer with the JSON envelope of the client API,
 //! `{"error":{"code":"…","message":"…"}}`.
@@ -87,6 +106,87 @@ pub use codec::{
     decode_request, decode_response, encode_request, encode_response,
 };
 
+/// The request header in which a sender says which durability it counts on
+/// (see the crate docs).
+pub const DURABILITY_HEADER: &str = "x-alldata-durability";
+
+/// When a node's storage answers a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// After the write reached the operating system, before `fsync`.
+    Buffered,
+    /// After the write is on disk (`fsync`).
+    Sync,
+}
+
+impl Durability {
+    /// `buffered` or `sync`, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Buffered => "buffered",
+            Durability::Sync => "sync",
+        }
+    }
+
+    /// Parses [`Durability::as_str`]'s text.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim() {
+            "buffered" => Some(Durability::Buffered),
+            "sync" => Some(Durability::Sync),
+            _ => None,
+        }
+    }
+
+    /// Whether a node storing with `self` may count as a copy for a sender
+    /// that requires `required`.
+    pub fn satisfies(self, required: Durability) -> bool {
+        self == Durability::Sync || required == Durability::Buffered
+    }
+}
+
+/// What a node promises about the writes it accepts, as its health route
+/// says it. `None`: not said.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// When its storage answers a write.
+    pub durability: Option<Durability>,
+    /// The largest event it accepts, in bytes.
+    pub max_event_bytes: Option<u64>,
+}
+
+impl Profile {
+    /// The health body (see the crate docs).
+    pub fn encode(&self) -> String {
+        let mut body = String::from("ok\n");
+        if let Some(d) = self.durability {
+            body.push_str(&format!("durability={}\n", d.as_str()));
+        }
+        if let Some(n) = self.max_event_bytes {
+            body.push_str(&format!("max_event_bytes={n}\n"));
+        }
+        body
+    }
+
+    /// Reads a health body; `None` unless its first line is `ok`. Unknown or
+    /// malformed lines are skipped.
+    pub fn decode(body: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(body).ok()?;
+        let mut lines = text.lines();
+        if lines.next()?.trim() != "ok" {
+            return None;
+        }
+        let mut profile = Profile::default();
+        for line in lines {
+            match line.split_once('=') {
+                Some(("durability", v)) => profile.durability = Durability::parse(v),
+                Some(("max_event_bytes", v)) => profile.max_event_bytes = v.trim().parse().ok(),
+                _ => {}
+            }
+        }
+        Some(profile)
+    }
+}
+
 /// The path of the batch write route.
 pub const EVENTS_PATH: &str = "/peer/v1/events";
 /// The path of the health route.
@@ -130,6 +230,31 @@ mod tests {
         assert!(!authorized(Some(b"s3cret"), "s3cret"));
         assert!(!authorized(None, "s3cret"));
         assert!(!authorized(Some(b"Bearer "), ""), "an empty secret refuses");
+    }
+
+    #[test]
+    fn a_profile_round_trips_and_old_bodies_still_parse() {
+        let p = Profile {
+            durability: Some(Durability::Sync),
+            max_event_bytes: Some(1 << 20),
+        };
+        assert_eq!(Profile::decode(p.encode().as_bytes()), Some(p));
+        assert_eq!(Profile::decode(b"ok"), Some(Profile::default()));
+        assert_eq!(
+            Profile::decode(b"ok\nfuture=1\ndurability=weird\nmax_event_bytes=x\n"),
+            Some(Profile::default())
+        );
+        assert_eq!(Profile::decode(b"not ok"), None);
+        assert_eq!(Profile::decode(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn only_sync_storage_satisfies_a_sync_sender() {
+        use Durability::*;
+        assert!(Sync.satisfies(Sync));
+        assert!(Sync.satisfies(Buffered));
+        assert!(Buffered.satisfies(Buffered));
+        assert!(!Buffered.satisfies(Sync));
     }
 
     #[test]

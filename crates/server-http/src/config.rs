@@ -58,6 +58,10 @@ pub struct ApiConfig {
     /// Counters kept elsewhere in the node (the replica endpoint, the peer
     /// client), rendered by `GET /metrics` after the API's own.
     pub counters: Vec<CounterSource>,
+    /// When this node's storage answers a write (`sync` or `buffered`), shown
+    /// in `/health` and compared with what each peer's probe says. `None`:
+    /// not said.
+    pub durability: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -75,6 +79,7 @@ impl Default for ApiConfig {
             peer_fresh_for: Duration::from_secs(60),
             counters: Vec::new(),
             limits: Limits::default(),
+            durability: None,
         }
     }
 }
@@ -83,6 +88,12 @@ impl ApiConfig {
     /// Sets the largest accepted event.
     pub fn with_max_event_bytes(mut self, bytes: usize) -> Self {
         self.max_event_bytes = bytes;
+        self
+    }
+
+    /// Says when this node's storage answers a write (`sync` or `buffered`).
+    pub fn with_durability(mut self, durability: impl Into<String>) -> Self {
+        self.durability = Some(durability.into());
         self
     }
 
@@ -150,6 +161,7 @@ impl fmt::Debug for ApiConfig {
             .field("peer_fresh_for", &self.peer_fresh_for)
             .field("counters", &self.counters.len())
             .field("limits", &self.limits)
+            .field("durability", &self.durability)
             .finish()
     }
 }

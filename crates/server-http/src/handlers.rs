@@ -415,7 +415,8 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
     let topology = coordinator.topology();
     let location = topology.location();
     let now = Instant::now();
-    let fresh_for = state.inner.config.peer_fresh_for;
+    let config = &state.inner.config;
+    let fresh_for = config.peer_fresh_for;
     let ms_ago = |t: Instant| u64::try_from(now.saturating_duration_since(t).as_millis()).ok();
     let mut up_count = 0usize;
     let peers: Vec<_> = topology
@@ -443,6 +444,13 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
                 "last_success_ms_ago": seen.last_ok.and_then(ms_ago),
                 "last_failure_ms_ago": seen.last_err.as_ref().and_then(|(t, _)| ms_ago(*t)),
                 "last_error": seen.last_err.as_ref().map(|(_, e)| e.as_str()),
+                "durability": seen.profile.as_ref().and_then(|p| p.durability.as_deref()),
+                "max_event_bytes": seen.profile.as_ref().and_then(|p| p.max_event_bytes),
+                "mismatch": seen.profile.as_ref().map(|p| crate::peers::mismatches(
+                    config.durability.as_deref(),
+                    config.max_event_bytes,
+                    p,
+                )).unwrap_or_default(),
             })
         })
         .collect();
@@ -471,6 +479,8 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
         "zone": location.zone,
         "replication_factor": options.replication_factor,
         "commit_level": options.commit_level.as_str(),
+        "durability": config.durability,
+        "max_event_bytes": config.max_event_bytes,
         "peers_total": peers.len(),
         "peers_up": up_count,
         "graylisted": coordinator.graylisted_peers(),

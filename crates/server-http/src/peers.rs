@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use alldata_coordinator::NodeId;
+use alldata_coordinator::{NodeId, PeerProfile};
 use tokio::time::Instant;
 
 /// When a peer last answered and last failed.
@@ -11,6 +11,8 @@ use tokio::time::Instant;
 pub(crate) struct PeerSeen {
     pub(crate) last_ok: Option<Instant>,
     pub(crate) last_err: Option<(Instant, String)>,
+    /// What the peer's last health probe said it promises.
+    pub(crate) profile: Option<PeerProfile>,
 }
 
 impl PeerSeen {
@@ -47,7 +49,51 @@ impl PeerHealth {
         self.with(|m| m.entry(node.clone()).or_default().last_err = Some((now, error)));
     }
 
+    /// Records what a probe of `node` answered; `true` when it differs from
+    /// what was known.
+    pub(crate) fn profile(&self, node: &NodeId, profile: PeerProfile) -> bool {
+        let now = Instant::now();
+        self.with(|m| {
+            let seen = m.entry(node.clone()).or_default();
+            seen.last_ok = Some(now);
+            let changed = seen.profile.as_ref() != Some(&profile);
+            seen.profile = Some(profile);
+            changed
+        })
+    }
+
     pub(crate) fn get(&self, node: &NodeId) -> PeerSeen {
         self.with(|m| m.get(node).cloned().unwrap_or_default())
     }
+}
+
+/// How `peer`'s promises differ from this node's (`durability`,
+/// `max_event_bytes`): one line per difference, empty when they agree or the
+/// peer does not say.
+pub(crate) fn mismatches(
+    own_durability: Option<&str>,
+    own_max_event_bytes: usize,
+    peer: &PeerProfile,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let (Some(own), Some(theirs)) = (own_durability, peer.durability.as_deref())
+        && own != theirs
+    {
+        out.push(format!(
+            "durability: the peer stores {theirs}, this node {own}{}",
+            if own == "sync" {
+                " (the peer refuses this node's replicas: it cannot count as a durable copy)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if let Some(theirs) = peer.max_event_bytes
+        && theirs != own_max_event_bytes as u64
+    {
+        out.push(format!(
+            "max_event_bytes: the peer accepts {theirs}, this node {own_max_event_bytes} (events between the two are refused by the smaller)"
+        ));
+    }
+    out
 }

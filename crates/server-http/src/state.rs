@@ -184,16 +184,20 @@ async fn probe_peers(state: Weak<Inner>, interval: std::time::Duration) {
     loop {
         tokio::time::sleep(interval).await;
         // Hold the state only long enough to copy what the probe needs.
-        let Some((reader, peers, health, timeout)) = state.upgrade().and_then(|inner| {
-            let reader = inner.coordinator.peer_reader()?;
-            let peers: Vec<_> = inner.coordinator.topology().peers().cloned().collect();
-            Some((
-                reader,
-                peers,
-                Arc::clone(&inner.health),
-                inner.config.health_probe_timeout,
-            ))
-        }) else {
+        let Some((reader, peers, health, timeout, own_durability, own_max_event_bytes)) =
+            state.upgrade().and_then(|inner| {
+                let reader = inner.coordinator.peer_reader()?;
+                let peers: Vec<_> = inner.coordinator.topology().peers().cloned().collect();
+                Some((
+                    reader,
+                    peers,
+                    Arc::clone(&inner.health),
+                    inner.config.health_probe_timeout,
+                    inner.config.durability.clone(),
+                    inner.config.max_event_bytes,
+                ))
+            })
+        else {
             break;
         };
         let mut probes: FuturesUnordered<_> = peers
@@ -208,7 +212,16 @@ async fn probe_peers(state: Weak<Inner>, interval: std::time::Duration) {
             .collect();
         while let Some((id, result)) = probes.next().await {
             match result {
-                Ok(Ok(())) => health.ok(&id),
+                Ok(Ok(profile)) => {
+                    let problems = crate::peers::mismatches(
+                        own_durability.as_deref(),
+                        own_max_event_bytes,
+                        &profile,
+                    );
+                    if health.profile(&id, profile) && !problems.is_empty() {
+                        tracing::warn!(peer = %id, problems = ?problems, "peer configured differently from this node");
+                    }
+                }
                 Ok(Err(e)) => health.failed(&id, e.to_string()),
                 Err(_) => health.failed(&id, "health probe timed out".to_owned()),
             }

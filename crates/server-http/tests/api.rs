@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use alldata_coordinator::sim::Fault;
 use alldata_coordinator::{
-    CommitLevel, Coordinator, EventKey, Location, NoPeers, Options, PeerReader, PutStatus,
-    ScanRange, Storage, StorageError,
+    CommitLevel, Coordinator, EventKey, Location, NoPeers, Options, PeerProfile, PeerReader,
+    PutStatus, ScanRange, Storage, StorageError,
 };
 use alldata_server_http::{ApiConfig, ApiState, router};
 use async_trait::async_trait;
@@ -908,6 +908,51 @@ async fn health_probe_uses_the_peer_reader() {
     let probes = reader.probes.lock().unwrap().len();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(reader.probes.lock().unwrap().len(), probes);
+}
+
+/// `/health` says what each peer promises (from its probe) and where that
+/// differs from this node: a buffered peer of a sync node, another event size.
+#[tokio::test]
+async fn health_names_peers_that_promise_other_durability_or_event_size() {
+    let reader = Arc::new(FakeReader::default());
+    reader.profiles.lock().unwrap().insert(
+        "n2".into(),
+        PeerProfile::new(Some("buffered".into()), Some(1024 * 1024)),
+    );
+    reader.profiles.lock().unwrap().insert(
+        "n3".into(),
+        PeerProfile::new(Some("sync".into()), Some(4 * 1024 * 1024)),
+    );
+    let n = node(
+        options(1, CommitLevel::One),
+        &["n2", "n3"],
+        Some(reader.clone() as Arc<dyn PeerReader>),
+        ApiConfig::default()
+            .with_durability("sync")
+            .with_max_event_bytes(1024 * 1024)
+            .with_health_probe_interval(Some(Duration::from_millis(10))),
+    );
+    eventually(async || {
+        let h = call(&n.app, Method::GET, "/health", Body::empty())
+            .await
+            .json();
+        h["peers"][0]["durability"] == "buffered" && h["peers"][1]["durability"] == "sync"
+    })
+    .await;
+    let h = call(&n.app, Method::GET, "/health", Body::empty())
+        .await
+        .json();
+    assert_eq!(h["durability"], "sync", "{h}");
+    let n2 = h["peers"][0]["mismatch"].as_array().unwrap();
+    assert_eq!(n2.len(), 1, "{h}");
+    assert!(n2[0].as_str().unwrap().starts_with("durability"), "{h}");
+    let n3 = h["peers"][1]["mismatch"].as_array().unwrap();
+    assert_eq!(n3.len(), 1, "{h}");
+    assert!(
+        n3[0].as_str().unwrap().starts_with("max_event_bytes"),
+        "{h}"
+    );
+    assert_eq!(h["peers"][1]["max_event_bytes"], 4 * 1024 * 1024);
 }
 
 #[tokio::test]

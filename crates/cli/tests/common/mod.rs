@@ -20,6 +20,9 @@ pub struct Proc {
     pub zone: &'static str,
     pub dir: PathBuf,
     pub child: Option<Child>,
+    /// Extra flags for this node only (set before `spawn`); a `--durability`
+    /// here replaces the harness's `buffered`.
+    pub extra: Vec<String>,
 }
 
 pub struct Cluster {
@@ -61,6 +64,13 @@ impl Cluster {
 
     /// `start` with extra flags for every node.
     pub async fn start_with(n: usize, rf: usize, extra: &[&str]) -> Self {
+        Self::start_each(&vec![&[][..]; n], rf, extra).await
+    }
+
+    /// One node per entry of `own` (that node's own extra flags), with
+    /// `extra` flags for every node.
+    pub async fn start_each(own: &[&[&str]], rf: usize, extra: &[&str]) -> Self {
+        let n = own.len();
         let tmp = tempfile::tempdir().unwrap();
         let secret_file = tmp.path().join("secret");
         std::fs::write(&secret_file, SECRET).unwrap();
@@ -74,6 +84,7 @@ impl Cluster {
                 zone: places[i % 3].1,
                 dir: tmp.path().join(format!("n{}", i + 1)),
                 child: None,
+                extra: own[i].iter().map(|s| (*s).to_owned()).collect(),
             })
             .collect();
         let client = reqwest::Client::builder()
@@ -109,10 +120,13 @@ impl Cluster {
             .args(["--region", me.region, "--zone", me.zone])
             .args(["--replication-factor", &self.rf.to_string()])
             .args(["--replica-timeout-ms", "1000", "--deadline-ms", "3000"])
-            .args(["--durability", "buffered"])
             .arg("--cluster-secret-file")
             .arg(&self.secret_file)
-            .args(&self.extra);
+            .args(&self.extra)
+            .args(&me.extra);
+        if !me.extra.iter().any(|a| a == "--durability") {
+            cmd.args(["--durability", "buffered"]);
+        }
         for p in self.nodes.iter().filter(|p| p.id != me.id) {
             cmd.arg("--peer").arg(format!(
                 "{}=127.0.0.1:{}@{}/{}",

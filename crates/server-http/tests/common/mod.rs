@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use alldata_coordinator::sim::SimNetwork;
 use alldata_coordinator::{
-    CommitLevel, Coordinator, EventKey, Locality, Location, MemStorage, Options, Peer, PeerReader,
-    TransportError,
+    CommitLevel, Coordinator, EventKey, Locality, Location, MemStorage, Options, Peer, PeerProfile,
+    PeerReader, TransportError,
 };
 use alldata_server_http::{ApiConfig, ApiState, router};
 use async_trait::async_trait;
@@ -161,6 +161,8 @@ pub struct FakeReader {
     pub failing: Mutex<HashSet<String>>,
     pub gets: Mutex<Vec<String>>,
     pub probes: Mutex<Vec<String>>,
+    /// What each peer's health probe answers (default: nothing said).
+    pub profiles: Mutex<HashMap<String, PeerProfile>>,
 }
 
 #[async_trait]
@@ -178,11 +180,17 @@ impl PeerReader for FakeReader {
             .cloned())
     }
 
-    async fn health(&self, peer: &Peer) -> Result<(), TransportError> {
+    async fn health(&self, peer: &Peer) -> Result<PeerProfile, TransportError> {
         self.probes.lock().unwrap().push(peer.id.to_string());
         if self.failing.lock().unwrap().contains(peer.id.as_str()) {
             return Err(TransportError::Unreachable("fake".into()));
         }
-        Ok(())
+        Ok(self
+            .profiles
+            .lock()
+            .unwrap()
+            .get(peer.id.as_str())
+            .cloned()
+            .unwrap_or_default())
     }
 }
