@@ -239,6 +239,17 @@ async fn run_cell(args: &BenchArgs, cell: &Cell) -> anyhow::Result<RunResult> {
         None
     };
     let targets = match &group {
+        Some(g) if args.hang_nodes > 0 => {
+            anyhow::ensure!(
+                args.hang_nodes < args.nodes,
+                "--hang-nodes {} leaves no node to send load to (--nodes {})",
+                args.hang_nodes,
+                args.nodes
+            );
+            let hung = g.hang_last(args.hang_nodes)?;
+            eprintln!("hung (SIGSTOP) nodes at {hung:?}; load goes to the others");
+            g.apis[..args.nodes - args.hang_nodes].to_vec()
+        }
         Some(g) => g.apis.clone(),
         None => args.target.clone(),
     };

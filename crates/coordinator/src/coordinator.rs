@@ -74,6 +74,7 @@ impl Coordinator {
         let (reports, _) = broadcast::channel(1024);
         let keys = KeyGenerator::new().with_origin(origin_tag(local.as_str()));
         let max_peer_reads = options.max_peer_reads;
+        let scores = PeerScores::new(options.replica_timeout);
         Ok(Self {
             inner: Arc::new(Inner {
                 options,
@@ -86,7 +87,7 @@ impl Coordinator {
                 stats: AtomicStats::default(),
                 reader: RwLock::new(None),
                 read_permits: Arc::new(tokio::sync::Semaphore::new(max_peer_reads)),
-                scores: PeerScores::default(),
+                scores,
                 local_health: LocalHealth::default(),
                 running: watch::Sender::new(0),
             }),

@@ -2,8 +2,11 @@
 //! failing to connect is graylisted, so placement prefers other peers of its
 //! category (see `placement::place_avoiding`) instead of waiting on it for
 //! every put. The graylist expires after a cooldown (1 s, doubling up to
-//! 30 s while the peer keeps failing), and the next write that lands on the
-//! peer is the probe: a success clears it.
+//! 30 s while the peer keeps failing), and then one placement at a time may
+//! choose the peer: that write is the probe. While it is in flight (at most a
+//! replica timeout) the peer stays avoided; a success clears it, a failure
+//! graylists it again for twice as long. Without that, every put placed in
+//! the replica timeout after a cooldown would land on a peer still hung.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -26,15 +29,74 @@ struct Score {
     until: Option<Instant>,
     /// The next cooldown.
     cooldown: Duration,
+    /// A probe write is in flight until then.
+    probe_until: Option<Instant>,
+}
+
+impl Score {
+    /// Graylisted, or probed by a write still in flight.
+    fn avoided(&self, now: Instant) -> bool {
+        self.until.is_some_and(|u| u > now) || self.probe_until.is_some_and(|u| u > now)
+    }
+
+    /// Out of its cooldown but not cleared yet, with no probe in flight.
+    fn probe_ready(&self, now: Instant) -> bool {
+        self.until.is_some_and(|u| u <= now) && self.probe_until.is_none_or(|u| u <= now)
+    }
 }
 
 /// Per-peer health from the outcomes of replica writes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct PeerScores {
     scores: Mutex<HashMap<NodeId, Score>>,
+    /// How long a probe write may be in flight (the replica timeout).
+    probe_window: Duration,
+}
+
+/// What placement must know: the peers to avoid, and the peers it may probe
+/// (at most one write each; see [`PeerScores::probing`]).
+#[derive(Debug, Default)]
+pub(crate) struct Avoid {
+    pub(crate) avoid: HashSet<NodeId>,
+    pub(crate) probe_ready: HashSet<NodeId>,
 }
 
 impl PeerScores {
+    /// Scores whose probes may be in flight for `probe_window`.
+    pub(crate) fn new(probe_window: Duration) -> Self {
+        Self {
+            scores: Mutex::default(),
+            probe_window,
+        }
+    }
+
+    /// The peers placement avoids now and those it may probe.
+    pub(crate) fn for_placement(&self) -> Avoid {
+        let now = Instant::now();
+        self.with(|m| {
+            let mut out = Avoid::default();
+            for (id, score) in m.iter() {
+                if score.avoided(now) {
+                    out.avoid.insert(id.clone());
+                } else if score.probe_ready(now) {
+                    out.probe_ready.insert(id.clone());
+                }
+            }
+            out
+        })
+    }
+
+    /// A write was placed on `node` out of its cooldown: it is the probe, and
+    /// the peer is avoided until it answers or the probe window passes.
+    pub(crate) fn probing(&self, node: &NodeId) {
+        let until = Instant::now() + self.probe_window;
+        self.with(|m| {
+            if let Some(score) = m.get_mut(node) {
+                score.probe_until = Some(until);
+            }
+        });
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<NodeId, Score>) -> R) -> R {
         f(&mut self.scores.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -67,6 +129,7 @@ impl PeerScores {
                 };
                 score.cooldown = cooldown;
                 score.until = Some(now + cooldown);
+                score.probe_until = None;
                 tracing::warn!(peer = %node, failures = score.failures, ?cooldown, "peer graylisted: placement avoids it for a while");
             }
         });
@@ -77,7 +140,7 @@ impl PeerScores {
         let now = Instant::now();
         self.with(|m| {
             m.iter()
-                .filter(|(_, s)| s.until.is_some_and(|u| u > now))
+                .filter(|(_, s)| s.avoided(now))
                 .map(|(id, _)| id.clone())
                 .collect()
         })

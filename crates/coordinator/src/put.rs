@@ -11,6 +11,7 @@ use crate::commit::{CommitLevel, Tracker};
 use crate::coordinator::Coordinator;
 use crate::driver::{Batch, PeerGroups};
 use crate::error::PutError;
+use crate::health::Avoid;
 use crate::options::PutOptions;
 use crate::outcome::{Completion, PutAck, ReplicationReport};
 use crate::placement;
@@ -230,8 +231,13 @@ impl Coordinator {
         let mut slots = Vec::with_capacity(events.len());
         let mut completions = Vec::with_capacity(events.len());
         let mut groups = PeerGroups::default();
-        // Graylisted peers are avoided while enough others exist.
-        let avoid = self.inner.scores.graylisted();
+        // Graylisted peers are avoided while enough others exist; a peer out
+        // of its cooldown takes one write, the probe, and is avoided again
+        // until that answers.
+        let Avoid {
+            mut avoid,
+            mut probe_ready,
+        } = self.inner.scores.for_placement();
         self.with_rng(|rng| {
             for (i, (key, event, decider)) in events.into_iter().enumerate() {
                 let (peers, mut chosen) = placement::place_avoiding(
@@ -241,6 +247,12 @@ impl Coordinator {
                     replication_factor: e.replication_factor,
                     nodes: e.nodes,
                 })?;
+                for peer in &peers {
+                    if probe_ready.remove(&peer.id) {
+                        self.inner.scores.probing(&peer.id);
+                        avoid.insert(peer.id.clone());
+                    }
+                }
                 let mut targets: Vec<Target> = std::iter::once(Target::Local)
                     .chain(peers.into_iter().map(Target::Peer))
                     .collect();

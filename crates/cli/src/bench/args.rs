@@ -126,6 +126,12 @@ pub(crate) struct BenchArgs {
     /// Per-request timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) request_timeout_ms: u64,
+    /// Nodes to hang (SIGSTOP: the kernel still accepts their connections,
+    /// nothing answers) once the cluster is up, the last ones started; they
+    /// stay members, and load goes to the others. Shows the write path with
+    /// a hung peer.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) hang_nodes: usize,
     /// Internal: serve a baseline on this address (null, or fanout with --forward).
     #[arg(long, hide = true)]
     pub(crate) serve_baseline: Option<SocketAddr>,

@@ -160,6 +160,21 @@ impl Group {
         Ok(group)
     }
 
+    /// Hangs the last `n` children (SIGSTOP) and returns their API
+    /// addresses. Dropping the group still kills them.
+    pub(crate) fn hang_last(&self, n: usize) -> anyhow::Result<Vec<SocketAddr>> {
+        let from = self.children.len().saturating_sub(n);
+        for child in &self.children[from..] {
+            let ok = Command::new("kill")
+                .args(["-STOP", &child.id().to_string()])
+                .status()
+                .context("cannot run kill")?
+                .success();
+            anyhow::ensure!(ok, "kill -STOP {} failed", child.id());
+        }
+        Ok(self.apis[from..].to_vec())
+    }
+
     /// Starts the `null` baseline (one process) or the `fanout` baseline (a
     /// front that forwards to `fanout_peers` null processes).
     pub(crate) async fn baseline(fanout_peers: usize) -> anyhow::Result<Self> {
