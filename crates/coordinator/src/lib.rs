@@ -70,6 +70,7 @@ pub mod commit;
 mod coordinator;
 mod driver;
 mod error;
+pub mod feed;
 pub mod health;
 mod options;
 mod outcome;
@@ -78,6 +79,7 @@ mod put;
 mod read;
 mod slot;
 mod storage;
+mod tail;
 pub mod topology;
 mod transport;
 

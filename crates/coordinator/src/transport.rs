@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::TransportError;
+use crate::feed::TailStream;
 use crate::storage::PutStatus;
 use crate::topology::Peer;
 
@@ -79,6 +80,18 @@ pub trait PeerReader: Send + Sync + 'static {
 
     /// What `peer` promises, when it answers.
     async fn health(&self, peer: &Peer) -> Result<PeerProfile, TransportError>;
+
+    /// The events `peer` stores from now on, after a replay of those with
+    /// keys from `from` minus its replay margin (see [`crate::feed`]). The
+    /// stream ends or fails with the connection; the caller opens it again
+    /// from the newest key it got. The default cannot tail.
+    async fn tail(&self, peer: &Peer, from: EventKey) -> Result<TailStream, TransportError> {
+        let _ = from;
+        Err(TransportError::Rejected(format!(
+            "this peer reader cannot tail {}",
+            peer.id
+        )))
+    }
 }
 
 /// What a peer says about the writes it accepts when its health is probed.

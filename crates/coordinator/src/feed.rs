@@ -1,0 +1,267 @@
+//! The live feed of a node's storage: every event stored from now on, and a
+//! replay of the recent past so that a subscriber that resumes misses nothing.
+//!
+//! [`Feed::wrap`] puts a [`Storage`] behind a [`FeedStorage`] that publishes
+//! each newly stored event (a put answered [`PutStatus::Stored`]; idempotent
+//! retries are not published again). Whoever stores through the wrapper (the
+//! coordinator's local writes, the replica endpoint's writes) feeds it.
+//!
+//! [`Feed::subscribe`] gives a [`LocalTail`]: with a resume key `K`, the
+//! stored events with keys from `K - replay` on (a scan, in key order), then
+//! the live ones (in arrival order). The subscription is taken before the
+//! scan, so nothing stored in between is lost; an event may come twice.
+//!
+//! Why a margin before `K`: keys are times from the writing node's clock, and
+//! a copy may arrive at a node some time after its key was made (the put's
+//! deadline, plus clock differences between nodes). An event with a key a
+//! little older than `K` can therefore arrive after `K` was delivered;
+//! replaying `replay` before `K` catches it. Events whose key is older than
+//! the margin when they are stored (a client-chosen key far in the past) are
+//! delivered live, but a resume does not replay them.
+//!
+//! The live part is bounded: a subscriber more than the feed's capacity
+//! behind ends with [`TailError::Lagged`] (resume from the last key it got).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alldata_keygen::EventKey;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::sync::broadcast;
+
+use crate::error::StorageError;
+use crate::storage::{EventStream, PutStatus, ScanRange, Storage};
+
+/// Live events kept for slow subscribers by default.
+pub const DEFAULT_FEED_CAPACITY: usize = 4096;
+
+/// How far before a resume key a subscription replays by default: the
+/// longest time from a key's making to its copy being stored (a put's
+/// deadline) plus clock differences between nodes.
+pub const DEFAULT_REPLAY: Duration = Duration::from_secs(15);
+
+/// Why a tail ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TailError {
+    /// The subscriber fell more events behind than the feed keeps. Resume
+    /// from the last key received.
+    #[error("the subscriber fell too far behind")]
+    Lagged,
+    /// The replay's scan failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A peer's tail failed.
+    #[error("peer tail failed: {0}")]
+    Peer(String),
+}
+
+/// One item of a tail: an event, or the end of it.
+pub type TailItem = Result<(EventKey, Bytes), TailError>;
+
+/// A stream of tail items.
+pub type TailStream = BoxStream<'static, TailItem>;
+
+/// The publishing side of a node's live feed. Cheap to clone.
+#[derive(Clone)]
+pub struct Feed {
+    tx: broadcast::Sender<(EventKey, Bytes)>,
+    storage: Arc<dyn Storage>,
+    replay: Duration,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed")
+            .field("subscribers", &self.tx.receiver_count())
+            .field("replay", &self.replay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Feed {
+    /// Wraps `storage` so that every event newly stored through the returned
+    /// storage is published on the returned feed, which keeps up to
+    /// `capacity` live events for slow subscribers.
+    pub fn wrap(storage: Arc<dyn Storage>, capacity: usize) -> (Arc<FeedStorage>, Feed) {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        let feed = Feed {
+            tx,
+            storage: Arc::clone(&storage),
+            replay: DEFAULT_REPLAY,
+        };
+        let wrapped = Arc::new(FeedStorage {
+            inner: storage,
+            tx: feed.tx.clone(),
+        });
+        (wrapped, feed)
+    }
+
+    /// The same feed, replaying `replay` before a resume key.
+    pub fn with_replay(mut self, replay: Duration) -> Self {
+        self.replay = replay;
+        self
+    }
+
+    /// How far before a resume key a subscription replays.
+    pub fn replay(&self) -> Duration {
+        self.replay
+    }
+
+    /// Subscribers now.
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// The events stored from now on; with `from`, first the stored events
+    /// with keys from `from` minus the replay margin on (see the module docs).
+    pub fn subscribe(&self, from: Option<EventKey>) -> TailStream {
+        let live = self.tx.subscribe();
+        let replayed: EventStream = match from {
+            Some(key) => {
+                let start = key
+                    .timestamp_ms()
+                    .saturating_sub(u64::try_from(self.replay.as_millis()).unwrap_or(u64::MAX));
+                self.storage.scan(
+                    ScanRange::new(EventKey::min_for_ms(start), ScanRange::all().to),
+                    usize::MAX,
+                )
+            }
+            None => futures::stream::empty().boxed(),
+        };
+        let replayed = replayed.map(|r| r.map_err(TailError::from));
+        let live = futures::stream::unfold(Some(live), |rx| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Ok(event) => Some((Ok(event), Some(rx))),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some((Err(TailError::Lagged), None)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        });
+        replayed.chain(live).boxed()
+    }
+}
+
+/// A [`Storage`] that publishes what it newly stores on its [`Feed`].
+pub struct FeedStorage {
+    inner: Arc<dyn Storage>,
+    tx: broadcast::Sender<(EventKey, Bytes)>,
+}
+
+impl std::fmt::Debug for FeedStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedStorage").finish_non_exhaustive()
+    }
+}
+
+impl FeedStorage {
+    fn publish(&self, key: EventKey, event: Bytes) {
+        // No subscriber is not an error.
+        let _ = self.tx.send((key, event));
+    }
+}
+
+#[async_trait]
+impl Storage for FeedStorage {
+    async fn put(&self, key: EventKey, event: Bytes) -> Result<PutStatus, StorageError> {
+        let result = self.inner.put(key, event.clone()).await;
+        if result == Ok(PutStatus::Stored) {
+            self.publish(key, event);
+        }
+        result
+    }
+
+    async fn put_many(
+        &self,
+        events: Vec<(EventKey, Bytes)>,
+    ) -> Vec<Result<PutStatus, StorageError>> {
+        // Cloning `Bytes` shares the buffer; always kept, so that a
+        // subscriber that arrives during the write still gets its events.
+        let published: Vec<_> = events.iter().map(|(k, e)| (*k, e.clone())).collect();
+        let results = self.inner.put_many(events).await;
+        for ((key, event), result) in published.into_iter().zip(&results) {
+            if *result == Ok(PutStatus::Stored) {
+                self.publish(key, event);
+            }
+        }
+        results
+    }
+
+    async fn get(&self, key: EventKey) -> Result<Option<Bytes>, StorageError> {
+        self.inner.get(key).await
+    }
+
+    fn scan(&self, range: ScanRange, limit: usize) -> EventStream {
+        self.inner.scan(range, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+    use alldata_keygen::{KeyGenerator, ManualClock};
+
+    fn ev(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn newly_stored_events_are_published_once() {
+        let (storage, feed) = Feed::wrap(Arc::new(MemStorage::new()), 16);
+        let mut tail = feed.subscribe(None);
+        let keys = KeyGenerator::new();
+        let (a, b) = (keys.generate(), keys.generate());
+        storage.put(a, ev("a")).await.unwrap();
+        // An idempotent retry and a conflict publish nothing.
+        storage.put(a, ev("a")).await.unwrap();
+        assert!(storage.put(a, ev("other")).await.is_err());
+        storage.put_many(vec![(b, ev("b")), (a, ev("a"))]).await;
+        assert_eq!(tail.next().await, Some(Ok((a, ev("a")))));
+        assert_eq!(tail.next().await, Some(Ok((b, ev("b")))));
+        drop(storage);
+        drop(feed);
+        assert_eq!(tail.next().await, None, "the feed is gone");
+    }
+
+    #[tokio::test]
+    async fn a_resume_replays_the_margin_before_the_key_then_goes_live() {
+        let clock = ManualClock::new(1_000_000);
+        let keys = KeyGenerator::with_clock(clock.clone());
+        let (storage, feed) = Feed::wrap(Arc::new(MemStorage::new()), 16);
+        let feed = feed.with_replay(Duration::from_secs(10));
+        let old = keys.generate();
+        clock.set(1_020_000);
+        let late = keys.generate(); // 10 s before the resume key
+        clock.set(1_030_000);
+        let resume = keys.generate();
+        storage.put(old, ev("old")).await.unwrap();
+        storage.put(resume, ev("resume")).await.unwrap();
+        storage.put(late, ev("late")).await.unwrap();
+        let mut tail = feed.subscribe(Some(resume));
+        // Replayed in key order from 10 s before the resume key.
+        assert_eq!(tail.next().await, Some(Ok((late, ev("late")))));
+        assert_eq!(tail.next().await, Some(Ok((resume, ev("resume")))));
+        let next = keys.generate();
+        storage.put(next, ev("next")).await.unwrap();
+        assert_eq!(tail.next().await, Some(Ok((next, ev("next")))));
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_too_far_behind_ends_with_lagged() {
+        let (storage, feed) = Feed::wrap(Arc::new(MemStorage::new()), 4);
+        let mut tail = feed.subscribe(None);
+        let keys = KeyGenerator::new();
+        for i in 0..10 {
+            storage
+                .put(keys.generate(), ev(&i.to_string()))
+                .await
+                .unwrap();
+        }
+        assert_eq!(tail.next().await, Some(Err(TailError::Lagged)));
+        assert_eq!(tail.next().await, None);
+    }
+}

@@ -1,0 +1,155 @@
+//! The cluster-wide live tail: this node's feed and every peer's, merged.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alldata_keygen::EventKey;
+use futures::StreamExt;
+
+use crate::coordinator::Coordinator;
+use crate::feed::{Feed, TailError, TailStream};
+use crate::topology::Peer;
+use crate::transport::PeerReader;
+
+/// Keys remembered to drop the duplicates of a tail.
+const DEDUPE_KEYS: usize = 65_536;
+/// First wait before a failed peer tail is opened again (doubling to the max).
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(2);
+
+impl Coordinator {
+    /// The events stored on any member from now on, starting with those with
+    /// keys from `from` minus the replay margin (see [`crate::feed`]): this
+    /// node's `feed` and every peer's tail (through the peer reader), merged
+    /// as they arrive.
+    ///
+    /// Delivered at least once: each source resumes from the newest key it
+    /// delivered after a lag or a broken connection (replaying its margin),
+    /// and a failed peer is retried with backoff. Recent duplicates (the same
+    /// key from several holders) are dropped; older ones may come again.
+    /// Order: arrival order per source, not key order across sources. The
+    /// stream ends only with a storage error of this node.
+    ///
+    /// Every event acknowledged at QUORUM after the tail started is
+    /// delivered as long as, at any time, fewer than `required(QUORUM)`
+    /// members are unreachable from this node: each such event has that many
+    /// holders, and one of them is followed.
+    pub fn tail(&self, feed: &Feed, from: EventKey) -> TailStream {
+        let mut sources = vec![local_source(feed.clone(), from)];
+        if let Some(reader) = self.peer_reader() {
+            for peer in self.topology().peers() {
+                sources.push(peer_source(Arc::clone(&reader), peer.clone(), from));
+            }
+        }
+        let mut seen = Seen::default();
+        futures::stream::select_all(sources)
+            .filter_map(move |item| {
+                let keep = match &item {
+                    Ok((key, _)) => seen.first_time(*key),
+                    Err(_) => true,
+                };
+                futures::future::ready(keep.then_some(item))
+            })
+            .boxed()
+    }
+}
+
+/// This node's feed, subscribed again from the newest key delivered when the
+/// consumer fell behind.
+fn local_source(feed: Feed, from: EventKey) -> TailStream {
+    futures::stream::unfold(Some((feed, from, None::<TailStream>)), |state| async move {
+        let (feed, mut newest, current) = state?;
+        let mut current = current.unwrap_or_else(|| feed.subscribe(Some(newest)));
+        loop {
+            match current.next().await {
+                Some(Ok((key, event))) => {
+                    newest = newest.max(key);
+                    return Some((Ok((key, event)), Some((feed, newest, Some(current)))));
+                }
+                Some(Err(TailError::Lagged)) => {
+                    tracing::debug!("local tail fell behind; replaying from the newest key");
+                    current = feed.subscribe(Some(newest));
+                }
+                // The storage failed: say so, then end.
+                Some(Err(e)) => return Some((Err(e), None)),
+                None => return None,
+            }
+        }
+    })
+    .boxed()
+}
+
+/// One peer's tail, opened again (from the newest key it delivered) whenever
+/// it fails or ends. Never ends by itself.
+fn peer_source(reader: Arc<dyn PeerReader>, peer: Peer, from: EventKey) -> TailStream {
+    struct State {
+        reader: Arc<dyn PeerReader>,
+        peer: Peer,
+        newest: EventKey,
+        current: Option<TailStream>,
+        retry: Duration,
+    }
+    let state = State {
+        reader,
+        peer,
+        newest: from,
+        current: None,
+        retry: FIRST_RETRY,
+    };
+    futures::stream::unfold(state, |mut s| async move {
+        loop {
+            let mut current = match s.current.take() {
+                Some(c) => c,
+                None => match s.reader.tail(&s.peer, s.newest).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(peer = %s.peer.id, error = %e, "peer tail unavailable; retrying");
+                        tokio::time::sleep(s.retry).await;
+                        s.retry = (s.retry * 2).min(MAX_RETRY);
+                        continue;
+                    }
+                },
+            };
+            match current.next().await {
+                Some(Ok((key, event))) => {
+                    s.newest = s.newest.max(key);
+                    s.retry = FIRST_RETRY;
+                    s.current = Some(current);
+                    return Some((Ok((key, event)), s));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(peer = %s.peer.id, error = %e, "peer tail broke; resuming");
+                }
+                None => {
+                    tracing::debug!(peer = %s.peer.id, "peer tail ended; resuming");
+                }
+            }
+            tokio::time::sleep(s.retry).await;
+            s.retry = (s.retry * 2).min(MAX_RETRY);
+        }
+    })
+    .boxed()
+}
+
+/// The last [`DEDUPE_KEYS`] keys delivered.
+#[derive(Default)]
+struct Seen {
+    keys: HashSet<EventKey>,
+    order: VecDeque<EventKey>,
+}
+
+impl Seen {
+    fn first_time(&mut self, key: EventKey) -> bool {
+        if !self.keys.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > DEDUPE_KEYS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.keys.remove(&old);
+        }
+        true
+    }
+}
