@@ -56,6 +56,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use alldata_coordinator::feed::{TailError, TailStream};
 use alldata_coordinator::{
     EventKey, Peer, PeerProfile, PeerReader, PeerTransport, PutStatus, TransportError,
 };
@@ -78,6 +79,10 @@ pub use config::{ClientConfig, ClientError, TransportStats};
 
 use batcher::Job;
 use wire::{EVENTS_PATH, HEALTH_PATH};
+
+/// A tail from a peer fails when no frame arrived for this long (the peer
+/// sends a heartbeat after 5 s without events).
+pub const TAIL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The pooled client: hyper-util's legacy client over a plain TCP connector.
 type HyperClient = Client<HttpConnector, Full<Bytes>>;
@@ -389,6 +394,71 @@ impl HttpTransport {
         }
     }
 
+    /// Opens `peer`'s live tail from `from` (see `alldata-peer-wire`): the
+    /// response must start within the attempt deadline, and then a frame
+    /// (an event or a heartbeat) must arrive at least every
+    /// [`TAIL_IDLE_TIMEOUT`], else the stream fails (a hung peer).
+    pub async fn tail(&self, peer: &Peer, from: EventKey) -> Result<TailStream, TransportError> {
+        let url = format!(
+            "{}{}",
+            base_url(&peer.address),
+            alldata_peer_wire::tail_path(from)
+        );
+        let request = self.shared.request(Method::GET, &url, Bytes::new())?;
+        let response = tokio::time::timeout(
+            self.shared.config.attempt_timeout,
+            self.shared.client.request(request),
+        )
+        .await
+        .map_err(|_| TransportError::Timeout)?
+        .map_err(classify)?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let body = Limited::new(response.into_body(), 4096)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(status_error(status, body));
+        }
+        let body = response.into_body();
+        let stream = futures::stream::unfold(
+            Some((body, alldata_peer_wire::TailDecoder::default())),
+            |state| async move {
+                let (mut body, mut decoder) = state?;
+                loop {
+                    match decoder.next_frame() {
+                        Ok(Some(alldata_peer_wire::TailFrame::Event(key, event))) => {
+                            return Some((Ok((key, event)), Some((body, decoder))));
+                        }
+                        Ok(Some(alldata_peer_wire::TailFrame::Heartbeat)) => continue,
+                        Ok(None) => {}
+                        Err(e) => {
+                            let e = TailError::Peer(format!("malformed tail frame: {e}"));
+                            return Some((Err(e), None));
+                        }
+                    }
+                    match tokio::time::timeout(TAIL_IDLE_TIMEOUT, body.frame()).await {
+                        Err(_) => {
+                            let e = TailError::Peer("no tail frame in time".into());
+                            return Some((Err(e), None));
+                        }
+                        Ok(None) => return None,
+                        Ok(Some(Err(e))) => {
+                            return Some((Err(TailError::Peer(error_chain(&e))), None));
+                        }
+                        Ok(Some(Ok(frame))) => {
+                            if let Some(data) = frame.data_ref() {
+                                decoder.push(data);
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        Ok(futures::StreamExt::boxed(stream))
+    }
+
     /// Probes `peer`'s endpoint: what it promises when it answers and accepts
     /// the secret.
     pub async fn health(&self, peer: &Peer) -> Result<Profile, TransportError> {
@@ -499,6 +569,10 @@ impl PeerTransport for HttpTransport {
 impl PeerReader for HttpTransport {
     async fn get(&self, peer: &Peer, key: EventKey) -> Result<Option<Bytes>, TransportError> {
         HttpTransport::get(self, peer, key).await
+    }
+
+    async fn tail(&self, peer: &Peer, from: EventKey) -> Result<TailStream, TransportError> {
+        HttpTransport::tail(self, peer, from).await
     }
 
     async fn health(&self, peer: &Peer) -> Result<PeerProfile, TransportError> {

@@ -32,6 +32,7 @@
 //! | --- | --- |
 //! | `POST /peer/v1/events` | one result per event of the batch, in order (`200`) |
 //! | `GET /peer/v1/events/{key}` | `200` with the stored bytes, `404` when absent, `400` for a malformed key |
+//! | `GET /peer/v1/tail?from=KEY` | `200`, a stream of what the node stores (see [`PeerState::with_feed`]) |
 //! | `GET /peer/v1/health` | `200` with the node's durability and event size limit |
 //!
 //! A batch is decoded as a whole before anything is stored: a malformed body is
@@ -51,15 +52,19 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::convert::Infallible;
+
+use alldata_coordinator::feed::Feed;
 use alldata_coordinator::{EventKey, Storage};
 use alldata_peer_wire as wire;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 mod error;
@@ -174,6 +179,7 @@ impl PeerStats {
 
 struct Inner {
     storage: Arc<dyn Storage>,
+    feed: Option<Feed>,
     config: ServerConfig,
     stats: PeerStats,
     connections: Arc<ConnectionStats>,
@@ -201,11 +207,32 @@ impl PeerState {
         Self {
             inner: Arc::new(Inner {
                 storage,
+                feed: None,
                 config,
                 stats: PeerStats::default(),
                 connections: Arc::default(),
             }),
         }
+    }
+
+    /// The same state, serving `GET /peer/v1/tail` from `feed` (the feed of
+    /// the storage this state writes into; without one the route is `404`).
+    /// Call before cloning the state.
+    pub fn with_feed(mut self, feed: Feed) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.feed = Some(feed),
+            None => {
+                let old = &self.inner;
+                self.inner = Arc::new(Inner {
+                    storage: Arc::clone(&old.storage),
+                    feed: Some(feed),
+                    config: old.config.clone(),
+                    stats: PeerStats::default(),
+                    connections: Arc::clone(&old.connections),
+                });
+            }
+        }
+        self
     }
 
     /// The endpoint's counters.
@@ -261,6 +288,7 @@ pub fn router(state: PeerState) -> Router {
         .route(EVENTS_PATH, post(put_events))
         .route(wire::EVENT_ROUTE, get(get_event))
         .route(HEALTH_PATH, get(health))
+        .route(wire::TAIL_PATH, get(tail))
         .fallback(not_found)
         .with_state(state)
 }
@@ -371,6 +399,44 @@ async fn get_event(
 async fn health(State(state): State<PeerState>, headers: HeaderMap) -> Result<String, PeerError> {
     state.authorize(&headers)?;
     Ok(state.inner.config.profile().encode())
+}
+
+/// A heartbeat frame goes out after this long without an event.
+const TAIL_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn tail(
+    State(state): State<PeerState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, PeerError> {
+    state.authorize(&headers)?;
+    let from = query
+        .as_deref()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("from=")))
+        .ok_or_else(|| state.refuse(PeerError::BadKey("missing ?from=KEY".into())))?;
+    let from: EventKey = from
+        .parse()
+        .map_err(|e: alldata_keygen::KeyError| state.refuse(PeerError::BadKey(e.to_string())))?;
+    let feed = state.inner.feed.as_ref().ok_or(PeerError::NotFound)?;
+    let events = feed.subscribe(Some(from));
+    let body = futures::stream::unfold(events, |mut events| async move {
+        match tokio::time::timeout(TAIL_HEARTBEAT, events.next()).await {
+            Err(_) => Some((Ok::<_, Infallible>(wire::encode_tail_heartbeat()), events)),
+            Ok(Some(Ok((key, event)))) => Some((Ok(wire::encode_tail_event(&key, &event)), events)),
+            // Too far behind, or the replay failed: end; the reader resumes.
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "peer tail ends");
+                None
+            }
+            Ok(None) => None,
+        }
+    });
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 async fn not_found() -> PeerError {

@@ -641,3 +641,68 @@ async fn a_hung_peer_cannot_make_the_client_queue_more_than_its_byte_budget() {
     assert_eq!(over + timed_out, 10, "{results:?}");
     assert_eq!(t.stats().over_budget(), over as u64);
 }
+
+/// A peer's tail over HTTP: the replay of what it stored before, then what it
+/// stores while the tail is open, in frames decoded as they arrive.
+#[tokio::test]
+async fn a_peer_tail_streams_the_replay_then_live_events() {
+    use alldata_coordinator::Storage;
+    use alldata_coordinator::feed::Feed;
+    use futures::StreamExt;
+
+    let (storage, feed) = Feed::wrap(Arc::new(MemStorage::new()), 64);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = PeerState::new(storage.clone(), ServerConfig::new(SECRET)).with_feed(feed);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let keys = KeyGenerator::new();
+    let before = keys.generate();
+    storage
+        .put(before, Bytes::from_static(b"before"))
+        .await
+        .unwrap();
+    let t = transport(config());
+    let peer = peer_at(&addr.to_string());
+    let mut tail = t.tail(&peer, before).await.expect("tail opens");
+    assert_eq!(
+        next_event(&mut tail).await,
+        (before, Bytes::from_static(b"before"))
+    );
+    let mut live = Vec::new();
+    for i in 0..50 {
+        let key = keys.generate();
+        let event = Bytes::from(vec![b'x'; i * 100]);
+        storage.put(key, event.clone()).await.unwrap();
+        live.push((key, event));
+    }
+    for want in live {
+        assert_eq!(next_event(&mut tail).await, want);
+    }
+    // A wrong secret or a malformed key is refused before streaming.
+    let wrong = transport(ClientConfig::new("not-the-secret"));
+    assert!(matches!(
+        wrong.tail(&peer, before).await,
+        Err(TransportError::Rejected(_))
+    ));
+    drop(tail);
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(3), server)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
+}
+
+async fn next_event(
+    tail: &mut alldata_coordinator::feed::TailStream,
+) -> (alldata_coordinator::EventKey, Bytes) {
+    use futures::StreamExt;
+    tokio::time::timeout(Duration::from_secs(5), tail.next())
+        .await
+        .expect("in time")
+        .expect("not ended")
+        .expect("no error")
+}

@@ -35,7 +35,22 @@
 //! | --- | --- |
 //! | `POST` [`EVENTS_PATH`] | a batch of replica writes, below |
 //! | `GET` [`event_path`]`(key)` | `200` with the stored bytes (`application/octet-stream`), `404` when absent, `400` for a malformed key (the canonical hyphenated lowercase UUID) |
+//! | `GET` [`TAIL_PATH`]`?from=KEY` | `200`, a stream of tail frames, below |
 //! | `GET` [`HEALTH_PATH`] | `200` with the node's [`Profile`] (text below) |
+//!
+//! # Tail
+//!
+//! `GET /peer/v1/tail?from=KEY` streams what the node stores: first its stored
+//! events with keys from `KEY` minus its replay margin on, then each event it
+//! newly stores, as frames (`application/octet-stream`):
+//!
+//! ```text
+//! u8 0x01   an event: [u8;16] key, u32 len, [u8;len] event
+//! u8 0x02   a heartbeat, sent after 5 s without an event
+//! ```
+//!
+//! The stream ends when the reader falls too far behind; the reader opens it
+//! again from the newest key it got.
 //!
 //! # Durability
 //!
@@ -96,6 +111,7 @@
 //! ```
 
 mod codec;
+mod tail;
 
 use alldata_keygen::EventKey;
 use subtle::ConstantTimeEq;
@@ -185,6 +201,19 @@ impl Profile {
         }
         Some(profile)
     }
+}
+
+pub use tail::{
+    MAX_TAIL_EVENT, TAIL_EVENT, TAIL_HEARTBEAT, TailDecoder, TailFrame, encode_tail_event,
+    encode_tail_heartbeat,
+};
+
+/// The path of the live tail route.
+pub const TAIL_PATH: &str = "/peer/v1/tail";
+
+/// The path and query that tail `peer` from `from`.
+pub fn tail_path(from: EventKey) -> String {
+    format!("{TAIL_PATH}?from={from}")
 }
 
 /// The path of the batch write route.
