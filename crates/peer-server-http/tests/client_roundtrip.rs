@@ -648,7 +648,6 @@ async fn a_hung_peer_cannot_make_the_client_queue_more_than_its_byte_budget() {
 async fn a_peer_tail_streams_the_replay_then_live_events() {
     use alldata_coordinator::Storage;
     use alldata_coordinator::feed::Feed;
-    use futures::StreamExt;
 
     let (storage, feed) = Feed::wrap(Arc::new(MemStorage::new()), 64);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
