@@ -120,6 +120,14 @@ struct NodeArgs {
     #[arg(long, env = "ALLDATA_HEALTH_PROBE_INTERVAL_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     health_probe_interval_ms: u64,
+    /// Most `GET /events/tail` subscribers at once (503 `overloaded` over it).
+    #[arg(long, env = "ALLDATA_MAX_TAIL_SUBSCRIBERS", default_value_t = 256)]
+    max_tail_subscribers: usize,
+    /// Events buffered for one tail subscriber; one that falls further behind
+    /// is sent `event: lagged` and disconnected.
+    #[arg(long, env = "ALLDATA_TAIL_BUFFER_EVENTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    tail_buffer_events: u64,
 }
 
 impl NodeArgs {
@@ -158,6 +166,8 @@ impl NodeArgs {
         config.max_batch_bytes = self.max_batch_bytes;
         config.max_batch_events = self.max_batch_events;
         config.health_probe_interval = Duration::from_millis(self.health_probe_interval_ms);
+        config.max_tail_subscribers = self.max_tail_subscribers;
+        config.tail_buffer_events = usize::try_from(self.tail_buffer_events).unwrap_or(usize::MAX);
         anyhow::ensure!(
             self.max_connections > 0,
             "--max-connections must be at least 1"

@@ -21,6 +21,9 @@
 //!
 //! The live part is bounded: a subscriber more than the feed's capacity
 //! behind ends with [`TailError::Lagged`] (resume from the last key it got).
+//! The feed keeps the bytes of events up to [`FEED_INLINE_BYTES`] for its
+//! subscribers and only the keys of larger ones (a subscriber reads those
+//! back from the storage), so it holds at most capacity × 4 KiB of events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +40,12 @@ use crate::storage::{EventStream, PutStatus, ScanRange, Storage};
 
 /// Live events kept for slow subscribers by default.
 pub const DEFAULT_FEED_CAPACITY: usize = 4096;
+
+/// Events up to this size are kept in the feed; larger ones by key only.
+pub const FEED_INLINE_BYTES: usize = 4096;
+
+/// What the feed keeps of one event: its key, and its bytes when small.
+type Published = (EventKey, Option<Bytes>);
 
 /// How far before a resume key a subscription replays by default: the
 /// longest time from a key's making to its copy being stored (a put's
@@ -68,7 +77,7 @@ pub type TailStream = BoxStream<'static, TailItem>;
 /// The publishing side of a node's live feed. Cheap to clone.
 #[derive(Clone)]
 pub struct Feed {
-    tx: broadcast::Sender<(EventKey, Bytes)>,
+    tx: broadcast::Sender<Published>,
     storage: Arc<dyn Storage>,
     replay: Duration,
 }
@@ -133,12 +142,26 @@ impl Feed {
             None => futures::stream::empty().boxed(),
         };
         let replayed = replayed.map(|r| r.map_err(TailError::from));
-        let live = futures::stream::unfold(Some(live), |rx| async move {
-            let mut rx = rx?;
-            match rx.recv().await {
-                Ok(event) => Some((Ok(event), Some(rx))),
-                Err(broadcast::error::RecvError::Lagged(_)) => Some((Err(TailError::Lagged), None)),
-                Err(broadcast::error::RecvError::Closed) => None,
+        let storage = Arc::clone(&self.storage);
+        let live = futures::stream::unfold(Some(live), move |rx| {
+            let storage = Arc::clone(&storage);
+            async move {
+                let mut rx = rx?;
+                loop {
+                    return match rx.recv().await {
+                        Ok((key, Some(event))) => Some((Ok((key, event)), Some(rx))),
+                        // A large event: read it back.
+                        Ok((key, None)) => match storage.get(key).await {
+                            Ok(Some(event)) => Some((Ok((key, event)), Some(rx))),
+                            Ok(None) => continue,
+                            Err(e) => Some((Err(TailError::Storage(e)), None)),
+                        },
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            Some((Err(TailError::Lagged), None))
+                        }
+                        Err(broadcast::error::RecvError::Closed) => None,
+                    };
+                }
             }
         });
         replayed.chain(live).boxed()
@@ -148,7 +171,7 @@ impl Feed {
 /// A [`Storage`] that publishes what it newly stores on its [`Feed`].
 pub struct FeedStorage {
     inner: Arc<dyn Storage>,
-    tx: broadcast::Sender<(EventKey, Bytes)>,
+    tx: broadcast::Sender<Published>,
 }
 
 impl std::fmt::Debug for FeedStorage {
@@ -159,8 +182,9 @@ impl std::fmt::Debug for FeedStorage {
 
 impl FeedStorage {
     fn publish(&self, key: EventKey, event: Bytes) {
+        let kept = (event.len() <= FEED_INLINE_BYTES).then_some(event);
         // No subscriber is not an error.
-        let _ = self.tx.send((key, event));
+        let _ = self.tx.send((key, kept));
     }
 }
 
@@ -248,6 +272,16 @@ mod tests {
         let next = keys.generate();
         storage.put(next, ev("next")).await.unwrap();
         assert_eq!(tail.next().await, Some(Ok((next, ev("next")))));
+    }
+
+    #[tokio::test]
+    async fn large_events_are_kept_by_key_and_read_back() {
+        let (storage, feed) = Feed::wrap(Arc::new(MemStorage::new()), 16);
+        let mut tail = feed.subscribe(None);
+        let key = KeyGenerator::new().generate();
+        let big = Bytes::from(vec![b'x'; FEED_INLINE_BYTES + 1]);
+        storage.put(key, big.clone()).await.unwrap();
+        assert_eq!(tail.next().await, Some(Ok((key, big))));
     }
 
     #[tokio::test]

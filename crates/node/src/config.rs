@@ -154,6 +154,11 @@ pub struct NodeConfig {
     /// How often every peer's health (and what it promises: durability,
     /// event size) is probed for `/health`. Default 10 s.
     pub health_probe_interval: std::time::Duration,
+    /// Most `GET /events/tail` subscribers at once. Default 256.
+    pub max_tail_subscribers: usize,
+    /// Events buffered per tail subscriber before it is sent `lagged` and
+    /// disconnected. Default 1024.
+    pub tail_buffer_events: usize,
 }
 
 /// The node's default LevelDB memtable size (64 MiB).
@@ -184,6 +189,8 @@ impl NodeConfig {
             limits: Limits::default(),
             write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
             health_probe_interval: std::time::Duration::from_secs(10),
+            max_tail_subscribers: 256,
+            tail_buffer_events: 1024,
         }
     }
 }

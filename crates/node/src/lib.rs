@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alldata_coordinator::feed::{DEFAULT_FEED_CAPACITY, Feed};
 use alldata_coordinator::{Coordinator, OptionsError, Storage, TopologyError};
 use alldata_peer_client_http::{ClientConfig, ClientError, HttpTransport};
 use alldata_peer_server_http::{PeerState, ServerConfig};
@@ -176,7 +177,11 @@ impl Node {
             }
         };
         let storage = Arc::new(storage);
-        let dyn_storage: Arc<dyn Storage> = storage.clone();
+        // Every event stored through this wrapper (local writes and peers'
+        // replica writes) is published on the live feed `GET /events/tail`
+        // and peers' tails read.
+        let (fed, feed) = Feed::wrap(storage.clone(), DEFAULT_FEED_CAPACITY);
+        let dyn_storage: Arc<dyn Storage> = fed;
         // The storage logs each closed interval itself and nothing in the node
         // consumes the notifications, so the receiver is dropped rather than
         // left to queue them.
@@ -222,11 +227,18 @@ impl Node {
                 .with_limits(config.limits)
                 .with_durability(wire_durability)
                 .with_max_event_bytes(config.max_event_bytes),
-        );
+        )
+        .with_feed(feed.clone());
         let api_config = ApiConfig::default()
             .with_max_event_bytes(config.max_event_bytes)
             .with_durability(wire_durability.as_str())
             .with_health_probe_interval(Some(config.health_probe_interval))
+            .with_feed(feed)
+            .with_tail_limits(
+                config.max_tail_subscribers,
+                config.tail_buffer_events,
+                Duration::from_secs(15),
+            )
             .with_max_batch_bytes(config.max_batch_bytes)
             .with_max_batch_events(config.max_batch_events)
             .with_limits(config.limits)

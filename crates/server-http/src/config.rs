@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alldata_coordinator::EventKey;
+use alldata_coordinator::feed::Feed;
 use alldata_http_serve::Limits;
 
 use crate::metrics::{Counter, CounterSource};
@@ -62,6 +63,19 @@ pub struct ApiConfig {
     /// in `/health` and compared with what each peer's probe says. `None`:
     /// not said.
     pub durability: Option<String>,
+    /// The live feed of this node's storage, which `GET /events/tail`
+    /// serves (with the peers' tails); `None`: the route answers `503`
+    /// `tail_unavailable`.
+    pub feed: Option<Feed>,
+    /// Most `GET /events/tail` subscribers at once (`503 overloaded` over
+    /// it). Default 256.
+    pub max_tail_subscribers: usize,
+    /// Events buffered for one tail subscriber; a subscriber that falls
+    /// further behind gets `event: lagged` and is disconnected. Default 1024.
+    pub tail_buffer_events: usize,
+    /// A comment line goes to a tail subscriber after this long without an
+    /// event. Default 15 s.
+    pub tail_heartbeat: Duration,
 }
 
 impl Default for ApiConfig {
@@ -80,6 +94,10 @@ impl Default for ApiConfig {
             counters: Vec::new(),
             limits: Limits::default(),
             durability: None,
+            feed: None,
+            max_tail_subscribers: 256,
+            tail_buffer_events: 1024,
+            tail_heartbeat: Duration::from_secs(15),
         }
     }
 }
@@ -88,6 +106,26 @@ impl ApiConfig {
     /// Sets the largest accepted event.
     pub fn with_max_event_bytes(mut self, bytes: usize) -> Self {
         self.max_event_bytes = bytes;
+        self
+    }
+
+    /// Serves `GET /events/tail` from `feed` (see [`ApiConfig::feed`]).
+    pub fn with_feed(mut self, feed: Feed) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
+    /// Sets the tail bounds: subscribers at once, events buffered for each,
+    /// and the heartbeat interval.
+    pub fn with_tail_limits(
+        mut self,
+        max_subscribers: usize,
+        buffer_events: usize,
+        heartbeat: Duration,
+    ) -> Self {
+        self.max_tail_subscribers = max_subscribers;
+        self.tail_buffer_events = buffer_events.max(1);
+        self.tail_heartbeat = heartbeat;
         self
     }
 
@@ -162,6 +200,10 @@ impl fmt::Debug for ApiConfig {
             .field("counters", &self.counters.len())
             .field("limits", &self.limits)
             .field("durability", &self.durability)
+            .field("feed", &self.feed.is_some())
+            .field("max_tail_subscribers", &self.max_tail_subscribers)
+            .field("tail_buffer_events", &self.tail_buffer_events)
+            .field("tail_heartbeat", &self.tail_heartbeat)
             .finish()
     }
 }

@@ -156,6 +156,16 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// 503 `overloaded` (with `Retry-After: 1`): the node serves as many
+    /// tail subscribers as it may.
+    #[error("the node already serves {limit} tail subscribers; retry later")]
+    TooManySubscribers {
+        /// The limit.
+        limit: usize,
+    },
+    /// 503 `tail_unavailable`: this node was built without a live feed.
+    #[error("this node does not serve a live tail")]
+    TailUnavailable,
     /// 503 `unavailable`: the node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -184,6 +194,8 @@ impl ApiError {
             | ApiError::CommitNotReached { .. }
             | ApiError::ReadUnavailable { .. }
             | ApiError::Overloaded { .. }
+            | ApiError::TooManySubscribers { .. }
+            | ApiError::TailUnavailable
             | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -207,7 +219,8 @@ impl ApiError {
             ApiError::NotEnoughNodes { .. } => "not_enough_nodes",
             ApiError::CommitNotReached { .. } => "commit_not_reached",
             ApiError::Timeout { .. } => "timeout",
-            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::Overloaded { .. } | ApiError::TooManySubscribers { .. } => "overloaded",
+            ApiError::TailUnavailable => "tail_unavailable",
             ApiError::ShuttingDown => "unavailable",
             ApiError::Storage(_) => "internal",
         }
@@ -230,6 +243,7 @@ impl ApiError {
             }),
             ApiError::TooLarge { limit, .. } => json!({ "limit": limit }),
             ApiError::TooManyEvents { limit } => json!({ "limit_events": limit }),
+            ApiError::TooManySubscribers { limit } => json!({ "limit_subscribers": limit }),
             ApiError::Overloaded { in_flight, limit } => json!({
                 "in_flight": in_flight,
                 "limit": limit,
@@ -373,7 +387,10 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if matches!(self, ApiError::Overloaded { .. }) {
+        if matches!(
+            self,
+            ApiError::Overloaded { .. } | ApiError::TooManySubscribers { .. }
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -63,6 +63,7 @@ mod metrics;
 mod peers;
 mod scan;
 mod state;
+mod tail;
 
 use std::future::Future;
 
@@ -81,6 +82,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/", post(handlers::post_event))
         .route("/events", post(handlers::post_event).get(scan::scan))
         .route("/events/batch", post(handlers::batch))
+        .route("/events/tail", get(tail::tail))
         .route(
             "/events/{key}",
             get(handlers::get_event).put(handlers::put_event),

@@ -26,6 +26,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) health: Arc<PeerHealth>,
     pub(crate) connections: Arc<ConnectionStats>,
+    /// `GET /events/tail` subscribers now.
+    pub(crate) tail_subscribers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -65,6 +67,7 @@ impl ApiState {
             metrics,
             health,
             connections: Arc::default(),
+            tail_subscribers: Arc::default(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let reports = inner.coordinator.subscribe_reports();
