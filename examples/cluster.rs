@@ -3,14 +3,16 @@
 //!
 //! It ingests events over the client API at each commit level, stops one node,
 //! keeps ingesting (failed replica writes move to unused peers), and prints where
-//! the replicas landed, what each level acknowledged, and the latency.
+//! the replicas landed, what each level acknowledged, and the latency. A speed
+//! layer tails the whole cluster from n1 (`Coordinator::tail`, the Rust side of
+//! `GET /events/tail`) while the writes flow and counts what it saw.
 //!
 //! Run with `cargo run --release --example cluster` (`EVENTS=n` per phase and
 //! level, default 300).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alldata::coordinator::{Location, Options, Storage};
@@ -18,6 +20,7 @@ use alldata::keygen::EventKey;
 use alldata::node::{Node, NodeConfig};
 use alldata::storage_leveldb::Durability;
 use anyhow::Context;
+use futures::StreamExt;
 
 /// (id, region, zone)
 const NODES: [(&str, &str, &str); 6] = [
@@ -177,6 +180,22 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    // Speed layer: everything any node stores from now on, as n1 sees it.
+    let seen: Arc<Mutex<HashSet<EventKey>>> = Arc::default();
+    let speed_layer = {
+        let n1 = nodes[0].as_ref().context("n1")?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        let mut tail = n1
+            .coordinator()
+            .tail(n1.feed(), EventKey::min_for_ms(now.as_millis() as u64));
+        let seen = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Some(Ok((key, _event))) = tail.next().await {
+                seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+            }
+        })
+    };
+
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
@@ -255,6 +274,14 @@ async fn main() -> anyhow::Result<()> {
         "\nWhile n4 was down, {replacements} replica writes aimed at it moved to unused peers."
     );
     println!("Every acknowledged event above is on 3 live nodes unless the table says otherwise.");
+    let acked: HashSet<EventKey> = phases.iter().flat_map(|p| p.keys.iter().copied()).collect();
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    speed_layer.abort();
+    println!(
+        "Speed layer: the tail on n1 delivered {} of the {} acknowledged events while they were written.",
+        acked.intersection(&seen).count(),
+        acked.len()
+    );
 
     for n in nodes.into_iter().flatten() {
         n.shutdown(Duration::from_secs(5)).await;

@@ -146,6 +146,14 @@ impl NodeArgs {
         );
         let mut config = NodeConfig::new(self.id, self.listen, self.peer_listen, self.data_dir);
         config.location = Location::new(self.region, self.zone);
+        anyhow::ensure!(
+            self.replication_factor <= self.peers.len() + 1,
+            "--replication-factor {} needs {} nodes, only {} configured (this node and {} --peer)",
+            self.replication_factor,
+            self.replication_factor,
+            self.peers.len() + 1,
+            self.peers.len()
+        );
         config.peers = self.peers;
         config.options = Options {
             replication_factor: self.replication_factor,

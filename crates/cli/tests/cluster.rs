@@ -218,6 +218,38 @@ fn bad_flags_a_taken_port_and_a_locked_directory_exit_with_a_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("replication-factor"));
 
+    // More replicas than configured nodes: every put would fail.
+    let out = run(&[
+        "node",
+        "--id",
+        "x",
+        "--data-dir",
+        tmp.path().join("rf").to_str().unwrap(),
+        "--replication-factor",
+        "3",
+        "--peer",
+        "n2=127.0.0.1:1@r/z",
+        "--cluster-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs 3 nodes, only 2 configured"), "{err}");
+    let out = run(&[
+        "node",
+        "--id",
+        "x",
+        "--data-dir",
+        tmp.path().join("rf").to_str().unwrap(),
+        "--replication-factor",
+        "2",
+        "--cluster-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs 2 nodes, only 1 configured"), "{err}");
+
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = tmp.path().join("d");

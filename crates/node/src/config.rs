@@ -13,7 +13,8 @@ use alldata_storage_leveldb::Durability;
 use crate::NodeError;
 
 /// Refuses a peer list that would fake replicas or cannot reach the
-/// replication factor.
+/// replication factor (an empty list is allowed: peers may be added after
+/// the start).
 pub(crate) fn check_peers(config: &NodeConfig) -> Result<(), NodeError> {
     let mut ids = std::collections::BTreeSet::new();
     let mut addresses: std::collections::BTreeMap<String, &str> = Default::default();
@@ -45,6 +46,15 @@ pub(crate) fn check_peers(config: &NodeConfig) -> Result<(), NodeError> {
     }
     let nodes = config.peers.len() + 1;
     let replication_factor = config.options.replication_factor;
+    // No peers at all: an embedder adds them after the start
+    // (`Coordinator::add_peer_at`); puts fail with `NotEnoughNodes` until then.
+    if config.peers.is_empty() && replication_factor > 1 {
+        tracing::warn!(
+            replication_factor,
+            "no peers configured: puts fail until peers are added"
+        );
+        return Ok(());
+    }
     if replication_factor > nodes {
         return Err(NodeError::NotEnoughNodes {
             replication_factor,

@@ -111,6 +111,7 @@ pub struct Node {
     peer_addr: SocketAddr,
     coordinator: Coordinator,
     storage: Arc<LevelDbStorage>,
+    feed: Feed,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -233,7 +234,7 @@ impl Node {
             .with_max_event_bytes(config.max_event_bytes)
             .with_durability(wire_durability.as_str())
             .with_health_probe_interval(Some(config.health_probe_interval))
-            .with_feed(feed)
+            .with_feed(feed.clone())
             .with_tail_limits(
                 config.max_tail_subscribers,
                 config.tail_buffer_events,
@@ -244,6 +245,7 @@ impl Node {
             .with_limits(config.limits)
             .with_key_validator(move |key| window.upgrade().map_or(Ok(()), |s| s.check_key(key)))
             .with_counters(peer_counters(peer_state.clone(), transport.clone()));
+        let tail_feed = feed;
         let api_state = ApiState::new(coordinator.clone(), api_config);
 
         let (stop, stopped) = watch::channel(false);
@@ -269,6 +271,7 @@ impl Node {
             peer_addr,
             coordinator,
             storage,
+            feed: tail_feed,
             stop,
             servers,
         })
@@ -292,6 +295,14 @@ impl Node {
     /// The node's coordinator.
     pub fn coordinator(&self) -> &Coordinator {
         &self.coordinator
+    }
+
+    /// The live feed of the node's storage: with
+    /// [`Coordinator::tail`](alldata_coordinator::Coordinator::tail) it gives
+    /// an embedder the cluster's new events as a `Stream`, as
+    /// `GET /events/tail` does over HTTP.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
     }
 
     /// Graceful shutdown within `drain_for`: stop accepting, let requests in

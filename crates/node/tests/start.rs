@@ -211,3 +211,15 @@ async fn shutdown_is_bounded_and_records_a_clean_stop_despite_background_writes(
     assert!(store.opened_clean(), "the shutdown recorded a clean stop");
     store.close().await;
 }
+
+/// An embedder may start a node with no peers and add them afterwards (the
+/// cluster example does): that is not refused.
+#[tokio::test]
+async fn no_peers_at_start_is_allowed_for_peers_added_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.options.replication_factor = 3;
+    config.peers.clear();
+    let node = Node::start(config).await.expect("starts");
+    node.shutdown(std::time::Duration::from_secs(2)).await;
+}
