@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use alldata_coordinator::{CommitLevel, Location, Options};
 use alldata_node::{Node, NodeConfig, PeerSpec, parse_commit_level};
-use alldata_storage_leveldb::Durability;
+use alldata_storage_leveldb::{Durability, IntervalLength};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -77,6 +77,11 @@ struct NodeArgs {
     /// Storage durability.
     #[arg(long, env = "ALLDATA_DURABILITY", value_enum, default_value = "sync")]
     durability: DurabilityArg,
+    /// Length of the consolidation intervals: P1D, PT3H, PT1H, PT15M or PT5M.
+    /// Fixed for a data directory (a node refuses to open one written with
+    /// another length).
+    #[arg(long, env = "ALLDATA_INTERVAL", default_value = "P1D")]
+    interval: IntervalLength,
     /// File holding the shared cluster secret (peers authenticate with it).
     #[arg(long, env = "ALLDATA_CLUSTER_SECRET_FILE")]
     cluster_secret_file: PathBuf,
@@ -148,6 +153,7 @@ impl NodeArgs {
             DurabilityArg::Sync => Durability::Sync,
             DurabilityArg::Buffered => Durability::Buffered,
         };
+        config.interval = self.interval;
         config.cluster_secret = secret;
         config.max_event_bytes = self.max_event_bytes;
         config.max_batch_bytes = self.max_batch_bytes;

@@ -16,6 +16,7 @@
 //! | `POST /events/batch[?commit=…]` | 200 NDJSON: one `{"key":…}` or `{"error":…}` per input line, in order |
 //! | `GET /events/{key}` | 200 the stored bytes (local storage, else asked from peers), 404 |
 //! | `GET /events?from=&to=&limit=` | 200 NDJSON `{"key":…,"event":…}` in time order, streamed |
+//! | `GET /intervals[?closed_since=NAME]` | 200 `{"length":"P1D","intervals":[{"name","start","end","closed","events"}…]}`, oldest first (404 without an [`IntervalSource`]) |
 //! | `GET /health` | 200 node id, zone, region, peers and whether each answered lately |
 //! | `GET /metrics` | 200 Prometheus text |
 //!
@@ -59,6 +60,7 @@
 mod config;
 mod error;
 mod handlers;
+mod intervals;
 mod metrics;
 mod peers;
 mod scan;
@@ -70,7 +72,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 pub use alldata_http_serve::{ConnectionStats, Limits};
-pub use config::{ApiConfig, KeyValidator};
+pub use config::{ApiConfig, IntervalInfo, IntervalRef, IntervalSource, KeyValidator};
 pub use error::ApiError;
 pub use metrics::{Counter, CounterSource};
 pub use state::ApiState;
@@ -85,6 +87,7 @@ pub fn router(state: ApiState) -> Router {
             "/events/{key}",
             get(handlers::get_event).put(handlers::put_event),
         )
+        .route("/intervals", get(intervals::list))
         .route("/health", get(handlers::health))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
