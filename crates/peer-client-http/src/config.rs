@@ -38,6 +38,9 @@ pub struct ClientConfig {
     /// event read); larger ones fail the call instead of being buffered.
     /// Default 32 MiB.
     pub max_response_bytes: usize,
+    /// How long a peer scan may wait for each next piece of its body once it
+    /// started (the start itself has `attempt_timeout`). Default 10 s.
+    pub scan_piece_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -55,12 +58,19 @@ impl ClientConfig {
             http2: false,
             max_response_bytes: 32 * 1024 * 1024,
             max_queued_bytes: 64 * 1024 * 1024,
+            scan_piece_timeout: Duration::from_secs(10),
         }
     }
 
     /// The same settings with another attempt deadline.
     pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;
+        self
+    }
+
+    /// The same settings with another scan piece deadline.
+    pub fn with_scan_piece_timeout(mut self, timeout: Duration) -> Self {
+        self.scan_piece_timeout = timeout;
         self
     }
 
@@ -92,6 +102,7 @@ impl fmt::Debug for ClientConfig {
             .field("http2", &self.http2)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("max_queued_bytes", &self.max_queued_bytes)
+            .field("scan_piece_timeout", &self.scan_piece_timeout)
             .finish()
     }
 }

@@ -56,7 +56,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alldata_coordinator::{EventKey, Peer, PeerReader, PeerTransport, PutStatus, TransportError};
+use alldata_coordinator::{
+    EventKey, Peer, PeerEventStream, PeerReader, PeerTransport, PutStatus, ScanRange,
+    TransportError,
+};
+use alldata_peer_wire::{ScanDecoder, ScanItem};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -381,6 +385,52 @@ impl HttpTransport {
         }
     }
 
+    /// Streams the events `peer` stores with keys in `range`, in key order
+    /// (`GET /peer/v1/scan`). The response must start within the attempt
+    /// deadline; then each next piece of the body must arrive within
+    /// [`ClientConfig::scan_piece_timeout`]. The body is decoded as it
+    /// arrives (one incomplete entry buffered at most); a body that ends
+    /// without the end entry, breaks, stalls or is malformed ends the stream
+    /// with an `Err`.
+    pub async fn scan(
+        &self,
+        peer: &Peer,
+        range: ScanRange,
+    ) -> Result<PeerEventStream, TransportError> {
+        let url = format!(
+            "{}{}?from={}&to={}",
+            base_url(&peer.address),
+            alldata_peer_wire::SCAN_PATH,
+            range.from,
+            range.to
+        );
+        let request = self.shared.request(Method::GET, &url, Bytes::new())?;
+        let timeout = self.shared.config.attempt_timeout;
+        let response = tokio::time::timeout(timeout, self.shared.client.request(request))
+            .await
+            .map_err(|_| TransportError::Timeout)?
+            .map_err(classify)?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let limit = 64 * 1024;
+            let body =
+                tokio::time::timeout(timeout, Limited::new(response.into_body(), limit).collect())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+            return Err(status_error(status, body));
+        }
+        let state = ScanBody {
+            body: response.into_body(),
+            decoder: ScanDecoder::new(self.shared.config.max_response_bytes),
+            piece_timeout: self.shared.config.scan_piece_timeout,
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(state, ScanBody::step)))
+    }
+
     /// Probes `peer`'s endpoint: `Ok` when it answers and accepts the secret.
     pub async fn health(&self, peer: &Peer) -> Result<(), TransportError> {
         let url = format!("{}{HEALTH_PATH}", base_url(&peer.address));
@@ -485,6 +535,64 @@ impl PeerTransport for HttpTransport {
     }
 }
 
+/// A peer scan's body being decoded.
+struct ScanBody {
+    body: hyper::body::Incoming,
+    decoder: ScanDecoder,
+    piece_timeout: Duration,
+    done: bool,
+}
+
+impl ScanBody {
+    async fn step(mut self) -> Option<(Result<(EventKey, Bytes), TransportError>, Self)> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let failed = |this: Self, error: TransportError| {
+                let mut this = this;
+                this.done = true;
+                Some((Err(error), this))
+            };
+            match self.decoder.next_item() {
+                Ok(Some(ScanItem::Event(key, event))) => return Some((Ok((key, event)), self)),
+                Ok(Some(ScanItem::End)) => {
+                    self.done = true;
+                    return None;
+                }
+                Ok(Some(ScanItem::Failed(message))) => {
+                    return failed(
+                        self,
+                        TransportError::Rejected(format!("the peer's scan failed: {message}")),
+                    );
+                }
+                Err(e) => {
+                    return failed(
+                        self,
+                        TransportError::Network(format!("malformed scan from the peer: {e}")),
+                    );
+                }
+                Ok(None) => {}
+            }
+            match tokio::time::timeout(self.piece_timeout, self.body.frame()).await {
+                Err(_) => return failed(self, TransportError::Timeout),
+                Ok(None) => {
+                    return failed(
+                        self,
+                        TransportError::Network("the peer's scan ended before its end mark".into()),
+                    );
+                }
+                Ok(Some(Err(e))) => return failed(self, TransportError::Network(error_chain(&e))),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.decoder.push(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Reads go straight to the peer (not batched), within the attempt deadline.
 #[async_trait]
 impl PeerReader for HttpTransport {
@@ -494,5 +602,9 @@ impl PeerReader for HttpTransport {
 
     async fn health(&self, peer: &Peer) -> Result<(), TransportError> {
         HttpTransport::health(self, peer).await
+    }
+
+    async fn scan(&self, peer: &Peer, range: ScanRange) -> Result<PeerEventStream, TransportError> {
+        HttpTransport::scan(self, peer, range).await
     }
 }
