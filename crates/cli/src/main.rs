@@ -1,5 +1,6 @@
 //! The `alldata` command: `alldata node` runs one node of a cluster,
-//! `alldata bench` load-tests a local cluster against baselines.
+//! `alldata bench` load-tests a local cluster against baselines, `alldata
+//! export` writes a range or a closed interval to an NDJSON or Parquet file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod export;
 
 /// AllData: a masterless, append-only, replicated event store.
 #[derive(Debug, Parser)]
@@ -28,6 +30,8 @@ enum Command {
     Node(NodeArgs),
     /// Load-test a local cluster over HTTP and compare it with null/fanout baselines.
     Bench(bench::BenchArgs),
+    /// Export a range or a closed interval (cluster-wide by default) to an NDJSON or Parquet file.
+    Export(export::ExportArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -253,6 +257,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Node(args) => run_node(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Export(args) => export::run(args).await,
         }
     });
     match result {
