@@ -17,6 +17,14 @@
 //! requests are in flight (natural batching under load). Each caller gets its
 //! own event's result. `max_batch_events = 1` turns batching off.
 //!
+//! # Scans
+//!
+//! [`HttpTransport::scan`] (also [`PeerReader::scan`]) streams a peer's events
+//! in a key range (`GET /peer/v1/scan`) for cluster-wide exports: the response
+//! must start within the attempt deadline and each next piece arrive within
+//! [`ClientConfig::scan_piece_timeout`]; the body is decoded as it arrives
+//! and only a body with the protocol's end mark ends the stream cleanly.
+//!
 //! # Errors
 //!
 //! | what happened | [`TransportError`] | may have landed |

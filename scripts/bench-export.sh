@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Export throughput: a local 3-node cluster (RF 3, QUORUM, buffered), N events
+# written through the batch API, then `alldata export` of everything,
+# cluster-wide and local, as NDJSON and Parquet. Prints the CLI's summary
+# lines (events, bytes, seconds, events/s, MiB/s).
+#   scripts/bench-export.sh [EVENTS] [EVENT_BYTES]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+events=${1:-100000}
+size=${2:-256}
+target=${CARGO_TARGET_DIR:-target}
+cargo build --release -q -p alldata-cli
+bin="$target/release/alldata"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+echo bench-export-secret >"$work/secret"
+base=$((21000 + RANDOM % 2000))
+for i in 1 2 3; do
+    peers=()
+    for j in 1 2 3; do
+        [ "$i" = "$j" ] || peers+=(--peer "n$j=127.0.0.1:$((base + 100 + j))@eu/z$j")
+    done
+    RUST_LOG=warn "$bin" node --id "n$i" --listen "127.0.0.1:$((base + i))" \
+        --peer-listen "127.0.0.1:$((base + 100 + i))" --data-dir "$work/n$i" \
+        --region eu --zone "z$i" "${peers[@]}" --replication-factor 3 \
+        --durability buffered --cluster-secret-file "$work/secret" >/dev/null &
+    pids+=($!)
+done
+for i in 1 2 3; do
+    until curl -sf "http://127.0.0.1:$((base + i))/health" >/dev/null; do sleep 0.1; done
+done
+pad=$(head -c "$size" /dev/zero | tr '\0' x)
+python3 - "$events" "$pad" >"$work/batch.ndjson" <<'PY'
+import sys
+n, pad = int(sys.argv[1]), sys.argv[2]
+for i in range(n):
+    print('{"i":%d,"pad":"%s"}' % (i, pad))
+PY
+split -l 5000 "$work/batch.ndjson" "$work/part."
+for f in "$work"/part.*; do
+    curl -sf -X POST --data-binary @"$f" "http://127.0.0.1:$((base + 1))/events/batch" >/dev/null
+done
+echo "$events events of $((size + 20)) bytes written; exports from n1:"
+for scope in cluster local; do
+    for format in ndjson parquet; do
+        printf '%-8s %-8s ' "$scope" "$format"
+        "$bin" export --node "http://127.0.0.1:$((base + 1))" --scope "$scope" \
+            --from 1970-01-01T00:00:00Z --to 2100-01-01T00:00:00Z \
+            --format "$format" --out "$work/out.$format"
+    done
+done
+ls -l "$work"/out.*
