@@ -206,7 +206,16 @@ pub(crate) async fn run(args: ExportArgs) -> anyhow::Result<()> {
     drop(file);
     let events = match args.format {
         FormatArg::Ndjson => newlines,
-        FormatArg::Parquet => parquet_rows(&partial).unwrap_or(0),
+        FormatArg::Parquet => match parquet_rows(&partial) {
+            Ok(rows) => rows,
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e.context(format!(
+                    "the node's answer is not a whole Parquet file; nothing was written to {}",
+                    args.out.display()
+                )));
+            }
+        },
     };
     std::fs::rename(&partial, &args.out).with_context(|| {
         format!(

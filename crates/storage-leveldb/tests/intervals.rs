@@ -766,3 +766,38 @@ async fn changing_the_interval_length_of_a_data_directory_is_refused() {
     assert_eq!(all.len(), 1);
     store.close().await;
 }
+
+#[tokio::test]
+async fn intervals_lists_closed_and_open_intervals_with_their_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, clock) =
+        open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    for m in [1, 2, 3] {
+        store.put(key_at(at(4, m)), Bytes::new()).await.unwrap();
+    }
+    store.put(key_at(at(5, 30)), Bytes::new()).await.unwrap();
+    let listed = store.intervals().await.unwrap();
+    let view: Vec<_> = listed
+        .iter()
+        .map(|s| (s.interval.name(), s.closed, s.events))
+        .collect();
+    assert_eq!(
+        view,
+        [
+            ("20261122T0400Z-PT1H".to_owned(), false, 3),
+            ("20261122T0500Z-PT1H".to_owned(), false, 1),
+        ]
+    );
+    let four = Interval::from_name("20261122T0400Z-PT1H").unwrap();
+    assert!(!store.is_closed(&four));
+    // 04:00 leaves the window at 06:00.
+    clock.set(at(6, 1));
+    store.check_intervals().await.unwrap();
+    assert!(store.is_closed(&four));
+    let listed = store.intervals().await.unwrap();
+    assert_eq!(listed[0].interval, four);
+    assert!(listed[0].closed);
+    assert_eq!(listed[0].events, 3);
+    assert!(!listed[1].closed);
+    store.close().await;
+}
