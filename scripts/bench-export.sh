@@ -48,6 +48,19 @@ for f in "$work"/part.*; do
     curl -sf -X POST --data-binary @"$f" "http://127.0.0.1:$((base + 1))/events/batch" >/dev/null
 done
 echo "$events events of about $((size + 16)) bytes written; exports from n1 (3 rounds):"
+# n1's anonymous (heap) memory is sampled every 50 ms during the exports:
+# what they add on the node that merges them. (File-backed pages of LevelDB's
+# memory-mapped tables also count in RSS, so RSS alone would overstate it.)
+grep -E 'RssAnon|RssFile' "/proc/${pids[0]}/status" | sed 's/^/n1 before the exports: /'
+(
+    peak=0
+    while kill -0 "${pids[0]}" 2>/dev/null && [ ! -e "$work/done" ]; do
+        kb=$(awk '/RssAnon/ {print $2}' "/proc/${pids[0]}/status" 2>/dev/null || echo 0)
+        [ "${kb:-0}" -gt "$peak" ] && peak=$kb && echo "$peak" >"$work/peak"
+        sleep 0.05
+    done
+) &
+sampler=$!
 for round in 1 2 3; do
 for scope in cluster local; do
     for format in ndjson parquet; do
@@ -58,4 +71,8 @@ for scope in cluster local; do
     done
 done
 done
+touch "$work/done"
+wait "$sampler" || true
 ls -l "$work"/out.*
+echo "n1 peak RssAnon during the exports: $(cat "$work/peak") kB"
+grep -E 'RssAnon|RssFile' "/proc/${pids[0]}/status" | sed 's/^/n1 after the exports: /'

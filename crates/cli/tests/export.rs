@@ -342,3 +342,45 @@ fn a_node_refuses_another_interval_length_on_its_data_directory() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_broken_off_export_leaves_no_file() {
+    use std::io::{Read, Write};
+    // A node stand-in that starts a chunked 200 answer and then drops the
+    // connection before its end, as a node does when it aborts an export.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let _ = socket.read(&mut request);
+        let line = "{\"key\":\"k\",\"event\":{}}\n";
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{line}\r\n",
+            line.len()
+        );
+        socket.write_all(head.as_bytes()).unwrap();
+        // Dropped without the terminating chunk.
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cut.ndjson");
+    let output = Command::new(env!("CARGO_BIN_EXE_alldata"))
+        .args(["export", "--node", &format!("http://127.0.0.1:{port}")])
+        .args([
+            "--from",
+            "1970-01-01T00:00:00Z",
+            "--to",
+            "2100-01-01T00:00:00Z",
+        ])
+        .args(["--format", "ndjson", "--timeout-secs", "10"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    server.join().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a cut export must fail");
+    assert!(stderr.contains("broke off"), "{stderr}");
+    assert!(!out.exists());
+    assert!(!dir.path().join("cut.ndjson.partial").exists());
+}
