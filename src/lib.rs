@@ -24,7 +24,8 @@
 //! - `storage_leveldb` (feature `leveldb`): `Storage` on LevelDB.
 //! - `peer_wire`, `peer_client_http`, `peer_server_http`, `server_http`
 //!   (feature `http`): the peer protocol, its HTTP client and server, and the
-//!   client-facing API.
+//!   client-facing API; `export` (feature `http` too): the Parquet writer of
+//!   the batch-layer export, which the client API uses.
 //! - `node` (feature `node`): a complete node wired from those crates (what
 //!   `alldata node` runs).
 //!
@@ -32,6 +33,8 @@
 
 pub use alldata_coordinator as coordinator;
 pub use alldata_keygen as keygen;
+#[cfg(feature = "http")]
+pub use alldata_export as export;
 #[cfg(feature = "node")]
 pub use alldata_node as node;
 #[cfg(feature = "http")]
