@@ -32,9 +32,9 @@
 //! Default features: `leveldb`, `http`, `node`.
 
 pub use alldata_coordinator as coordinator;
-pub use alldata_keygen as keygen;
 #[cfg(feature = "http")]
 pub use alldata_export as export;
+pub use alldata_keygen as keygen;
 #[cfg(feature = "node")]
 pub use alldata_node as node;
 #[cfg(feature = "http")]
