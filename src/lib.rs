@@ -24,13 +24,16 @@
 //! - `storage_leveldb` (feature `leveldb`): `Storage` on LevelDB.
 //! - `peer_wire`, `peer_client_http`, `peer_server_http`, `server_http`
 //!   (feature `http`): the peer protocol, its HTTP client and server, and the
-//!   client-facing API.
+//!   client-facing API; `export` (feature `http` too): the Parquet writer of
+//!   the batch-layer export, which the client API uses.
 //! - `node` (feature `node`): a complete node wired from those crates (what
 //!   `alldata node` runs).
 //!
 //! Default features: `leveldb`, `http`, `node`.
 
 pub use alldata_coordinator as coordinator;
+#[cfg(feature = "http")]
+pub use alldata_export as export;
 pub use alldata_keygen as keygen;
 #[cfg(feature = "node")]
 pub use alldata_node as node;

@@ -1,5 +1,6 @@
 //! The `alldata` command: `alldata node` runs one node of a cluster,
-//! `alldata bench` load-tests a local cluster against baselines.
+//! `alldata bench` load-tests a local cluster against baselines, `alldata
+//! export` writes a range or a closed interval to an NDJSON or Parquet file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,11 +9,12 @@ use std::time::Duration;
 
 use alldata_coordinator::{CommitLevel, Location, Options};
 use alldata_node::{Node, NodeConfig, PeerSpec, parse_commit_level};
-use alldata_storage_leveldb::Durability;
+use alldata_storage_leveldb::{Durability, IntervalLength};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod export;
 
 /// AllData: a masterless, append-only, replicated event store.
 #[derive(Debug, Parser)]
@@ -28,6 +30,8 @@ enum Command {
     Node(NodeArgs),
     /// Load-test a local cluster over HTTP and compare it with null/fanout baselines.
     Bench(bench::BenchArgs),
+    /// Export a range or a closed interval (cluster-wide by default) to an NDJSON or Parquet file.
+    Export(export::ExportArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -77,6 +81,11 @@ struct NodeArgs {
     /// Storage durability.
     #[arg(long, env = "ALLDATA_DURABILITY", value_enum, default_value = "sync")]
     durability: DurabilityArg,
+    /// Length of the consolidation intervals: P1D, PT3H, PT1H, PT15M or PT5M.
+    /// Fixed for a data directory (a node refuses to open one written with
+    /// another length).
+    #[arg(long, env = "ALLDATA_INTERVAL", default_value = "P1D")]
+    interval: IntervalLength,
     /// File holding the shared cluster secret (peers authenticate with it).
     #[arg(long, env = "ALLDATA_CLUSTER_SECRET_FILE")]
     cluster_secret_file: PathBuf,
@@ -169,6 +178,7 @@ impl NodeArgs {
             DurabilityArg::Sync => Durability::Sync,
             DurabilityArg::Buffered => Durability::Buffered,
         };
+        config.interval = self.interval;
         config.cluster_secret = secret;
         config.max_event_bytes = self.max_event_bytes;
         config.max_batch_bytes = self.max_batch_bytes;
@@ -271,6 +281,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Node(args) => run_node(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Export(args) => export::run(args).await,
         }
     });
     match result {

@@ -100,4 +100,4 @@ pub use outcome::{
 };
 pub use storage::{EventStream, MemStorage, PutStatus, ScanRange, Storage, StorageFault};
 pub use topology::{Category, Locality, Location, NodeId, Peer, PeerChange, TopologyError};
-pub use transport::{NoPeers, PeerProfile, PeerReader, PeerTransport};
+pub use transport::{NoPeers, PeerEventStream, PeerProfile, PeerReader, PeerTransport};

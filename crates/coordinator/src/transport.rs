@@ -3,10 +3,16 @@
 use alldata_keygen::EventKey;
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::BoxStream;
 
 use crate::error::TransportError;
 use crate::feed::TailStream;
-use crate::storage::PutStatus;
+use crate::storage::{PutStatus, ScanRange};
+
+/// One peer's events in key order, as [`PeerReader::scan`] streams them. The
+/// stream ends after its last `Ok` item only when the peer's scan was
+/// complete; a scan that could not finish ends with an `Err` item.
+pub type PeerEventStream = BoxStream<'static, Result<(EventKey, Bytes), TransportError>>;
 use crate::topology::Peer;
 
 /// Sends one replica write to a peer (the original's "emit a peer put").
@@ -89,6 +95,19 @@ pub trait PeerReader: Send + Sync + 'static {
         let _ = from;
         Err(TransportError::Rejected(format!(
             "this peer reader cannot tail {}",
+            peer.id
+        )))
+    }
+
+    /// Streams the events `peer` stores with keys in `range`, in key order
+    /// (cluster-wide exports merge these). `Err` when the scan could not
+    /// start (the peer did not answer); afterwards failures arrive as the
+    /// stream's last item. Implementations give the start and each next
+    /// piece a deadline. The default cannot scan and says so.
+    async fn scan(&self, peer: &Peer, range: ScanRange) -> Result<PeerEventStream, TransportError> {
+        let _ = range;
+        Err(TransportError::Rejected(format!(
+            "this peer reader cannot scan {}",
             peer.id
         )))
     }

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use alldata_coordinator::{CommitLevel, Location, Options};
 use alldata_server_http::{ApiConfig, Limits};
-use alldata_storage_leveldb::Durability;
+use alldata_storage_leveldb::{Durability, IntervalLength};
 
 use crate::NodeError;
 
@@ -146,6 +146,10 @@ pub struct NodeConfig {
     pub options: Options,
     /// Storage durability.
     pub durability: Durability,
+    /// The length of the storage's consolidation intervals (default `P1D`).
+    /// Fixed for a data directory: opening one written with another length
+    /// fails.
+    pub interval: IntervalLength,
     /// The shared cluster secret peers authenticate with.
     pub cluster_secret: String,
     /// Largest accepted event in bytes.
@@ -192,6 +196,7 @@ impl NodeConfig {
             peers: Vec::new(),
             options: Options::default(),
             durability: Durability::Sync,
+            interval: IntervalLength::Day,
             cluster_secret: String::new(),
             max_event_bytes: 1024 * 1024,
             max_batch_bytes: ApiConfig::default().max_batch_bytes,

@@ -33,8 +33,10 @@ use alldata_coordinator::{Coordinator, OptionsError, Storage, TopologyError};
 use alldata_peer_client_http::{ClientConfig, ClientError, HttpTransport};
 use alldata_peer_server_http::{PeerState, ServerConfig};
 use alldata_peer_wire::Durability as WireDurability;
-use alldata_server_http::{ApiConfig, ApiState, Counter};
-use alldata_storage_leveldb::{Durability, LevelDbStorage, OpenError};
+use alldata_server_http::{
+    ApiConfig, ApiState, Counter, IntervalInfo, IntervalRef, IntervalSource,
+};
+use alldata_storage_leveldb::{Durability, Interval, IntervalLength, LevelDbStorage, OpenError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -158,6 +160,7 @@ impl Node {
         // connection (a clear "not here"), not one that never answers.
         let storage_options = alldata_storage_leveldb::Options::new(&config.data_dir)
             .durability(config.durability)
+            .interval_length(config.interval)
             .write_buffer_bytes(config.write_buffer_bytes);
         let storage = LevelDbStorage::open(storage_options)
             .await
@@ -244,6 +247,10 @@ impl Node {
             .with_max_batch_events(config.max_batch_events)
             .with_limits(config.limits)
             .with_key_validator(move |key| window.upgrade().map_or(Ok(()), |s| s.check_key(key)))
+            .with_intervals(StorageIntervals {
+                storage: Arc::downgrade(&storage),
+                length: config.interval,
+            })
             .with_counters(peer_counters(peer_state.clone(), transport.clone()));
         let tail_feed = feed;
         let api_state = ApiState::new(coordinator.clone(), api_config);
@@ -351,6 +358,50 @@ impl Node {
             }
         }
         tracing::info!(%id, "node stopped");
+    }
+}
+
+/// The storage's consolidation intervals for the client API. A weak handle:
+/// the API must not keep the database open after shutdown.
+struct StorageIntervals {
+    storage: std::sync::Weak<LevelDbStorage>,
+    length: IntervalLength,
+}
+
+#[async_trait::async_trait]
+impl IntervalSource for StorageIntervals {
+    fn length(&self) -> String {
+        self.length.to_string()
+    }
+
+    async fn list(&self) -> Result<Vec<IntervalInfo>, String> {
+        let storage = self
+            .storage
+            .upgrade()
+            .ok_or_else(|| "the storage is closed".to_owned())?;
+        let states = storage.intervals().await.map_err(|e| e.to_string())?;
+        Ok(states
+            .into_iter()
+            .map(|s| IntervalInfo {
+                name: s.interval.name(),
+                start: s.interval.start_utc(),
+                end: s.interval.end_utc(),
+                closed: s.closed,
+                events: s.events,
+            })
+            .collect())
+    }
+
+    fn lookup(&self, name: &str) -> Option<IntervalRef> {
+        let interval = Interval::from_name(name).filter(|i| i.length() == self.length)?;
+        let closed = self
+            .storage
+            .upgrade()
+            .is_some_and(|s| s.is_closed(&interval));
+        Some(IntervalRef {
+            range: interval.key_range(),
+            closed,
+        })
     }
 }
 

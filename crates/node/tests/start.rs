@@ -223,3 +223,29 @@ async fn no_peers_at_start_is_allowed_for_peers_added_later() {
     let node = Node::start(config).await.expect("starts");
     node.shutdown(std::time::Duration::from_secs(2)).await;
 }
+
+#[tokio::test]
+async fn a_data_directory_keeps_its_interval_length() {
+    use alldata_storage_leveldb::{IntervalLength, OpenError};
+    let dir = tempfile::tempdir().unwrap();
+    let mut hourly = config(dir.path());
+    hourly.interval = IntervalLength::Hour;
+    let node = Node::start(hourly.clone()).await.expect("first start");
+    node.shutdown(Duration::from_secs(5)).await;
+
+    let mut daily = config(dir.path());
+    daily.interval = IntervalLength::Day;
+    match Node::start(daily).await {
+        Err(NodeError::Storage {
+            source: source @ OpenError::IntervalLengthChanged { .. },
+            ..
+        }) => {
+            let text = source.to_string();
+            assert!(text.contains("PT1H") && text.contains("P1D"), "{text}");
+        }
+        other => panic!("expected the interval length to be refused, got {other:?}"),
+    }
+    // The length it was created with still starts.
+    let node = Node::start(hourly).await.expect("same length");
+    node.shutdown(Duration::from_secs(5)).await;
+}

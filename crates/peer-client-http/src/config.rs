@@ -43,6 +43,9 @@ pub struct ClientConfig {
     /// write fails as `Rejected`), so it never counts as a durable copy.
     /// Default `Buffered` (any peer counts).
     pub durability: alldata_peer_wire::Durability,
+    /// How long a peer scan may wait for each next piece of its body once it
+    /// started (the start itself has `attempt_timeout`). Default 10 s.
+    pub scan_piece_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -61,6 +64,7 @@ impl ClientConfig {
             max_response_bytes: 32 * 1024 * 1024,
             max_queued_bytes: 64 * 1024 * 1024,
             durability: alldata_peer_wire::Durability::Buffered,
+            scan_piece_timeout: Duration::from_secs(10),
         }
     }
 
@@ -73,6 +77,12 @@ impl ClientConfig {
     /// The same settings with another attempt deadline.
     pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;
+        self
+    }
+
+    /// The same settings with another scan piece deadline.
+    pub fn with_scan_piece_timeout(mut self, timeout: Duration) -> Self {
+        self.scan_piece_timeout = timeout;
         self
     }
 
@@ -105,6 +115,7 @@ impl fmt::Debug for ClientConfig {
             .field("max_response_bytes", &self.max_response_bytes)
             .field("max_queued_bytes", &self.max_queued_bytes)
             .field("durability", &self.durability)
+            .field("scan_piece_timeout", &self.scan_piece_timeout)
             .finish()
     }
 }

@@ -17,6 +17,14 @@
 //! requests are in flight (natural batching under load). Each caller gets its
 //! own event's result. `max_batch_events = 1` turns batching off.
 //!
+//! # Scans
+//!
+//! [`HttpTransport::scan`] (also [`PeerReader::scan`]) streams a peer's events
+//! in a key range (`GET /peer/v1/scan`) for cluster-wide exports: the response
+//! must start within the attempt deadline and each next piece arrive within
+//! [`ClientConfig::scan_piece_timeout`]; the body is decoded as it arrives
+//! and only a body with the protocol's end mark ends the stream cleanly.
+//!
 //! # Errors
 //!
 //! | what happened | [`TransportError`] | may have landed |
@@ -58,9 +66,10 @@ use std::time::Duration;
 
 use alldata_coordinator::feed::{TailError, TailStream};
 use alldata_coordinator::{
-    EventKey, Peer, PeerProfile, PeerReader, PeerTransport, PutStatus, TransportError,
+    EventKey, Peer, PeerEventStream, PeerProfile, PeerReader, PeerTransport, PutStatus, ScanRange,
+    TransportError,
 };
-use alldata_peer_wire::{Durability, Profile};
+use alldata_peer_wire::{Durability, Profile, ScanDecoder, ScanItem};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -459,6 +468,52 @@ impl HttpTransport {
         Ok(futures::StreamExt::boxed(stream))
     }
 
+    /// Streams the events `peer` stores with keys in `range`, in key order
+    /// (`GET /peer/v1/scan`). The response must start within the attempt
+    /// deadline; then each next piece of the body must arrive within
+    /// [`ClientConfig::scan_piece_timeout`]. The body is decoded as it
+    /// arrives (one incomplete entry buffered at most); a body that ends
+    /// without the end entry, breaks, stalls or is malformed ends the stream
+    /// with an `Err`.
+    pub async fn scan(
+        &self,
+        peer: &Peer,
+        range: ScanRange,
+    ) -> Result<PeerEventStream, TransportError> {
+        let url = format!(
+            "{}{}?from={}&to={}",
+            base_url(&peer.address),
+            alldata_peer_wire::SCAN_PATH,
+            range.from,
+            range.to
+        );
+        let request = self.shared.request(Method::GET, &url, Bytes::new())?;
+        let timeout = self.shared.config.attempt_timeout;
+        let response = tokio::time::timeout(timeout, self.shared.client.request(request))
+            .await
+            .map_err(|_| TransportError::Timeout)?
+            .map_err(classify)?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let limit = 64 * 1024;
+            let body =
+                tokio::time::timeout(timeout, Limited::new(response.into_body(), limit).collect())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+            return Err(status_error(status, body));
+        }
+        let state = ScanBody {
+            body: response.into_body(),
+            decoder: ScanDecoder::new(self.shared.config.max_response_bytes),
+            piece_timeout: self.shared.config.scan_piece_timeout,
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(state, ScanBody::step)))
+    }
+
     /// Probes `peer`'s endpoint: what it promises when it answers and accepts
     /// the secret.
     pub async fn health(&self, peer: &Peer) -> Result<Profile, TransportError> {
@@ -564,6 +619,64 @@ impl PeerTransport for HttpTransport {
     }
 }
 
+/// A peer scan's body being decoded.
+struct ScanBody {
+    body: hyper::body::Incoming,
+    decoder: ScanDecoder,
+    piece_timeout: Duration,
+    done: bool,
+}
+
+impl ScanBody {
+    async fn step(mut self) -> Option<(Result<(EventKey, Bytes), TransportError>, Self)> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let failed = |this: Self, error: TransportError| {
+                let mut this = this;
+                this.done = true;
+                Some((Err(error), this))
+            };
+            match self.decoder.next_item() {
+                Ok(Some(ScanItem::Event(key, event))) => return Some((Ok((key, event)), self)),
+                Ok(Some(ScanItem::End)) => {
+                    self.done = true;
+                    return None;
+                }
+                Ok(Some(ScanItem::Failed(message))) => {
+                    return failed(
+                        self,
+                        TransportError::Rejected(format!("the peer's scan failed: {message}")),
+                    );
+                }
+                Err(e) => {
+                    return failed(
+                        self,
+                        TransportError::Network(format!("malformed scan from the peer: {e}")),
+                    );
+                }
+                Ok(None) => {}
+            }
+            match tokio::time::timeout(self.piece_timeout, self.body.frame()).await {
+                Err(_) => return failed(self, TransportError::Timeout),
+                Ok(None) => {
+                    return failed(
+                        self,
+                        TransportError::Network("the peer's scan ended before its end mark".into()),
+                    );
+                }
+                Ok(Some(Err(e))) => return failed(self, TransportError::Network(error_chain(&e))),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.decoder.push(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Reads go straight to the peer (not batched), within the attempt deadline.
 #[async_trait]
 impl PeerReader for HttpTransport {
@@ -581,5 +694,9 @@ impl PeerReader for HttpTransport {
             profile.durability.map(|d| d.as_str().to_owned()),
             profile.max_event_bytes,
         ))
+    }
+
+    async fn scan(&self, peer: &Peer, range: ScanRange) -> Result<PeerEventStream, TransportError> {
+        HttpTransport::scan(self, peer, range).await
     }
 }

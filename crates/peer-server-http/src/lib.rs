@@ -34,6 +34,12 @@
 //! | `GET /peer/v1/events/{key}` | `200` with the stored bytes, `404` when absent, `400` for a malformed key |
 //! | `GET /peer/v1/tail?from=KEY` | `200`, a stream of what the node stores (see [`PeerState::with_feed`]) |
 //! | `GET /peer/v1/health` | `200` with the node's durability and event size limit |
+//! | `GET /peer/v1/scan?from=KEY&to=KEY` | `200`, this node's events in `from..=to`, in key order, streamed in the scan framing of `alldata-peer-wire`; `400` for a missing or malformed bound |
+//!
+//! A scan streams straight from [`Storage::scan`]: the storage reads the
+//! range chunk by chunk and the body is sent as it is read, so memory stays
+//! bounded whatever the range. A storage failure mid-scan ends the body with
+//! an error entry, never with the end entry.
 //!
 //! A batch is decoded as a whole before anything is stored: a malformed body is
 //! `400` and nothing of it is written; a body over
@@ -59,7 +65,7 @@ use alldata_coordinator::{EventKey, Storage};
 use alldata_peer_wire as wire;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -289,6 +295,7 @@ pub fn router(state: PeerState) -> Router {
         .route(wire::EVENT_ROUTE, get(get_event))
         .route(HEALTH_PATH, get(health))
         .route(wire::TAIL_PATH, get(tail))
+        .route(wire::SCAN_PATH, get(scan))
         .fallback(not_found)
         .with_state(state)
 }
@@ -435,6 +442,71 @@ async fn tail(
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/octet-stream")],
         Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// `?from=KEY&to=KEY` of a scan.
+#[derive(Debug, serde::Deserialize)]
+struct ScanParams {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// Bytes gathered before a piece of a scan body is sent.
+const SCAN_PIECE_BYTES: usize = 64 * 1024;
+
+fn scan_bound(name: &str, text: Option<&str>) -> Result<EventKey, PeerError> {
+    let text = text.ok_or_else(|| PeerError::BadKey(format!("{name} is required")))?;
+    text.parse()
+        .map_err(|e: alldata_keygen::KeyError| PeerError::BadKey(format!("{name}: {e}")))
+}
+
+async fn scan(
+    State(state): State<PeerState>,
+    headers: HeaderMap,
+    query: Result<Query<ScanParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, PeerError> {
+    state.authorize(&headers)?;
+    let Query(params) = query.map_err(|e| state.refuse(PeerError::BadKey(e.body_text())))?;
+    let from = scan_bound("from", params.from.as_deref()).map_err(|e| state.refuse(e))?;
+    let to = scan_bound("to", params.to.as_deref()).map_err(|e| state.refuse(e))?;
+    let events = state
+        .inner
+        .storage
+        .scan(alldata_coordinator::ScanRange::new(from, to), usize::MAX);
+    let mut first = bytes::BytesMut::new();
+    wire::put_scan_header(&mut first);
+    // Pieces of up to SCAN_PIECE_BYTES; the storage stream is pulled only as
+    // the body is sent, so a slow reader holds back the scan.
+    let pieces = futures::stream::unfold(Some((events, first)), |st| async move {
+        use futures::StreamExt;
+        let (mut events, mut piece) = st?;
+        loop {
+            match events.next().await {
+                Some(Ok((key, event))) => {
+                    wire::put_scan_event(&mut piece, key, &event);
+                    if piece.len() >= SCAN_PIECE_BYTES {
+                        let out = piece.split().freeze();
+                        return Some((Ok::<Bytes, io::Error>(out), Some((events, piece))));
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "peer scan failed mid-stream");
+                    wire::put_scan_error(&mut piece, &error.to_string());
+                    return Some((Ok(piece.freeze()), None));
+                }
+                None => {
+                    wire::put_scan_end(&mut piece);
+                    return Some((Ok(piece.freeze()), None));
+                }
+            }
+        }
+    });
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, wire::SCAN_CONTENT_TYPE)],
+        Body::from_stream(pieces),
     )
         .into_response())
 }

@@ -705,3 +705,134 @@ async fn next_event(
         .expect("not ended")
         .expect("no error")
 }
+
+/// Events of growing size, stored on `server`; returns them in key order.
+async fn store_events(server: &Server, n: usize) -> Vec<(alldata_coordinator::EventKey, Bytes)> {
+    use alldata_coordinator::Storage;
+    let keys = KeyGenerator::new();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let event = Bytes::from(format!(
+            "{{\"i\":{i},\"pad\":\"{}\"}}",
+            "x".repeat(i * 37 % 5000)
+        ));
+        let key = keys.generate();
+        server.storage.put(key, event.clone()).await.unwrap();
+        out.push((key, event));
+    }
+    out
+}
+
+/// A scan, collected: the events before the end, and the error that ended it.
+async fn collect_scan(
+    t: &HttpTransport,
+    peer: &Peer,
+    range: alldata_coordinator::ScanRange,
+) -> (
+    Vec<(alldata_coordinator::EventKey, Bytes)>,
+    Option<TransportError>,
+) {
+    use futures::StreamExt;
+    let mut stream = t.scan(peer, range).await.expect("scan starts");
+    let mut events = Vec::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(e) => events.push(e),
+            Err(e) => return (events, Some(e)),
+        }
+    }
+    (events, None)
+}
+
+#[tokio::test]
+async fn a_peer_scan_streams_the_range_in_key_order() {
+    use alldata_coordinator::ScanRange;
+    let server = Server::start(ServerConfig::new(SECRET)).await;
+    let stored = store_events(&server, 2000).await;
+    let t = transport(config());
+    let (all, error) = collect_scan(&t, &server.peer(), ScanRange::all()).await;
+    assert_eq!(error, None);
+    assert_eq!(all, stored, "every event, in key order, byte for byte");
+
+    let range = ScanRange::new(stored[100].0, stored[1499].0);
+    let (part, error) = collect_scan(&t, &server.peer(), range).await;
+    assert_eq!(error, None);
+    assert_eq!(part, stored[100..1500].to_vec(), "both bounds inclusive");
+
+    let wrong = transport(ClientConfig::new("not-the-secret"));
+    match wrong.scan(&server.peer(), ScanRange::all()).await {
+        Err(TransportError::Rejected(m)) => assert!(m.contains("401"), "{m}"),
+        Err(other) => panic!("expected a 401 rejection, got {other:?}"),
+        Ok(_) => panic!("a wrong secret scanned"),
+    }
+    server.shutdown().await;
+}
+
+/// A fake peer that answers a scan with `head` (status line, headers and
+/// the start of a body) and then either hangs or closes.
+async fn fake_scan_peer(head: Vec<u8>, hang: bool) -> (String, JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _ = socket.read(&mut request).await;
+        socket.write_all(&head).await.unwrap();
+        if hang {
+            futures::future::pending::<()>().await;
+        }
+    });
+    (address, task)
+}
+
+fn scan_body_start(events: usize) -> Vec<u8> {
+    let mut body = bytes::BytesMut::new();
+    alldata_peer_wire::put_scan_header(&mut body);
+    let keys = KeyGenerator::new();
+    for _ in 0..events {
+        alldata_peer_wire::put_scan_event(&mut body, keys.generate(), b"{}");
+    }
+    body.to_vec()
+}
+
+#[tokio::test]
+async fn a_stalled_or_cut_peer_scan_ends_with_an_error_not_quietly() {
+    use alldata_coordinator::ScanRange;
+    // Headers and two events in a chunked body, then silence.
+    let body = scan_body_start(2);
+    let mut head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n",
+        alldata_peer_wire::SCAN_CONTENT_TYPE,
+        body.len()
+    )
+    .into_bytes();
+    head.extend_from_slice(&body);
+    head.extend_from_slice(b"\r\n");
+    let (address, hold) = fake_scan_peer(head, true).await;
+    let t = transport(config().with_scan_piece_timeout(Duration::from_millis(300)));
+    let started = Instant::now();
+    let (events, error) = collect_scan(&t, &peer_at(&address), ScanRange::all()).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(error, Some(TransportError::Timeout));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    hold.abort();
+
+    // A complete HTTP body that lacks the scan's end mark.
+    let body = scan_body_start(3);
+    let mut head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        alldata_peer_wire::SCAN_CONTENT_TYPE,
+        body.len()
+    )
+    .into_bytes();
+    head.extend_from_slice(&body);
+    let (address, hold) = fake_scan_peer(head, false).await;
+    let (events, error) = collect_scan(&t, &peer_at(&address), ScanRange::all()).await;
+    assert_eq!(events.len(), 3);
+    assert!(
+        matches!(&error, Some(TransportError::Network(m)) if m.contains("end mark")),
+        "{error:?}"
+    );
+    hold.abort();
+}

@@ -77,6 +77,20 @@ pub enum DecodeError {
         /// The status byte.
         status: u8,
     },
+    /// A scan entry has an unknown tag byte.
+    #[error("scan entry {index} has unknown tag byte {tag:#04x}")]
+    UnknownTag {
+        /// The entry's position.
+        index: usize,
+        /// The tag byte.
+        tag: u8,
+    },
+    /// A scan's keys are not strictly increasing.
+    #[error("scan entry {index} is not after the previous key")]
+    OutOfOrder {
+        /// The entry's position.
+        index: usize,
+    },
     /// Bytes follow the last announced frame or result.
     #[error("{0} unexpected bytes after the last entry")]
     TrailingBytes(usize),

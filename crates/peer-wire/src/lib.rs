@@ -37,6 +37,7 @@
 //! | `GET` [`event_path`]`(key)` | `200` with the stored bytes (`application/octet-stream`), `404` when absent, `400` for a malformed key (the canonical hyphenated lowercase UUID) |
 //! | `GET` [`TAIL_PATH`]`?from=KEY` | `200`, a stream of tail frames, below |
 //! | `GET` [`HEALTH_PATH`] | `200` with the node's [`Profile`] (text below) |
+//! | `GET` [`SCAN_PATH`]`?from=KEY&to=KEY` | `200`, the node's own events with keys in `from..=to` (both inclusive, canonical key text), in key order, streamed (below); `400` for a missing or malformed bound |
 //!
 //! # Tail
 //!
@@ -109,8 +110,35 @@
 //!   u16     mlen        message length (at most 65535)
 //!   [u8;mlen] message   UTF-8 text
 //! ```
+//!
+//! # Wire format of `GET /peer/v1/scan`
+//!
+//! The response body (`Content-Type: application/x-alldata-scan`,
+//! [`SCAN_CONTENT_TYPE`]) is streamed as the node reads its storage, so it has
+//! no count; each entry starts with a tag byte, and events reuse the request
+//! frame:
+//!
+//! ```text
+//! u8        format      0xA1
+//! entries, in key order:
+//!   u8      tag         0x01 event, 0x00 end (complete), 0x02 error (failed)
+//!   tag 0x01:
+//!     [u8;16] key       strictly greater than the previous entry's key
+//!     u32     len
+//!     [u8;len] event
+//!   tag 0x02:
+//!     u16     mlen      message length
+//!     [u8;mlen] message UTF-8 text
+//! ```
+//!
+//! Only a body whose last entry is the end tag is a complete scan. A body cut
+//! before it (the connection broke, the server gave up) or ending with an
+//! error entry holds a valid prefix but is not complete; readers must not
+//! take it for the whole range. [`ScanDecoder`] decodes a body chunk by chunk
+//! and refuses events longer than its limit before buffering them.
 
 mod codec;
+mod scan;
 mod tail;
 
 use alldata_keygen::EventKey;
@@ -120,6 +148,10 @@ pub use codec::{
     CONTENT_TYPE, DecodeError, EventStatus, FORMAT_V1, FRAME_OVERHEAD, HEADER_LEN, MAX_MESSAGE_LEN,
     STATUS_ALREADY_PRESENT, STATUS_CONFLICT, STATUS_FAILED, STATUS_REJECTED, STATUS_STORED,
     decode_request, decode_response, encode_request, encode_response,
+};
+pub use scan::{
+    SCAN_CONTENT_TYPE, SCAN_END, SCAN_ERROR, SCAN_EVENT, ScanDecoder, ScanItem, put_scan_end,
+    put_scan_error, put_scan_event, put_scan_header,
 };
 
 /// The request header in which a sender says which durability it counts on
@@ -220,6 +252,8 @@ pub fn tail_path(from: EventKey) -> String {
 pub const EVENTS_PATH: &str = "/peer/v1/events";
 /// The path of the health route.
 pub const HEALTH_PATH: &str = "/peer/v1/health";
+/// The path of the streamed scan route (`?from=KEY&to=KEY`).
+pub const SCAN_PATH: &str = "/peer/v1/scan";
 /// The route pattern of a single-event read, as axum 0.8 spells it.
 pub const EVENT_ROUTE: &str = "/peer/v1/events/{key}";
 

@@ -4,9 +4,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alldata_coordinator::EventKey;
 use alldata_coordinator::feed::Feed;
+use alldata_coordinator::{EventKey, ScanRange};
 use alldata_http_serve::Limits;
+use async_trait::async_trait;
+use serde::Serialize;
 
 use crate::metrics::{Counter, CounterSource};
 
@@ -14,6 +16,48 @@ use crate::metrics::{Counter, CounterSource};
 /// acceptance window. `Err(reason)` answers 400 `key_rejected` and nothing is
 /// written.
 pub type KeyValidator = Arc<dyn Fn(EventKey) -> Result<(), String> + Send + Sync>;
+
+/// One consolidation interval as `GET /intervals` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IntervalInfo {
+    /// Its name, e.g. `20261201T0000Z-P1D`.
+    pub name: String,
+    /// Its UTC start, RFC 3339.
+    pub start: String,
+    /// Its UTC end (exclusive), RFC 3339.
+    pub end: String,
+    /// Whether it is closed: no write is accepted in it any more.
+    pub closed: bool,
+    /// The events this node stores in it.
+    pub events: u64,
+}
+
+/// An interval named in a request (`GET /intervals/{name}/export`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntervalRef {
+    /// Its keys.
+    pub range: ScanRange,
+    /// Whether it is closed on this node.
+    pub closed: bool,
+}
+
+/// What the API knows of the node's consolidation intervals (the storage
+/// partitions events into fixed-length UTC intervals and closes them once no
+/// write may land in them any more). Implemented by the node over its
+/// storage; without one, the interval routes answer 404.
+#[async_trait]
+pub trait IntervalSource: Send + Sync + 'static {
+    /// The interval length as an ISO 8601 duration (`P1D`, `PT1H`, ...).
+    fn length(&self) -> String;
+
+    /// The intervals that hold events on this node or are known closed,
+    /// oldest first. `Err` carries a message (answered as a 500).
+    async fn list(&self) -> Result<Vec<IntervalInfo>, String>;
+
+    /// The interval called `name`: `None` when `name` is not the name of an
+    /// interval of this node's length.
+    fn lookup(&self, name: &str) -> Option<IntervalRef>;
+}
 
 /// Settings of the client API. The default commit level is not here: it is the
 /// coordinator's (`Options::commit_level`); `?commit=` overrides it per request.
@@ -41,6 +85,13 @@ pub struct ApiConfig {
     pub max_scan_limit: usize,
     /// Checks client-supplied keys before anything is written (default none).
     pub key_validator: Option<KeyValidator>,
+    /// The node's consolidation intervals (default none: the interval routes
+    /// answer 404).
+    pub intervals: Option<Arc<dyn IntervalSource>>,
+    /// How long a cluster export or scan waits for a peer's scan to start,
+    /// and then for each next piece of it (default 10 s). A peer slower than
+    /// that counts as not answering.
+    pub peer_scan_timeout: Duration,
     /// How long one peer's health probe may take (default 2 s). Reads of
     /// events from peers use the coordinator's `Options::read_timeout`.
     pub health_probe_timeout: Duration,
@@ -88,6 +139,8 @@ impl Default for ApiConfig {
             default_scan_limit: 1000,
             max_scan_limit: 100_000,
             key_validator: None,
+            intervals: None,
+            peer_scan_timeout: Duration::from_secs(10),
             health_probe_timeout: Duration::from_secs(2),
             health_probe_interval: Some(Duration::from_secs(10)),
             peer_fresh_for: Duration::from_secs(60),
@@ -162,6 +215,19 @@ impl ApiConfig {
         self
     }
 
+    /// Sets the source of the node's consolidation intervals.
+    pub fn with_intervals(mut self, source: impl IntervalSource) -> Self {
+        self.intervals = Some(Arc::new(source));
+        self
+    }
+
+    /// Sets how long a cluster export waits for a peer's scan (to start, and
+    /// between pieces).
+    pub fn with_peer_scan_timeout(mut self, timeout: Duration) -> Self {
+        self.peer_scan_timeout = timeout;
+        self
+    }
+
     /// Sets (or with `None` turns off) the periodic peer health probe.
     pub fn with_health_probe_interval(mut self, interval: Option<Duration>) -> Self {
         self.health_probe_interval = interval;
@@ -194,6 +260,8 @@ impl fmt::Debug for ApiConfig {
             .field("default_scan_limit", &self.default_scan_limit)
             .field("max_scan_limit", &self.max_scan_limit)
             .field("key_validator", &self.key_validator.as_ref().map(|_| ".."))
+            .field("intervals", &self.intervals.as_ref().map(|i| i.length()))
+            .field("peer_scan_timeout", &self.peer_scan_timeout)
             .field("health_probe_timeout", &self.health_probe_timeout)
             .field("health_probe_interval", &self.health_probe_interval)
             .field("peer_fresh_for", &self.peer_fresh_for)

@@ -64,6 +64,33 @@ pub enum ApiError {
         /// `(node, error)` of each peer that could not answer.
         failed: Vec<(String, String)>,
     },
+    /// 404 `not_found`: no interval of this node's length has this name (or
+    /// the node has no intervals).
+    #[error(
+        "no interval {0:?} (names look like 20261201T0000Z-P1D, with this node's interval length)"
+    )]
+    IntervalNotFound(String),
+    /// 409 `interval_open`: the interval still accepts writes; export it once
+    /// it is closed (see `GET /intervals`).
+    #[error("interval {0} is not closed yet: it may still receive events")]
+    IntervalOpen(String),
+    /// 503 `incomplete`: too few members answered to guarantee that every
+    /// event acknowledged at QUORUM is in the answer. `allow_incomplete=true`
+    /// answers with what the members that answered hold.
+    #[error(
+        "export would be incomplete: {answered} of {members} members answered, {needed} are needed to include every event acknowledged at QUORUM; missing: {}",
+        missing.iter().map(|(n, e)| format!("{n} ({e})")).collect::<Vec<_>>().join(", ")
+    )]
+    Incomplete {
+        /// Members that answered (this node included).
+        answered: usize,
+        /// Members in the cluster (this node included).
+        members: usize,
+        /// Members needed.
+        needed: usize,
+        /// `(node, error)` of each member that did not answer.
+        missing: Vec<(String, String)>,
+    },
     /// 404 `not_found`: no such route.
     #[error("no route for {0}")]
     RouteNotFound(String),
@@ -184,9 +211,11 @@ impl ApiError {
             | ApiError::BadBody(_)
             | ApiError::KeyRejected { .. }
             | ApiError::UnknownOrigin { .. } => StatusCode::BAD_REQUEST,
-            ApiError::EventNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::EventNotFound(_)
+            | ApiError::RouteNotFound(_)
+            | ApiError::IntervalNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict { .. } | ApiError::IntervalOpen(_) => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } | ApiError::TooManyEvents { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -196,6 +225,7 @@ impl ApiError {
             | ApiError::Overloaded { .. }
             | ApiError::TooManySubscribers { .. }
             | ApiError::TailUnavailable
+            | ApiError::Incomplete { .. }
             | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -212,7 +242,11 @@ impl ApiError {
             ApiError::KeyRejected { .. } => "key_rejected",
             ApiError::UnknownOrigin { .. } => "unknown_origin",
             ApiError::ReadUnavailable { .. } => "unavailable",
-            ApiError::EventNotFound(_) | ApiError::RouteNotFound(_) => "not_found",
+            ApiError::EventNotFound(_)
+            | ApiError::RouteNotFound(_)
+            | ApiError::IntervalNotFound(_) => "not_found",
+            ApiError::IntervalOpen(_) => "interval_open",
+            ApiError::Incomplete { .. } => "incomplete",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict { .. } => "conflict",
             ApiError::TooLarge { .. } | ApiError::TooManyEvents { .. } => "too_large",
@@ -242,6 +276,23 @@ impl ApiError {
                     .collect::<Vec<_>>(),
             }),
             ApiError::TooLarge { limit, .. } => json!({ "limit": limit }),
+            ApiError::IntervalNotFound(name) | ApiError::IntervalOpen(name) => {
+                json!({ "interval": name })
+            }
+            ApiError::Incomplete {
+                answered,
+                members,
+                needed,
+                missing,
+            } => json!({
+                "answered": answered,
+                "members": members,
+                "needed": needed,
+                "missing": missing
+                    .iter()
+                    .map(|(node, error)| json!({ "node": node, "error": error }))
+                    .collect::<Vec<_>>(),
+            }),
             ApiError::TooManyEvents { limit } => json!({ "limit_events": limit }),
             ApiError::TooManySubscribers { limit } => json!({ "limit_subscribers": limit }),
             ApiError::Overloaded { in_flight, limit } => json!({

@@ -15,13 +15,35 @@
 //! | `PUT /events/{key}[?commit=…]` | 201 stored now, 200 already stored with the same bytes, 409 different bytes |
 //! | `POST /events/batch[?commit=…]` | 200 NDJSON: one `{"key":…}` or `{"error":…}` per input line, in order |
 //! | `GET /events/{key}` | 200 the stored bytes (local storage, else asked from peers), 404 |
-//! | `GET /events?from=&to=&limit=` | 200 NDJSON `{"key":…,"event":…}` in time order, streamed |
+//! | `GET /events?from=&to=&limit=[&scope=local\|cluster]` | 200 NDJSON `{"key":…,"event":…}` in time order, streamed; **this node's copies only** unless `scope=cluster` |
+//! | `GET /export?from=&to=&format=ndjson\|parquet[&scope=cluster\|local][&allow_incomplete=true]` | 200 the range, every key once in key order, streamed as NDJSON (`application/x-ndjson`) or Parquet (`application/vnd.apache.parquet`); cluster-wide and complete by default (below) |
+//! | `GET /intervals/{name}/export?format=…` | the same for a closed interval; 409 `interval_open` while open, 404 for an unknown name |
+//! | `GET /intervals[?closed_since=NAME]` | 200 `{"length":"P1D","intervals":[{"name","start","end","closed","events"}…]}`, oldest first (404 without an [`IntervalSource`]) |
 //! | `GET /health` | 200 node id, zone, region, peers and whether each answered lately |
 //! | `GET /metrics` | 200 Prometheus text |
 //!
+//! # Exports and cluster-wide reads
+//!
+//! A cluster-wide read (`scope=cluster`, the default of the exports) merges
+//! this node's scan with every member's peer scan (through the coordinator's
+//! [`PeerReader::scan`](alldata_coordinator::PeerReader::scan)) by key: every
+//! key once, in key order, holding one pending event per member. An event
+//! acknowledged at QUORUM has at least `required(QUORUM)` holders, so any
+//! `N - required + 1` of the `N` members (this node included) hold every
+//! such event: when fewer answer at the start the answer is `503`
+//! `incomplete` naming the missing members, unless `allow_incomplete=true`.
+//! When a member fails mid-stream and the others no longer satisfy the rule,
+//! the body is aborted (the transfer breaks; it never ends as if complete).
+//! If two members return different bytes for one key (write-once makes that
+//! impossible unless something is broken), this node's, or else the first
+//! member's, are kept and the conflict is logged and counted. Parquet
+//! answers are encoded on a blocking thread, one bounded row group at a time
+//! (`alldata-export`), and an aborted one lacks its footer.
+//!
 //! Errors are `{"error":{"code":"…","message":"…"}}` with the status of
 //! [`ApiError::status`]: 400 malformed JSON/key/parameter or refused key, 404,
-//! 405 (with `Allow`), 409, 413, 503 when the commit level cannot be reached,
+//! 405 (with `Allow`), 409 (conflict, `interval_open`), 413, 503 when the
+//! commit level cannot be reached or a cluster read would be incomplete,
 //! 504 when the deadline passed and the outcome is unknown.
 //!
 //! ```no_run
@@ -52,13 +74,19 @@
 //!   peer health probes).
 //! - `handlers`: puts (single, client key, batch), the event read, health,
 //!   metrics and fallbacks; `scan`: the streamed time-ordered scan.
+//! - `intervals`: `GET /intervals`; `export`: the exports (NDJSON, and
+//!   Parquet through `alldata-export` on a blocking thread); `merge`: the
+//!   cluster-wide k-way merge and its completeness rule.
 //! - `error`: [`ApiError`], every error answer and its status in one place.
 //! - `metrics`: the API's counters and histograms as Prometheus text.
 //! - `config`: [`ApiConfig`]; `peers`: what the node knows of its peers' health.
 
 mod config;
 mod error;
+mod export;
 mod handlers;
+mod intervals;
+mod merge;
 mod metrics;
 mod peers;
 mod scan;
@@ -71,7 +99,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 pub use alldata_http_serve::{ConnectionStats, Limits};
-pub use config::{ApiConfig, KeyValidator};
+pub use config::{ApiConfig, IntervalInfo, IntervalRef, IntervalSource, KeyValidator};
 pub use error::ApiError;
 pub use metrics::{Counter, CounterSource};
 pub use state::ApiState;
@@ -87,6 +115,9 @@ pub fn router(state: ApiState) -> Router {
             "/events/{key}",
             get(handlers::get_event).put(handlers::put_event),
         )
+        .route("/intervals", get(intervals::list))
+        .route("/intervals/{name}/export", get(export::export_interval))
+        .route("/export", get(export::export))
         .route("/health", get(handlers::health))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)

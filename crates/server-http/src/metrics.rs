@@ -174,6 +174,10 @@ pub(crate) struct Metrics {
     reads: [AtomicU64; ReadAnswer::ALL.len()],
     scans: AtomicU64,
     scanned_events: AtomicU64,
+    exports: AtomicU64,
+    exported_events: AtomicU64,
+    export_source_failures: AtomicU64,
+    export_conflicts: AtomicU64,
     reports_complete: AtomicU64,
     reports_under_replicated: AtomicU64,
     reports_stopped_by_cap: AtomicU64,
@@ -213,6 +217,22 @@ impl Metrics {
 
     pub(crate) fn scanned(&self, events: u64) {
         self.scanned_events.fetch_add(events, Ordering::Relaxed);
+    }
+
+    pub(crate) fn export(&self) {
+        self.exports.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn exported(&self, events: u64) {
+        self.exported_events.fetch_add(events, Ordering::Relaxed);
+    }
+
+    pub(crate) fn export_source_failed(&self) {
+        self.export_source_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn export_conflict(&self) {
+        self.export_conflicts.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn response(&self, status: u16) {
@@ -324,6 +344,30 @@ impl Metrics {
             "alldata_api_scanned_events_total",
             "Events streamed by scans.",
             self.scanned_events.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "alldata_api_exports_total",
+            "Exports started (GET /export, GET /intervals/{name}/export).",
+            self.exports.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "alldata_api_exported_events_total",
+            "Events streamed by exports.",
+            self.exported_events.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "alldata_api_cluster_read_source_failures_total",
+            "Members whose scan failed in the middle of a cluster-wide export or scan.",
+            self.export_source_failures.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "alldata_api_cluster_read_conflicts_total",
+            "Keys for which two members returned different bytes in a cluster-wide read (the first was kept).",
+            self.export_conflicts.load(Ordering::Relaxed),
         );
 
         header(

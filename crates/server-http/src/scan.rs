@@ -1,5 +1,6 @@
-//! `GET /events?from=&to=&limit=`: one node's events in time order, streamed
-//! as NDJSON.
+//! `GET /events?from=&to=&limit=[&scope=local|cluster]`: events in time
+//! order, streamed as NDJSON; by default this node's copies only, with
+//! `scope=cluster` the members' copies merged (see `merge`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,12 +27,14 @@ pub(crate) struct ScanParams {
     from: Option<String>,
     to: Option<String>,
     limit: Option<String>,
+    scope: Option<String>,
+    allow_incomplete: Option<String>,
 }
 
 /// Parses a scan bound: an event key, or an RFC 3339 time (millisecond
 /// resolution; `from` maps to the first key of its millisecond, `to` to the
 /// last).
-fn parse_bound(name: &str, text: &str, is_from: bool) -> Result<EventKey, ApiError> {
+pub(crate) fn parse_bound(name: &str, text: &str, is_from: bool) -> Result<EventKey, ApiError> {
     if let Ok(key) = text.parse::<EventKey>() {
         return Ok(key);
     }
@@ -60,7 +63,7 @@ fn parse_bound(name: &str, text: &str, is_from: bool) -> Result<EventKey, ApiErr
     })
 }
 
-fn scan_line(key: EventKey, event: &[u8]) -> Bytes {
+pub(crate) fn scan_line(key: EventKey, event: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(event.len() + 64);
     out.put_slice(b"{\"key\":\"");
     out.put_slice(key.to_string().as_bytes());
@@ -98,7 +101,10 @@ fn scan_error_line(error: &StorageError) -> Bytes {
 }
 
 /// `GET /events?from=&to=&limit=`: this node's events in time order, as NDJSON,
-/// streamed from storage.
+/// streamed from storage. This reads one node's copies: with RF below the
+/// member count, or while repair has not caught up, other members hold events
+/// this node lacks. `scope=cluster` merges every member's copies, with the
+/// completeness rule of the export (503 `incomplete`, `allow_incomplete=true`).
 pub(crate) async fn scan(
     State(state): State<ApiState>,
     query: Result<Query<ScanParams>, QueryRejection>,
@@ -128,7 +134,37 @@ pub(crate) async fn scan(
             }
         },
     };
+    let scope = crate::export::parse_scope(params.scope, crate::export::Scope::Local)?;
+    let allow_incomplete = crate::export::parse_flag("allow_incomplete", params.allow_incomplete)?;
     let metrics = Arc::clone(&state.inner.metrics);
+    if scope == crate::export::Scope::Cluster {
+        if from > to {
+            return Err(ApiError::BadParam(format!(
+                "from ({from}) is after to ({to})"
+            )));
+        }
+        let events = crate::export::read(
+            &state,
+            ScanRange::new(from, to),
+            crate::export::Scope::Cluster,
+            allow_incomplete,
+        )
+        .await?;
+        metrics.scan();
+        let counted = events
+            .take(limit)
+            .inspect(move |item| {
+                if item.is_ok() {
+                    metrics.scanned(1);
+                }
+            })
+            .boxed();
+        let mut response = (StatusCode::OK, crate::export::ndjson_body(counted)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+        return Ok(response);
+    }
     metrics.scan();
     let events = state
         .inner

@@ -13,7 +13,10 @@
 //!   which deletes it. Without it the open records may be stale and the open
 //!   intervals are recounted from the events;
 //! - `m/format` → `2` (format `1`, which rewrote the open record in every
-//!   batch, is upgraded at open: it has no `m/clean`, so it is recounted).
+//!   batch, is upgraded at open: it has no `m/clean`, so it is recounted);
+//! - `m/interval` → the interval length the database was created with (`P1D`,
+//!   `PT1H`, ...). An open with another length is refused; a database without
+//!   the marker gets it at open (when its interval records agree).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +43,7 @@ const FORMAT_KEY: &[u8] = b"m/format";
 const FORMAT_V1: &[u8] = b"1";
 const FORMAT_V2: &[u8] = b"2";
 const CLEAN_KEY: &[u8] = b"m/clean";
+const INTERVAL_KEY: &[u8] = b"m/interval";
 pub(crate) const STATE_OPEN: u8 = 0;
 pub(crate) const STATE_CLOSED: u8 = 1;
 
@@ -439,13 +443,67 @@ pub(crate) fn open(options: &Options) -> Result<DbInner, OpenError> {
         db: Some(db),
         path: path.clone(),
     };
-    match check_format(&inner, &path) {
+    match check_format(&inner, &path).and_then(|()| check_interval_length(&inner, options)) {
         Ok(()) => Ok(inner),
         Err(e) => {
             inner.close_now();
             Err(e)
         }
     }
+}
+
+/// Checks that the database was written with `options.interval`, and records
+/// the length in a database that does not say yet. Changing the length of an
+/// existing database would put one event in two intervals of different
+/// lengths (one closed, one not), so it is refused.
+fn check_interval_length(inner: &DbInner, options: &Options) -> Result<(), OpenError> {
+    let path = options.path.clone();
+    let requested = options.interval;
+    let failed = |message: String| OpenError::Failed {
+        path: path.clone(),
+        message,
+    };
+    let db = inner.db().map_err(|e| failed(e.to_string()))?;
+    let stored = db
+        .get(ReadOptions::new(), Slice::from(INTERVAL_KEY))
+        .map_err(|e| OpenError::from_leveldb(path.clone(), e.message))?;
+    if let Some(v) = stored {
+        let text = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        return if text == requested.as_str() {
+            Ok(())
+        } else {
+            Err(OpenError::IntervalLengthChanged {
+                path: path.clone(),
+                stored: text,
+                requested,
+            })
+        };
+    }
+    // No marker (a new database, or one from before the marker): the interval
+    // records say which length was used.
+    let records = inner
+        .interval_records()
+        .map_err(|e| failed(e.to_string()))?;
+    if let Some(other) = records
+        .iter()
+        .find(|r| r.length_ms != requested.as_millis())
+    {
+        let stored = crate::interval::IntervalLength::ALL
+            .into_iter()
+            .find(|l| l.as_millis() == other.length_ms)
+            .map_or_else(|| format!("{} ms", other.length_ms), |l| l.to_string());
+        return Err(OpenError::IntervalLengthChanged {
+            path: path.clone(),
+            stored,
+            requested,
+        });
+    }
+    db.put(
+        WriteOptions { sync: true },
+        Slice::from(INTERVAL_KEY),
+        Slice::from(requested.as_str().as_bytes()),
+    )
+    .map_err(|e| OpenError::from_leveldb(path.clone(), e.message))
 }
 
 /// Checks the format marker, writing it into a fresh database.

@@ -48,6 +48,18 @@ pub enum OpenError {
         /// What the format marker says.
         found: String,
     },
+    /// The database was written with another consolidation interval length.
+    /// Nothing was changed; open it with the stored length (or export it and
+    /// start a new data directory).
+    #[error("database {} uses consolidation intervals of {stored}, not {requested}: the interval length of an existing data directory cannot change (open it with {stored}, or start a new data directory)", path.display())]
+    IntervalLengthChanged {
+        /// The data directory.
+        path: PathBuf,
+        /// The length the database was written with.
+        stored: String,
+        /// The length asked for.
+        requested: crate::interval::IntervalLength,
+    },
     /// Any other LevelDB or I/O failure while opening.
     #[error("could not open database {}: {message}", path.display())]
     Failed {
@@ -67,6 +79,7 @@ impl OpenError {
             | OpenError::Locked { path, .. }
             | OpenError::Corrupt { path, .. }
             | OpenError::IncompatibleFormat { path, .. }
+            | OpenError::IntervalLengthChanged { path, .. }
             | OpenError::Failed { path, .. } => path,
         }
     }

@@ -182,6 +182,39 @@ impl fmt::Display for Interval {
     }
 }
 
+impl Interval {
+    /// The interval named `name` (the form of [`Interval::name`], e.g.
+    /// `20261122T0500Z-PT1H`): `None` when the text is not such a name, or
+    /// names a start that is not a start of an interval of its length.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let (start, length) = name.split_once('-')?;
+        let length: IntervalLength = length.parse().ok()?;
+        let b = start.as_bytes();
+        if b.len() != 14 || b[8] != b'T' || b[13] != b'Z' {
+            return None;
+        }
+        let digits = |r: std::ops::Range<usize>| -> Option<u64> {
+            let part = &start[r];
+            if !part.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            part.parse().ok()
+        };
+        let (y, mo, d) = (digits(0..4)?, digits(4..6)?, digits(6..8)?);
+        let (h, mi) = (digits(9..11)?, digits(11..13)?);
+        if y < 1970 || !(1..=12).contains(&mo) || d == 0 || h > 23 || mi > 59 {
+            return None;
+        }
+        let days = days_from_civil(y, mo, d);
+        let ms = days
+            .checked_mul(DAY_MS)?
+            .checked_add(h * HOUR_MS + mi * MINUTE_MS)?;
+        let interval = Interval::containing(ms, length);
+        // Rejects unaligned starts and impossible dates (Feb 30) alike.
+        (interval.start_ms == ms && interval.name() == name).then_some(interval)
+    }
+}
+
 /// Which intervals accept writes, relative to the interval containing "now":
 /// `past` intervals before it, the current one, and `future` intervals after it.
 /// The default (1, 1) accepts the previous, current and next interval.
@@ -331,9 +364,45 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of
+/// [`civil_from_days`], for dates from 1970 on).
+fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).saturating_sub(719_468)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_parse_back_to_their_interval() {
+        for length in IntervalLength::ALL {
+            for ms in [0, 1_795_324_662_123, 951_782_400_000, 4_107_542_400_000] {
+                let i = Interval::containing(ms, length);
+                assert_eq!(Interval::from_name(&i.name()), Some(i), "{}", i.name());
+            }
+        }
+        for bad in [
+            "",
+            "20261122T0500Z",
+            "20261122T0500Z-P2D",
+            "20261122T0510Z-PT15M",
+            "20261122T0500Z-P1D",
+            "20260230T0000Z-P1D",
+            "2026112xT0000Z-P1D",
+            "20261122T2400Z-PT1H",
+            "19691231T0000Z-P1D",
+            "+2026112T0000Z-P1D",
+        ] {
+            assert_eq!(Interval::from_name(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn civil_dates_are_right() {

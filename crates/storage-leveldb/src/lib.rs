@@ -76,4 +76,4 @@ pub use alldata_keygen::{Clock, ManualClock, SystemClock};
 pub use error::{OpenError, ParseIntervalLengthError};
 pub use interval::{AcceptWindow, Interval, IntervalClosed, IntervalLength};
 pub use options::{Compression, Durability, Options};
-pub use storage::LevelDbStorage;
+pub use storage::{IntervalState, LevelDbStorage};

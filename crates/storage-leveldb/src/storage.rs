@@ -15,7 +15,18 @@ use tokio::sync::{mpsc, oneshot};
 use crate::command::Command;
 use crate::db::{self, Db};
 use crate::error::OpenError;
-use crate::interval::{AcceptWindow, IntervalClosed, IntervalLength};
+use crate::interval::{AcceptWindow, Interval, IntervalClosed, IntervalLength};
+
+/// One interval as [`LevelDbStorage::intervals`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntervalState {
+    /// The interval.
+    pub interval: Interval,
+    /// Whether it is closed (its count is final).
+    pub closed: bool,
+    /// The events stored in it (on this node).
+    pub events: u64,
+}
 use crate::options::{Durability, Options};
 use crate::writer::Writer;
 
@@ -231,6 +242,48 @@ impl LevelDbStorage {
             .await
             .map_err(|_| closed_error())?;
         rx.await.map_err(|_| closed_error())?
+    }
+
+    /// The intervals of the configured length that hold events or are known
+    /// closed, oldest first: the closed ones from their records (final
+    /// counts), the open ones from the writer's counts. An interval that
+    /// closes while this runs is reported closed.
+    pub async fn intervals(&self) -> Result<Vec<IntervalState>, StorageError> {
+        // The open counts first: an interval that closes in between is then
+        // found among the records too, and closed wins. The writer's lock is
+        // held during its writes, so it is taken off the async workers.
+        let db = self.db.clone();
+        let writer = Arc::clone(&self.writer);
+        let (open, records) = tokio::task::spawn_blocking(move || {
+            let open = crate::writer::lock(&writer).open_counts();
+            db.interval_records().map(|records| (open, records))
+        })
+        .await
+        .map_err(join_error)??;
+        let len = self.length.as_millis();
+        let mut by_start = std::collections::BTreeMap::new();
+        for (start, events) in open {
+            by_start.insert(start, (false, events));
+        }
+        for r in records.iter().filter(|r| r.length_ms == len) {
+            if r.state == db::STATE_CLOSED {
+                by_start.insert(r.start_ms, (true, r.count));
+            }
+        }
+        Ok(by_start
+            .into_iter()
+            .map(|(start, (closed, events))| IntervalState {
+                interval: Interval::containing(start, self.length),
+                closed,
+                events,
+            })
+            .collect())
+    }
+
+    /// Whether `interval` is closed: it left the acceptance window, no write
+    /// is accepted in it any more and its content is final.
+    pub fn is_closed(&self, interval: &Interval) -> bool {
+        interval.end_ms() <= self.closed_mark.load(Ordering::Relaxed)
     }
 
     /// Compacts the whole database (e.g. after intervals closed), on the writer

@@ -109,8 +109,8 @@ pub(crate) struct Writer {
 impl Writer {
     /// Loads the interval records (blocking). After a clean shutdown the open
     /// records hold exact counts. Otherwise (a crash, a format-1 database) or
-    /// when open records of another interval length exist (the option
-    /// changed), every event from the first open interval on is recounted and
+    /// when open records of another interval length exist (only in a
+    /// database from before the length marker, see `db`), every event from the first open interval on is recounted and
     /// the open records are dropped: they are written again at shutdown.
     pub(crate) fn new(
         db: Db,
@@ -183,6 +183,11 @@ impl Writer {
             last_write: Duration::ZERO,
             last_done: Instant::now(),
         })
+    }
+
+    /// The open intervals that hold events: (start, count), oldest first.
+    pub(crate) fn open_counts(&self) -> Vec<(u64, u64)> {
+        self.counts.iter().map(|(s, c)| (*s, *c)).collect()
     }
 
     /// How long ago the last batch was done.

@@ -576,34 +576,36 @@ async fn counts_survive_reopen_and_stale_intervals_close_at_open() {
 }
 
 #[tokio::test]
-async fn changing_the_interval_length_recounts_open_intervals() {
+async fn a_database_without_the_length_marker_is_judged_by_its_records() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
-    for m in [1, 2, 16, 17, 18, 40] {
-        store.put(key_at(at(5, m)), Bytes::new()).await.unwrap();
-    }
+    let (store, clock) =
+        open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    store.put(key_at(T), Bytes::new()).await.unwrap();
+    clock.set(T + 3 * HOUR);
+    assert!(!store.check_intervals().await.unwrap().is_empty());
     store.close().await;
-    let (store, clock) = open_at(
+    // As written before the marker existed: closed PT1H records, no marker.
+    with_raw_db(dir.path(), |db| raw_delete(db, b"m/interval"));
+    let refused = LevelDbStorage::open(
+        Options::new(dir.path())
+            .interval_length(IntervalLength::FifteenMinutes)
+            .rotation_check(None),
+    )
+    .await
+    .expect_err("records of another length");
+    assert!(refused.to_string().contains("PT1H"), "{refused}");
+    // The matching length opens and records the marker.
+    let (store, _) = open_at(
         dir.path(),
-        IntervalLength::FifteenMinutes,
+        IntervalLength::Hour,
         AcceptWindow::default(),
-        at(5, 20),
+        T + 3 * HOUR,
     )
     .await;
-    store.put(key_at(at(5, 25)), Bytes::new()).await.unwrap();
-    clock.set(at(6, 15));
-    let closed = store.check_intervals().await.unwrap();
-    let got = names_and_counts(&closed);
-    assert_eq!(
-        got,
-        [
-            ("20261122T0500Z-PT15M", 2),
-            ("20261122T0515Z-PT15M", 4),
-            ("20261122T0530Z-PT15M", 1),
-            ("20261122T0545Z-PT15M", 0),
-        ]
-    );
     store.close().await;
+    with_raw_db(dir.path(), |db| {
+        assert_eq!(raw_get(db, b"m/interval").as_deref(), Some(&b"PT1H"[..]));
+    });
 }
 
 /// Opens the store's directory as a bare LevelDB database (the store must be
@@ -622,6 +624,15 @@ fn raw_get(db: &leveldb::database::Database, key: &[u8]) -> Option<Vec<u8>> {
     )
     .expect("raw get")
     .map(|v| v.as_bytes().to_vec())
+}
+
+fn raw_delete(db: &leveldb::database::Database, key: &[u8]) {
+    use leveldb::kv::KV;
+    db.delete(
+        leveldb::options::WriteOptions { sync: true },
+        leveldb::database::Slice::from(key),
+    )
+    .expect("raw delete");
 }
 
 fn raw_put(db: &leveldb::database::Database, key: &[u8], value: &[u8]) {
@@ -712,4 +723,81 @@ async fn open_counts_are_recounted_after_a_crash_and_in_a_format_1_database() {
     with_raw_db(dir.path(), |db| {
         assert_eq!(raw_get(db, b"m/format").as_deref(), Some(&b"2"[..]));
     });
+}
+
+#[tokio::test]
+async fn changing_the_interval_length_of_a_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    assert_eq!(
+        store.put(key_at(T), Bytes::new()).await,
+        Ok(PutStatus::Stored)
+    );
+    store.close().await;
+    for other in [IntervalLength::Day, IntervalLength::FiveMinutes] {
+        let refused = LevelDbStorage::open(
+            Options::new(dir.path())
+                .interval_length(other)
+                .rotation_check(None),
+        )
+        .await
+        .expect_err("another length must be refused");
+        assert!(
+            matches!(
+                &refused,
+                alldata_storage_leveldb::OpenError::IntervalLengthChanged { stored, requested, .. }
+                    if stored == "PT1H" && *requested == other
+            ),
+            "{refused:?}"
+        );
+        let text = refused.to_string();
+        assert!(
+            text.contains("PT1H") && text.contains(other.as_str()),
+            "{text}"
+        );
+    }
+    // The same length still opens, and the event is still there.
+    let (store, _) = open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    let all: Vec<_> = store
+        .scan(ScanRange::all(), 10)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn intervals_lists_closed_and_open_intervals_with_their_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, clock) =
+        open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    for m in [1, 2, 3] {
+        store.put(key_at(at(4, m)), Bytes::new()).await.unwrap();
+    }
+    store.put(key_at(at(5, 30)), Bytes::new()).await.unwrap();
+    let listed = store.intervals().await.unwrap();
+    let view: Vec<_> = listed
+        .iter()
+        .map(|s| (s.interval.name(), s.closed, s.events))
+        .collect();
+    assert_eq!(
+        view,
+        [
+            ("20261122T0400Z-PT1H".to_owned(), false, 3),
+            ("20261122T0500Z-PT1H".to_owned(), false, 1),
+        ]
+    );
+    let four = Interval::from_name("20261122T0400Z-PT1H").unwrap();
+    assert!(!store.is_closed(&four));
+    // 04:00 leaves the window at 06:00.
+    clock.set(at(6, 1));
+    store.check_intervals().await.unwrap();
+    assert!(store.is_closed(&four));
+    let listed = store.intervals().await.unwrap();
+    assert_eq!(listed[0].interval, four);
+    assert!(listed[0].closed);
+    assert_eq!(listed[0].events, 3);
+    assert!(!listed[1].closed);
+    store.close().await;
 }
