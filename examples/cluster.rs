@@ -5,7 +5,9 @@
 //! keeps ingesting (failed replica writes move to unused peers), and prints where
 //! the replicas landed, what each level acknowledged, and the latency. A speed
 //! layer tails the whole cluster from n1 (`Coordinator::tail`, the Rust side of
-//! `GET /events/tail`) while the writes flow and counts what it saw.
+//! `GET /events/tail`) while the writes flow and counts what it saw; at the
+//! end a batch layer exports the run's time range from n1 as Parquet
+//! (`GET /export?format=parquet`, cluster-wide) and reads it back.
 //!
 //! Run with `cargo run --release --example cluster` (`EVENTS=n` per phase and
 //! level, default 300).
@@ -123,6 +125,19 @@ fn pct(sorted: &[Duration], p: f64) -> String {
     format!("{:.2} ms", sorted[i].as_secs_f64() * 1e3)
 }
 
+/// The `key` column of a Parquet export; fails on a key seen twice.
+fn read_parquet_keys(file: bytes::Bytes) -> anyhow::Result<HashSet<String>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::RowAccessor;
+    let reader = SerializedFileReader::new(file)?;
+    let mut keys = HashSet::new();
+    for row in reader.get_row_iter(None)? {
+        let key = row?.get_string(0)?.clone();
+        anyhow::ensure!(keys.insert(key.clone()), "key {key} exported twice");
+    }
+    Ok(keys)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let events: usize = std::env::var("EVENTS")
@@ -182,12 +197,14 @@ async fn main() -> anyhow::Result<()> {
 
     // Speed layer: everything any node stores from now on, as n1 sees it.
     let seen: Arc<Mutex<HashSet<EventKey>>> = Arc::default();
+    let started = EventKey::min_for_ms(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64,
+    );
     let speed_layer = {
         let n1 = nodes[0].as_ref().context("n1")?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-        let mut tail = n1
-            .coordinator()
-            .tail(n1.feed(), EventKey::min_for_ms(now.as_millis() as u64));
+        let mut tail = n1.coordinator().tail(n1.feed(), started);
         let seen = Arc::clone(&seen);
         tokio::spawn(async move {
             while let Some(Ok((key, _event))) = tail.next().await {
@@ -280,6 +297,30 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "Speed layer: the tail on n1 delivered {} of the {} acknowledged events while they were written.",
         acked.intersection(&seen).count(),
+        acked.len()
+    );
+    // Batch layer: the run's range from n1, cluster-wide (n4 is down: the
+    // other five nodes suffice for completeness), as Parquet.
+    let n1_api = nodes[0].as_ref().context("n1")?.api_addr();
+    let parquet = client
+        .get(format!(
+            "http://{n1_api}/export?from={started}&to={}&format=parquet",
+            EventKey::max_for_ms(alldata::keygen::MAX_TIMESTAMP_MS)
+        ))
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
+    let exported = read_parquet_keys(parquet.clone())?;
+    println!(
+        "Batch layer: the Parquet export from n1 ({} bytes) holds {} rows; {} of the {} acknowledged events, none twice.",
+        parquet.len(),
+        exported.len(),
+        acked
+            .iter()
+            .filter(|k| exported.contains(&k.to_string()))
+            .count(),
         acked.len()
     );
 

@@ -36,7 +36,9 @@ use alldata_peer_wire::Durability as WireDurability;
 use alldata_server_http::{
     ApiConfig, ApiState, Counter, IntervalInfo, IntervalRef, IntervalSource,
 };
-use alldata_storage_leveldb::{Durability, Interval, IntervalLength, LevelDbStorage, OpenError};
+use alldata_storage_leveldb::{
+    Durability, Interval, IntervalClosed, IntervalLength, LevelDbStorage, OpenError,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -114,6 +116,7 @@ pub struct Node {
     coordinator: Coordinator,
     storage: Arc<LevelDbStorage>,
     feed: Feed,
+    closed: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<IntervalClosed>>>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -186,10 +189,9 @@ impl Node {
         // and peers' tails read.
         let (fed, feed) = Feed::wrap(storage.clone(), DEFAULT_FEED_CAPACITY);
         let dyn_storage: Arc<dyn Storage> = fed;
-        // The storage logs each closed interval itself and nothing in the node
-        // consumes the notifications, so the receiver is dropped rather than
-        // left to queue them.
-        drop(storage.closed_intervals());
+        // Kept for an embedder (`Node::closed_intervals`): one small
+        // notification per closed interval queues until it is taken.
+        let closed = storage.closed_intervals();
 
         // The peer protocol carries the durability: in sync mode a peer that
         // stores buffered refuses this node's replicas instead of counting
@@ -279,6 +281,7 @@ impl Node {
             coordinator,
             storage,
             feed: tail_feed,
+            closed: std::sync::Mutex::new(closed),
             stop,
             servers,
         })
@@ -302,6 +305,16 @@ impl Node {
     /// The node's coordinator.
     pub fn coordinator(&self) -> &Coordinator {
         &self.coordinator
+    }
+
+    /// The "interval closed" notifications of the node's storage, in closing
+    /// order, from the node's start on: each interval once, empty ones too,
+    /// and those that closed while the node was down at its start (see
+    /// `LevelDbStorage::closed_intervals`). A batch job waits on this to
+    /// export an interval; `GET /intervals?closed_since=NAME` is the same for
+    /// pollers. The receiver is handed out once; later calls return `None`.
+    pub fn closed_intervals(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<IntervalClosed>> {
+        self.closed.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The live feed of the node's storage: with

@@ -249,3 +249,52 @@ async fn a_data_directory_keeps_its_interval_length() {
     let node = Node::start(hourly).await.expect("same length");
     node.shutdown(Duration::from_secs(5)).await;
 }
+
+/// An embedder learns which intervals closed, including those that closed
+/// while the node was down, from `Node::closed_intervals`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intervals_that_closed_while_down_are_handed_to_the_embedder() {
+    use alldata_coordinator::{KeyGenerator, Storage};
+    use alldata_storage_leveldb::{IntervalLength, LevelDbStorage, ManualClock, Options};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    // An hour ago, the node stored one event and stopped.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let then = now - 3_600_000;
+    let clock = ManualClock::new(then);
+    let store = LevelDbStorage::open(
+        Options::new(dir.path())
+            .interval_length(IntervalLength::FiveMinutes)
+            .clock(Arc::new(clock.clone())),
+    )
+    .await
+    .unwrap();
+    let key = KeyGenerator::with_clock(clock).generate();
+    store.put(key, "{}".into()).await.unwrap();
+    store.close().await;
+
+    let mut config = config(dir.path());
+    config.interval = IntervalLength::FiveMinutes;
+    let node = Node::start(config).await.unwrap();
+    let mut closed = node.closed_intervals().expect("the receiver");
+    assert!(node.closed_intervals().is_none(), "handed out once");
+    let first = tokio::time::timeout(Duration::from_secs(5), closed.recv())
+        .await
+        .expect("reported at the start")
+        .expect("open channel");
+    assert_eq!(first.events, 1, "{first:?}");
+    assert!(first.interval.start_ms() <= key.timestamp_ms());
+    // The empty intervals after it closed too, in order, without gaps.
+    let mut end = first.interval.end_ms();
+    while let Ok(Some(next)) = tokio::time::timeout(Duration::from_millis(200), closed.recv()).await
+    {
+        assert_eq!(next.interval.start_ms(), end, "no gap, no overlap");
+        assert_eq!(next.events, 0);
+        end = next.interval.end_ms();
+    }
+    node.shutdown(Duration::from_secs(5)).await;
+}
