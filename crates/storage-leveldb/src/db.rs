@@ -480,14 +480,18 @@ fn check_interval_length(inner: &DbInner, options: &Options) -> Result<(), OpenE
         };
     }
     // No marker (a new database, or one from before the marker): the interval
-    // records say which length was used.
+    // records say which length is in use. Builds before the marker could
+    // change the length, leaving closed records of an older length behind:
+    // the open records decide, else the newest one.
     let records = inner
         .interval_records()
         .map_err(|e| failed(e.to_string()))?;
-    if let Some(other) = records
+    let in_use = records
         .iter()
-        .find(|r| r.length_ms != requested.as_millis())
-    {
+        .filter(|r| r.state == STATE_OPEN)
+        .max_by_key(|r| r.start_ms)
+        .or_else(|| records.iter().max_by_key(|r| r.start_ms));
+    if let Some(other) = in_use.filter(|r| r.length_ms != requested.as_millis()) {
         let stored = crate::interval::IntervalLength::ALL
             .into_iter()
             .find(|l| l.as_millis() == other.length_ms)

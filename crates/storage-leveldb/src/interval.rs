@@ -190,7 +190,8 @@ impl Interval {
         let (start, length) = name.split_once('-')?;
         let length: IntervalLength = length.parse().ok()?;
         let b = start.as_bytes();
-        if b.len() != 14 || b[8] != b'T' || b[13] != b'Z' {
+        // ASCII only: the slices below are byte ranges.
+        if !start.is_ascii() || b.len() != 14 || b[8] != b'T' || b[13] != b'Z' {
             return None;
         }
         let digits = |r: std::ops::Range<usize>| -> Option<u64> {
@@ -399,6 +400,9 @@ mod tests {
             "20261122T2400Z-PT1H",
             "19691231T0000Z-P1D",
             "+2026112T0000Z-P1D",
+            // 14 bytes with T and Z in place, but not ASCII.
+            "202é122T0000Z-P1D",
+            "2026112éT000Z-P1D",
         ] {
             assert_eq!(Interval::from_name(bad), None, "{bad:?}");
         }

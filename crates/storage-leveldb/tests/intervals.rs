@@ -608,6 +608,46 @@ async fn a_database_without_the_length_marker_is_judged_by_its_records() {
     });
 }
 
+/// A directory whose length was changed by a build before the marker holds
+/// closed records of the old length and open records of the new one: the
+/// open records decide, and the old closed ones do not lock it out.
+#[tokio::test]
+async fn a_database_with_closed_records_of_an_older_length_opens_with_the_newer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, clock) =
+        open_at(dir.path(), IntervalLength::Hour, AcceptWindow::default(), T).await;
+    store.put(key_at(T), Bytes::new()).await.unwrap();
+    clock.set(T + 3 * HOUR);
+    assert!(!store.check_intervals().await.unwrap().is_empty());
+    store.close().await;
+    // Then a PT15M interval was opened, and no marker was ever written.
+    let quarter: u64 = 15 * 60 * 1000;
+    let start = T + 3 * HOUR;
+    with_raw_db(dir.path(), |db| {
+        raw_delete(db, b"m/interval");
+        let mut k = vec![b'i'];
+        k.extend_from_slice(&quarter.to_be_bytes());
+        k.extend_from_slice(&start.to_be_bytes());
+        raw_put(db, &k, &open_record(1));
+    });
+    let refused = LevelDbStorage::open(
+        Options::new(dir.path())
+            .interval_length(IntervalLength::Hour)
+            .rotation_check(None),
+    )
+    .await
+    .expect_err("the open records are PT15M");
+    assert!(refused.to_string().contains("PT15M"), "{refused}");
+    let (store, _) = open_at(
+        dir.path(),
+        IntervalLength::FifteenMinutes,
+        AcceptWindow::default(),
+        start,
+    )
+    .await;
+    store.close().await;
+}
+
 /// Opens the store's directory as a bare LevelDB database (the store must be
 /// closed), runs `f` on it and closes it again.
 fn with_raw_db(dir: &std::path::Path, f: impl FnOnce(&leveldb::database::Database)) {
