@@ -137,6 +137,10 @@ struct NodeArgs {
     #[arg(long, env = "ALLDATA_TAIL_BUFFER_EVENTS", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..))]
     tail_buffer_events: u64,
+    /// Most exports running at once (503 `overloaded` over it); each holds a
+    /// scan on every member while it runs.
+    #[arg(long, env = "ALLDATA_MAX_EXPORTS", default_value_t = 8)]
+    max_exports: usize,
 }
 
 impl NodeArgs {
@@ -185,6 +189,7 @@ impl NodeArgs {
         config.max_batch_events = self.max_batch_events;
         config.health_probe_interval = Duration::from_millis(self.health_probe_interval_ms);
         config.max_tail_subscribers = self.max_tail_subscribers;
+        config.max_exports = self.max_exports;
         config.tail_buffer_events = usize::try_from(self.tail_buffer_events).unwrap_or(usize::MAX);
         anyhow::ensure!(
             self.max_connections > 0,

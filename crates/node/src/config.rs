@@ -173,6 +173,8 @@ pub struct NodeConfig {
     /// Events buffered per tail subscriber before it is sent `lagged` and
     /// disconnected. Default 1024.
     pub tail_buffer_events: usize,
+    /// Most exports running at once. Default 8.
+    pub max_exports: usize,
 }
 
 /// The node's default LevelDB memtable size (64 MiB).
@@ -206,6 +208,7 @@ impl NodeConfig {
             health_probe_interval: std::time::Duration::from_secs(10),
             max_tail_subscribers: 256,
             tail_buffer_events: 1024,
+            max_exports: 8,
         }
     }
 }

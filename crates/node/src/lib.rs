@@ -240,6 +240,7 @@ impl Node {
             .with_durability(wire_durability.as_str())
             .with_health_probe_interval(Some(config.health_probe_interval))
             .with_feed(feed.clone())
+            .with_max_exports(config.max_exports)
             .with_tail_limits(
                 config.max_tail_subscribers,
                 config.tail_buffer_events,

@@ -127,6 +127,14 @@ pub struct ApiConfig {
     /// A comment line goes to a tail subscriber after this long without an
     /// event. Default 15 s.
     pub tail_heartbeat: Duration,
+    /// Most exports (`GET /export`, `GET /intervals/{name}/export`) running
+    /// at once; over it `503 overloaded`. Each holds a scan on every member
+    /// while it runs. Default 8.
+    pub max_exports: usize,
+    /// How long an export waits for its client to take the next piece before
+    /// it aborts the body: a client that stops reading must not hold the
+    /// peer scans, a thread and memory. Default 60 s.
+    pub export_stall_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -151,6 +159,8 @@ impl Default for ApiConfig {
             max_tail_subscribers: 256,
             tail_buffer_events: 1024,
             tail_heartbeat: Duration::from_secs(15),
+            max_exports: 8,
+            export_stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -179,6 +189,18 @@ impl ApiConfig {
         self.max_tail_subscribers = max_subscribers;
         self.tail_buffer_events = buffer_events.max(1);
         self.tail_heartbeat = heartbeat;
+        self
+    }
+
+    /// Sets the most exports running at once.
+    pub fn with_max_exports(mut self, exports: usize) -> Self {
+        self.max_exports = exports;
+        self
+    }
+
+    /// Sets how long an export waits for a client that stopped reading.
+    pub fn with_export_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.export_stall_timeout = timeout;
         self
     }
 
@@ -272,6 +294,8 @@ impl fmt::Debug for ApiConfig {
             .field("max_tail_subscribers", &self.max_tail_subscribers)
             .field("tail_buffer_events", &self.tail_buffer_events)
             .field("tail_heartbeat", &self.tail_heartbeat)
+            .field("max_exports", &self.max_exports)
+            .field("export_stall_timeout", &self.export_stall_timeout)
             .finish()
     }
 }

@@ -190,6 +190,13 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// 503 `overloaded` (with `Retry-After: 1`): the node runs as many
+    /// exports as it may.
+    #[error("the node already runs {limit} exports; retry later")]
+    TooManyExports {
+        /// The limit.
+        limit: usize,
+    },
     /// 503 `tail_unavailable`: this node was built without a live feed.
     #[error("this node does not serve a live tail")]
     TailUnavailable,
@@ -224,6 +231,7 @@ impl ApiError {
             | ApiError::ReadUnavailable { .. }
             | ApiError::Overloaded { .. }
             | ApiError::TooManySubscribers { .. }
+            | ApiError::TooManyExports { .. }
             | ApiError::TailUnavailable
             | ApiError::Incomplete { .. }
             | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -253,7 +261,9 @@ impl ApiError {
             ApiError::NotEnoughNodes { .. } => "not_enough_nodes",
             ApiError::CommitNotReached { .. } => "commit_not_reached",
             ApiError::Timeout { .. } => "timeout",
-            ApiError::Overloaded { .. } | ApiError::TooManySubscribers { .. } => "overloaded",
+            ApiError::Overloaded { .. }
+            | ApiError::TooManySubscribers { .. }
+            | ApiError::TooManyExports { .. } => "overloaded",
             ApiError::TailUnavailable => "tail_unavailable",
             ApiError::ShuttingDown => "unavailable",
             ApiError::Storage(_) => "internal",
@@ -295,6 +305,7 @@ impl ApiError {
             }),
             ApiError::TooManyEvents { limit } => json!({ "limit_events": limit }),
             ApiError::TooManySubscribers { limit } => json!({ "limit_subscribers": limit }),
+            ApiError::TooManyExports { limit } => json!({ "limit_exports": limit }),
             ApiError::Overloaded { in_flight, limit } => json!({
                 "in_flight": in_flight,
                 "limit": limit,
@@ -440,7 +451,9 @@ impl IntoResponse for ApiError {
         );
         if matches!(
             self,
-            ApiError::Overloaded { .. } | ApiError::TooManySubscribers { .. }
+            ApiError::Overloaded { .. }
+                | ApiError::TooManySubscribers { .. }
+                | ApiError::TooManyExports { .. }
         ) {
             response
                 .headers_mut()

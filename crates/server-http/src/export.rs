@@ -3,13 +3,15 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use alldata_coordinator::{EventKey, ScanRange};
 use alldata_export::{EventParquetWriter, ParquetOptions};
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -145,15 +147,18 @@ pub(crate) async fn read(
 /// `GET /export`.
 pub(crate) async fn export(
     State(state): State<ApiState>,
+    version: Version,
     query: Result<Query<ExportParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    check_version(version)?;
     let Query(params) = query.map_err(|e| ApiError::BadParam(e.body_text()))?;
     let format = parse_format(params.format)?;
     let scope = parse_scope(params.scope, Scope::Cluster)?;
     let allow_incomplete = parse_flag("allow_incomplete", params.allow_incomplete)?;
     let range = parse_range(params.from, params.to)?;
+    let slot = take_slot(&state)?;
     let events = read(&state, range, scope, allow_incomplete).await?;
-    Ok(respond(&state, events, format, None))
+    Ok(respond(&state, events, format, None, slot))
 }
 
 /// `?format=&scope=&allow_incomplete=` of an interval export.
@@ -168,9 +173,11 @@ pub(crate) struct IntervalExportParams {
 /// node's intervals, 409 `interval_open` while it may still receive events.
 pub(crate) async fn export_interval(
     State(state): State<ApiState>,
+    version: Version,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<IntervalExportParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    check_version(version)?;
     let Path(name) = path.map_err(|e| ApiError::BadParam(e.body_text()))?;
     let Query(params) = query.map_err(|e| ApiError::BadParam(e.body_text()))?;
     let format = parse_format(params.format)?;
@@ -183,12 +190,63 @@ pub(crate) async fn export_interval(
     if !interval.closed {
         return Err(ApiError::IntervalOpen(name));
     }
+    let slot = take_slot(&state)?;
     let events = read(&state, interval.range, scope, allow_incomplete).await?;
-    Ok(respond(&state, events, format, Some(&name)))
+    Ok(respond(&state, events, format, Some(&name), slot))
+}
+
+/// Events queued for the Parquet encoder (at most this many event sizes).
+const ENCODER_QUEUE: usize = 16;
+
+/// One piece of an export's body, or its end.
+enum Piece {
+    Data(Bytes),
+    End,
+}
+
+type PieceTx = mpsc::Sender<Result<Piece, std::io::Error>>;
+
+/// Counts an export until its body is dropped.
+pub(crate) struct ExportSlot(Arc<AtomicUsize>, Duration);
+
+impl Drop for ExportSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A slot for one more export, or `503 overloaded`; it carries how long the
+/// export may wait for a client that stopped reading.
+pub(crate) fn take_slot(state: &ApiState) -> Result<ExportSlot, ApiError> {
+    let count = Arc::clone(&state.inner.exports);
+    let limit = state.inner.config.max_exports;
+    if count.fetch_add(1, Ordering::Relaxed) >= limit {
+        count.fetch_sub(1, Ordering::Relaxed);
+        return Err(ApiError::TooManyExports { limit });
+    }
+    Ok(ExportSlot(count, state.inner.config.export_stall_timeout))
+}
+
+/// Exports are streamed with chunked encoding, whose end mark tells a
+/// complete body from a broken-off one; an HTTP/1.0 body ends with the
+/// connection, and a broken-off export would look complete.
+fn check_version(version: Version) -> Result<(), ApiError> {
+    if version < Version::HTTP_11 {
+        return Err(ApiError::BadParam(
+            "exports need HTTP/1.1 or later: over HTTP/1.0 a broken-off export could not be told from a complete one".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The streamed answer of an export in `format`.
-fn respond(state: &ApiState, events: Merged, format: Format, name: Option<&str>) -> Response {
+fn respond(
+    state: &ApiState,
+    events: Merged,
+    format: Format,
+    name: Option<&str>,
+    slot: ExportSlot,
+) -> Response {
     let metrics = Arc::clone(&state.inner.metrics);
     metrics.export();
     let counted = events
@@ -199,8 +257,8 @@ fn respond(state: &ApiState, events: Merged, format: Format, name: Option<&str>)
         })
         .boxed();
     let (body, media, extension) = match format {
-        Format::Ndjson => (ndjson_body(counted), NDJSON, "ndjson"),
-        Format::Parquet => (parquet_body(counted), PARQUET, "parquet"),
+        Format::Ndjson => (ndjson_body(counted, slot), NDJSON, "ndjson"),
+        Format::Parquet => (parquet_body(counted, slot), PARQUET, "parquet"),
     };
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
@@ -219,41 +277,98 @@ fn abort(message: String) -> std::io::Error {
     std::io::Error::other(message)
 }
 
+/// Sends a piece, giving up when the client has not taken room for it within
+/// `stall`; `false`: stop.
+async fn send_piece(tx: &PieceTx, piece: Result<Piece, std::io::Error>, stall: Duration) -> bool {
+    match tokio::time::timeout(stall, tx.send(piece)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::warn!(stalled_for = ?stall, "export aborted: the client stopped reading");
+            false
+        }
+    }
+}
+
+/// The body over the pieces of `rx`: it ends cleanly only after
+/// [`Piece::End`]; an error, or the sender going away without it, aborts it
+/// (the client sees a broken transfer, never a clean end).
+fn body_from(rx: mpsc::Receiver<Result<Piece, std::io::Error>>, slot: ExportSlot) -> Body {
+    Body::from_stream(futures::stream::unfold(
+        (rx, Some(slot)),
+        |(mut rx, slot)| async move {
+            let slot = slot?;
+            match rx.recv().await {
+                Some(Ok(Piece::Data(bytes))) => Some((Ok(bytes), (rx, Some(slot)))),
+                Some(Ok(Piece::End)) => None,
+                Some(Err(e)) => Some((Err(e), (rx, None))),
+                None => Some((
+                    Err(abort("the export stopped before its end".into())),
+                    (rx, None),
+                )),
+            }
+        },
+    ))
+}
+
 /// NDJSON lines, gathered into pieces of up to [`PIECE_BYTES`] from what is
-/// ready; an error aborts the body (the client sees a broken transfer, never
-/// a clean end).
-pub(crate) fn ndjson_body(events: Merged) -> Body {
-    let pieces = events.ready_chunks(1024).map(|chunk| {
-        let mut piece = BytesMut::new();
-        for item in chunk {
-            match item {
-                Ok((key, event)) => piece.extend_from_slice(&scan_line(key, &event)),
-                Err(message) => return Err(abort(message)),
+/// ready, by a task that gives up on a client that stops reading.
+pub(crate) fn ndjson_body(events: Merged, slot: ExportSlot) -> Body {
+    let stall = slot.1;
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut chunks = events.ready_chunks(1024);
+        while let Some(chunk) = chunks.next().await {
+            let mut piece = BytesMut::new();
+            for item in chunk {
+                match item {
+                    Ok((key, event)) => piece.extend_from_slice(&scan_line(key, &event)),
+                    // The lines gathered with the error go with it: the
+                    // answer is aborted anyway.
+                    Err(message) => {
+                        let _ = send_piece(&tx, Err(abort(message)), stall).await;
+                        return;
+                    }
+                }
+            }
+            if !send_piece(&tx, Ok(Piece::Data(piece.freeze())), stall).await {
+                return;
             }
         }
-        Ok(piece.freeze())
+        send_piece(&tx, Ok(Piece::End), stall).await;
     });
-    // The lines of a chunk that ends in an error go with it: the answer is
-    // aborted anyway.
-    Body::from_stream(pieces)
+    body_from(rx, slot)
 }
 
 /// A `Write` that hands the Parquet encoder's output to the HTTP body in
-/// pieces, waiting (on a blocking thread) while the body is full.
+/// pieces, waiting (on a blocking thread, at most `stall`) while the body is
+/// full.
 struct BodySink {
     buf: Vec<u8>,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    tx: PieceTx,
+    runtime: tokio::runtime::Handle,
+    stall: Duration,
 }
 
 impl BodySink {
-    fn send(&mut self) -> std::io::Result<()> {
+    fn send(&mut self, piece: Result<Piece, std::io::Error>) -> std::io::Result<()> {
+        let tx = self.tx.clone();
+        if self.runtime.block_on(send_piece(&tx, piece, self.stall)) {
+            Ok(())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "client gone or stalled",
+            ))
+        }
+    }
+
+    fn send_buffered(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
         let piece = Bytes::from(std::mem::take(&mut self.buf));
-        self.tx
-            .blocking_send(Ok(piece))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
+        self.send(Ok(Piece::Data(piece)))
     }
 }
 
@@ -261,54 +376,72 @@ impl Write for BodySink {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= PIECE_BYTES {
-            self.send()?;
+            self.send_buffered()?;
         }
         Ok(data.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.send()
+        self.send_buffered()
     }
 }
 
-/// A Parquet file: the events go through a bounded channel to a blocking
-/// thread that encodes row groups and writes them into the body as each one
-/// completes. Memory: one row group, plus a few pieces in flight. An error
-/// (or the client leaving) stops everything; the footer is then never
-/// written, so a cut file is not a valid Parquet file.
-pub(crate) fn parquet_body(mut events: Merged) -> Body {
-    let (event_tx, mut event_rx) = mpsc::channel::<Result<(EventKey, Bytes), String>>(1024);
-    let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+/// What the feeder hands the Parquet encoder: events, then the end.
+enum Feed {
+    Event(EventKey, Bytes),
+    End,
+}
+
+/// A Parquet file: the events go through a small bounded channel to a
+/// blocking thread that encodes row groups and writes them into the body as
+/// each one completes. Memory: one row group, [`ENCODER_QUEUE`] events and a
+/// few pieces in flight. The footer is written only after the feeder's
+/// explicit end; an error, a feeder that stops without it, or a client that
+/// stalls for the slot's stall timeout aborts the body.
+pub(crate) fn parquet_body(mut events: Merged, slot: ExportSlot) -> Body {
+    let stall = slot.1;
+    let (event_tx, mut event_rx) = mpsc::channel::<Result<Feed, String>>(ENCODER_QUEUE);
+    let (body_tx, body_rx) = mpsc::channel::<Result<Piece, std::io::Error>>(4);
     tokio::spawn(async move {
         while let Some(item) = events.next().await {
             let stop = item.is_err();
-            if event_tx.send(item).await.is_err() || stop {
-                break;
+            let item = item.map(|(key, event)| Feed::Event(key, event));
+            let sent = tokio::time::timeout(stall, event_tx.send(item)).await;
+            if !matches!(sent, Ok(Ok(()))) || stop {
+                return;
             }
         }
+        let _ = tokio::time::timeout(stall, event_tx.send(Ok(Feed::End))).await;
     });
-    let errors = body_tx.clone();
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let sink = BodySink {
             buf: Vec::with_capacity(PIECE_BYTES),
             tx: body_tx,
+            runtime,
+            stall,
         };
+        let errors = sink.tx.clone();
         let result = (|| {
             let mut writer = EventParquetWriter::new(sink, ParquetOptions::default())
                 .map_err(|e| e.to_string())?;
-            while let Some(item) = event_rx.blocking_recv() {
-                let (key, event) = item?;
-                writer.push_bytes(key, event).map_err(|e| e.to_string())?;
+            loop {
+                match event_rx.blocking_recv() {
+                    Some(Ok(Feed::Event(key, event))) => {
+                        writer.push_bytes(key, event).map_err(|e| e.to_string())?;
+                    }
+                    Some(Ok(Feed::End)) => break,
+                    Some(Err(message)) => return Err(message),
+                    None => return Err("the export stopped before its end".to_owned()),
+                }
             }
             let mut sink = writer.finish().map_err(|e| e.to_string())?;
-            sink.flush().map_err(|e| e.to_string())
+            sink.flush().map_err(|e| e.to_string())?;
+            sink.send(Ok(Piece::End)).map_err(|e| e.to_string())
         })();
         if let Err(message) = result {
-            let _ = errors.blocking_send(Err(abort(message)));
+            let _ = errors.try_send(Err(abort(message)));
         }
     });
-    Body::from_stream(futures::stream::unfold(body_rx, |mut rx| async move {
-        let item = rx.recv().await?;
-        Some((item, rx))
-    }))
+    body_from(body_rx, slot)
 }

@@ -96,9 +96,18 @@ pub(crate) async fn open_cluster(
     });
     for (name, result) in futures::future::join_all(starts).await {
         match result {
+            // A peer's key outside the range asked for is a broken peer, not
+            // an event of this export.
             Ok(stream) => sources.push(Source {
+                stream: stream
+                    .map(move |r| match r {
+                        Ok((key, _)) if !range.contains(&key) => {
+                            Err(format!("sent key {key} outside the range asked for"))
+                        }
+                        other => other.map_err(|e| e.to_string()),
+                    })
+                    .boxed(),
                 name,
-                stream: stream.map(|r| r.map_err(|e| e.to_string())).boxed(),
             }),
             Err(error) => missing.push((name, error)),
         }

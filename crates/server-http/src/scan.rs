@@ -143,6 +143,7 @@ pub(crate) async fn scan(
                 "from ({from}) is after to ({to})"
             )));
         }
+        let slot = crate::export::take_slot(&state)?;
         let events = crate::export::read(
             &state,
             ScanRange::new(from, to),
@@ -159,7 +160,8 @@ pub(crate) async fn scan(
                 }
             })
             .boxed();
-        let mut response = (StatusCode::OK, crate::export::ndjson_body(counted)).into_response();
+        let mut response =
+            (StatusCode::OK, crate::export::ndjson_body(counted, slot)).into_response();
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));

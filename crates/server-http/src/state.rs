@@ -28,6 +28,8 @@ pub(crate) struct Inner {
     pub(crate) connections: Arc<ConnectionStats>,
     /// `GET /events/tail` subscribers now.
     pub(crate) tail_subscribers: Arc<std::sync::atomic::AtomicUsize>,
+    /// Exports running now.
+    pub(crate) exports: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -68,6 +70,7 @@ impl ApiState {
             health,
             connections: Arc::default(),
             tail_subscribers: Arc::default(),
+            exports: Arc::default(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let reports = inner.coordinator.subscribe_reports();

@@ -172,12 +172,19 @@ impl PeerReader for ScanReader {
 /// writes with one replica missing). Returns the node, its reader and the
 /// events in key order.
 fn cluster() -> (TestNode, Arc<ScanReader>, Vec<(EventKey, Bytes)>) {
+    cluster_with(ApiConfig::default(), 300)
+}
+
+fn cluster_with(
+    config: ApiConfig,
+    n_events: usize,
+) -> (TestNode, Arc<ScanReader>, Vec<(EventKey, Bytes)>) {
     let reader = Arc::new(ScanReader::default());
     let n = node(
         options(3, CommitLevel::Quorum),
         &["n2", "n3"],
         Some(reader.clone()),
-        ApiConfig::default(),
+        config,
     );
     let stores = [n.storage.clone(), n.net.storage("n2"), n.net.storage("n3")];
     for (id, s) in ["n2", "n3"].iter().zip(&stores[1..]) {
@@ -189,7 +196,7 @@ fn cluster() -> (TestNode, Arc<ScanReader>, Vec<(EventKey, Bytes)>) {
     }
     let keys = KeyGenerator::new();
     let mut events = Vec::new();
-    for i in 0..300usize {
+    for i in 0..n_events {
         let key = keys.generate();
         let event = Bytes::from(format!("{{\"i\":{i}}}"));
         // Two holders of three, rotating.
@@ -397,4 +404,74 @@ async fn interval_exports_need_a_known_closed_interval() {
         .map(|(k, _)| k)
         .collect();
     assert_eq!(got, [inside]);
+}
+
+/// Over HTTP/1.0 a broken-off body ends like a complete one: refused.
+#[tokio::test]
+async fn exports_over_http_1_0_are_refused() {
+    let (n, _, _) = cluster();
+    for uri in ["/export", "/export?format=parquet"] {
+        let request = Request::builder()
+            .uri(uri)
+            .version(axum::http::Version::HTTP_10)
+            .body(Body::empty())
+            .unwrap();
+        let response = n.app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{uri}");
+    }
+}
+
+/// Exports are bounded; a slot is held as long as the body is, and freed
+/// when it is dropped.
+#[tokio::test]
+async fn exports_are_bounded_and_a_dropped_body_frees_its_slot() {
+    let (n, _, _) = cluster_with(ApiConfig::default().with_max_exports(1), 300);
+    let request = || {
+        Request::builder()
+            .uri("/export")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let first = n.app.clone().oneshot(request()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = n.app.clone().oneshot(request()).await.unwrap();
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(second.headers()["retry-after"], "1");
+    drop(first);
+    let third = n.app.clone().oneshot(request()).await.unwrap();
+    assert_eq!(third.status(), StatusCode::OK);
+    let body = third.into_body().collect().await.expect("a complete body");
+    assert_eq!(ndjson_events(&body.to_bytes()).len(), 300);
+}
+
+/// A client that stops reading does not hold the export forever: after the
+/// stall timeout without taking data the body is aborted, never ended
+/// cleanly, and the export's slot is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_gets_an_aborted_export() {
+    for format in ["ndjson", "parquet"] {
+        let config = ApiConfig::default()
+            .with_max_exports(1)
+            .with_export_stall_timeout(std::time::Duration::from_millis(300));
+        let (n, _, _) = cluster_with(config, 20_000);
+        let request = || {
+            Request::builder()
+                .uri(format!("/export?scope=local&format={format}"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        let response = n.app.clone().oneshot(request()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        // Nothing read for longer than the stall timeout.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let body = response.into_body().collect().await;
+        assert!(
+            body.is_err(),
+            "{format}: a stalled export must not end cleanly"
+        );
+        let again = n.app.clone().oneshot(request()).await.unwrap();
+        assert_eq!(again.status(), StatusCode::OK, "{format}: the slot is free");
+        let body = again.into_body().collect().await;
+        assert!(body.is_ok(), "{format}: a reading client gets it all");
+    }
 }
