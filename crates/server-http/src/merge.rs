@@ -99,14 +99,17 @@ pub(crate) async fn open_cluster(
             // A peer's key outside the range asked for is a broken peer, not
             // an event of this export.
             Ok(stream) => sources.push(Source {
-                stream: stream
-                    .map(move |r| match r {
-                        Ok((key, _)) if !range.contains(&key) => {
-                            Err(format!("sent key {key} outside the range asked for"))
-                        }
-                        other => other.map_err(|e| e.to_string()),
-                    })
-                    .boxed(),
+                stream: with_piece_deadline(
+                    stream
+                        .map(move |r| match r {
+                            Ok((key, _)) if !range.contains(&key) => {
+                                Err(format!("sent key {key} outside the range asked for"))
+                            }
+                            other => other.map_err(|e| e.to_string()),
+                        })
+                        .boxed(),
+                    timeout,
+                ),
                 name,
             }),
             Err(error) => missing.push((name, error)),
@@ -130,6 +133,21 @@ pub(crate) async fn open_cluster(
         );
     }
     Ok((sources, rule, missing))
+}
+
+/// `stream`, failing (and ending) when its next item takes longer than
+/// `timeout`: a peer slower than that counts as failed, whatever its reader.
+fn with_piece_deadline(stream: SourceStream, timeout: std::time::Duration) -> SourceStream {
+    futures::stream::unfold(Some(stream), move |stream| async move {
+        let mut stream = stream?;
+        match tokio::time::timeout(timeout, stream.next()).await {
+            Ok(Some(Ok(item))) => Some((Ok(item), Some(stream))),
+            Ok(Some(Err(e))) => Some((Err(e), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(format!("no data within {timeout:?}")), None)),
+        }
+    })
+    .boxed()
 }
 
 struct MergeState {

@@ -128,6 +128,8 @@ struct ScanReader {
     storages: Mutex<HashMap<String, Arc<MemStorage>>>,
     down: Mutex<HashSet<String>>,
     fail_after: Mutex<HashMap<String, usize>>,
+    /// Peers whose scan stalls (sends nothing more) after this many events.
+    stall_after: Mutex<HashMap<String, usize>>,
 }
 
 #[async_trait]
@@ -155,6 +157,9 @@ impl PeerReader for ScanReader {
         let events = storage
             .scan(range, usize::MAX)
             .map(|r| r.map_err(|e| TransportError::Network(e.to_string())));
+        if let Some(n) = self.stall_after.lock().unwrap().get(&id) {
+            return Ok(events.take(*n).chain(futures::stream::pending()).boxed());
+        }
         Ok(match self.fail_after.lock().unwrap().get(&id) {
             None => events.boxed(),
             Some(n) => events
@@ -474,4 +479,21 @@ async fn a_client_that_stops_reading_gets_an_aborted_export() {
         let body = again.into_body().collect().await;
         assert!(body.is_ok(), "{format}: a reading client gets it all");
     }
+}
+
+/// A member whose scan stalls counts as failed after the peer scan timeout:
+/// with too few members left the body is aborted, not left hanging.
+#[tokio::test]
+async fn a_member_whose_scan_stalls_fails_after_the_scan_timeout() {
+    let mut config = ApiConfig::default();
+    config.peer_scan_timeout = std::time::Duration::from_millis(200);
+    let (n, reader, _) = cluster_with(config, 300);
+    reader.stall_after.lock().unwrap().insert("n2".into(), 10);
+    reader.down.lock().unwrap().insert("n3".into());
+    let (status, _, body) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), get_stream(&n, "/export"))
+            .await
+            .expect("the export does not hang");
+    assert_eq!(status, StatusCode::OK, "n1 and n2 answered at the start");
+    assert!(body.is_err(), "n2 stalled: too few left, aborted");
 }
