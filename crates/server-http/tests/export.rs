@@ -485,8 +485,10 @@ async fn a_client_that_stops_reading_gets_an_aborted_export() {
 /// with too few members left the body is aborted, not left hanging.
 #[tokio::test]
 async fn a_member_whose_scan_stalls_fails_after_the_scan_timeout() {
-    let mut config = ApiConfig::default();
-    config.peer_scan_timeout = std::time::Duration::from_millis(200);
+    let config = ApiConfig {
+        peer_scan_timeout: std::time::Duration::from_millis(200),
+        ..ApiConfig::default()
+    };
     let (n, reader, _) = cluster_with(config, 300);
     reader.stall_after.lock().unwrap().insert("n2".into(), 10);
     reader.down.lock().unwrap().insert("n3".into());
