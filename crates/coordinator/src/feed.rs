@@ -19,6 +19,21 @@
 //! the margin when they are stored (a client-chosen key far in the past) are
 //! delivered live, but a resume does not replay them.
 //!
+//! ```
+//! use std::sync::Arc;
+//! use alldata_coordinator::feed::{DEFAULT_FEED_CAPACITY, Feed};
+//! use alldata_coordinator::{KeyGenerator, MemStorage, Storage};
+//! use futures::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let (storage, feed) = Feed::wrap(Arc::new(MemStorage::new()), DEFAULT_FEED_CAPACITY);
+//! let mut tail = feed.subscribe(None);
+//! let key = KeyGenerator::new().generate();
+//! storage.put(key, "{}".into()).await.unwrap();
+//! assert_eq!(tail.next().await.unwrap().unwrap().0, key);
+//! # }
+//! ```
+//!
 //! The live part is bounded: a subscriber more than the feed's capacity
 //! behind ends with [`TailError::Lagged`] (resume from the last key it got).
 //! The feed keeps the bytes of events up to [`FEED_INLINE_BYTES`] for its

@@ -15,7 +15,9 @@
 //! encoded (Snappy) and written out, so memory stays bounded by one row
 //! group whatever the number of events. Events written through the client API
 //! are JSON, hence UTF-8; bytes that are not are still written as they are.
-//! pyarrow, DuckDB and DataFusion read the files as they are.
+//! The files are plain Parquet meant for pyarrow, DuckDB and DataFusion as
+//! they are; the tests read them back with the `parquet` crate's record
+//! reader (pyarrow and DuckDB were not available where they run).
 //!
 //! This crate uses the `parquet` crate's low-level file writer, without
 //! Arrow, to keep the build small.
