@@ -6,7 +6,7 @@
 //! retries are not published again). Whoever stores through the wrapper (the
 //! coordinator's local writes, the replica endpoint's writes) feeds it.
 //!
-//! [`Feed::subscribe`] gives a [`LocalTail`]: with a resume key `K`, the
+//! [`Feed::subscribe`] gives a [`TailStream`]: with a resume key `K`, the
 //! stored events with keys from `K - replay` on (a scan, in key order), then
 //! the live ones (in arrival order). The subscription is taken before the
 //! scan, so nothing stored in between is lost; an event may come twice.
