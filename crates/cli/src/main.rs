@@ -141,6 +141,10 @@ struct NodeArgs {
     /// scan on every member while it runs.
     #[arg(long, env = "ALLDATA_MAX_EXPORTS", default_value_t = 8)]
     max_exports: usize,
+    /// How long a tail subscriber may leave its buffer full (take nothing)
+    /// before it is sent `event: lagged` and disconnected, in milliseconds.
+    #[arg(long, env = "ALLDATA_TAIL_STALL_TIMEOUT_MS", default_value_t = 10_000)]
+    tail_stall_timeout_ms: u64,
 }
 
 impl NodeArgs {
@@ -190,6 +194,7 @@ impl NodeArgs {
         config.health_probe_interval = Duration::from_millis(self.health_probe_interval_ms);
         config.max_tail_subscribers = self.max_tail_subscribers;
         config.max_exports = self.max_exports;
+        config.tail_stall_timeout = Duration::from_millis(self.tail_stall_timeout_ms);
         config.tail_buffer_events = usize::try_from(self.tail_buffer_events).unwrap_or(usize::MAX);
         anyhow::ensure!(
             self.max_connections > 0,

@@ -281,7 +281,11 @@ impl Batch {
             |r: &Result<PutStatus, ReplicaError>| matches!(r, Err(e) if e.kind().is_unresponsive());
         if *node == self.local {
             let health = self.coordinator.local_health();
-            match results.iter().find(|r| unresponsive(r)) {
+            // Corruption first: it must not hide behind another failure.
+            let corrupt = results
+                .iter()
+                .find(|r| matches!(r, Err(ReplicaError::Storage(StorageError::Corrupt(_)))));
+            match corrupt.or_else(|| results.iter().find(|r| unresponsive(r))) {
                 Some(Err(ReplicaError::Storage(StorageError::Corrupt(message)))) => {
                     health.corrupt(message.clone());
                 }

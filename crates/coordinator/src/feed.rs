@@ -95,6 +95,8 @@ pub struct Feed {
     tx: broadcast::Sender<Published>,
     storage: Arc<dyn Storage>,
     replay: Duration,
+    /// Set by [`Feed::close`]: every subscription ends.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -116,6 +118,7 @@ impl Feed {
             tx,
             storage: Arc::clone(&storage),
             replay: DEFAULT_REPLAY,
+            closed: tokio::sync::watch::Sender::new(false),
         };
         let wrapped = Arc::new(FeedStorage {
             inner: storage,
@@ -138,6 +141,20 @@ impl Feed {
     /// Subscribers now.
     pub fn subscribers(&self) -> usize {
         self.tx.receiver_count()
+    }
+
+    /// Ends every subscription, now and later (a node shutting down: tails
+    /// are endless responses that would otherwise hold the shutdown).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Completes once [`Feed::close`] was called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closed.subscribe();
+        async move {
+            let _ = rx.wait_for(|closed| *closed).await;
+        }
     }
 
     /// The events stored from now on; with `from`, first the stored events
@@ -179,7 +196,7 @@ impl Feed {
                 }
             }
         });
-        replayed.chain(live).boxed()
+        replayed.chain(live).take_until(self.closed()).boxed()
     }
 }
 
@@ -197,7 +214,9 @@ impl std::fmt::Debug for FeedStorage {
 
 impl FeedStorage {
     fn publish(&self, key: EventKey, event: Bytes) {
-        let kept = (event.len() <= FEED_INLINE_BYTES).then_some(event);
+        // A copy: the bytes may be a slice of a much larger request body,
+        // which the ring must not keep alive.
+        let kept = (event.len() <= FEED_INLINE_BYTES).then(|| Bytes::copy_from_slice(&event));
         // No subscriber is not an error.
         let _ = self.tx.send((key, kept));
     }
@@ -297,6 +316,15 @@ mod tests {
         let big = Bytes::from(vec![b'x'; FEED_INLINE_BYTES + 1]);
         storage.put(key, big.clone()).await.unwrap();
         assert_eq!(tail.next().await, Some(Ok((key, big))));
+    }
+
+    #[tokio::test]
+    async fn closing_the_feed_ends_every_subscription() {
+        let (_storage, feed) = Feed::wrap(Arc::new(MemStorage::new()), 16);
+        let mut tail = feed.subscribe(None);
+        feed.close();
+        assert_eq!(tail.next().await, None);
+        assert_eq!(feed.subscribe(None).next().await, None, "later ones too");
     }
 
     #[tokio::test]

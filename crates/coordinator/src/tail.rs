@@ -12,8 +12,9 @@ use crate::feed::{Feed, TailError, TailStream};
 use crate::topology::Peer;
 use crate::transport::PeerReader;
 
-/// Keys remembered to drop the duplicates of a tail.
-const DEDUPE_KEYS: usize = 65_536;
+/// Keys remembered to drop the duplicates of a tail (about 0.5 MiB; a
+/// duplicate older than that goes through, which consumers accept).
+const DEDUPE_KEYS: usize = 8_192;
 /// First wait before a failed peer tail is opened again (doubling to the max).
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
@@ -29,7 +30,8 @@ impl Coordinator {
     /// and a failed peer is retried with backoff. Recent duplicates (the same
     /// key from several holders) are dropped; older ones may come again.
     /// Order: arrival order per source, not key order across sources. The
-    /// stream ends only with a storage error of this node.
+    /// stream ends with a storage error of this node, or when the feed is
+    /// closed ([`Feed::close`]).
     ///
     /// Every event acknowledged at QUORUM after the tail started is
     /// delivered as long as, at any time, fewer than `required(QUORUM)`
@@ -44,6 +46,7 @@ impl Coordinator {
         }
         let mut seen = Seen::default();
         futures::stream::select_all(sources)
+            .take_until(feed.closed())
             .filter_map(move |item| {
                 let keep = match &item {
                     Ok((key, _)) => seen.first_time(*key),
@@ -64,7 +67,7 @@ fn local_source(feed: Feed, from: EventKey) -> TailStream {
         loop {
             match current.next().await {
                 Some(Ok((key, event))) => {
-                    newest = newest.max(key);
+                    newest = advance(newest, key);
                     return Some((Ok((key, event)), Some((feed, newest, Some(current)))));
                 }
                 Some(Err(TailError::Lagged)) => {
@@ -113,7 +116,7 @@ fn peer_source(reader: Arc<dyn PeerReader>, peer: Peer, from: EventKey) -> TailS
             };
             match current.next().await {
                 Some(Ok((key, event))) => {
-                    s.newest = s.newest.max(key);
+                    s.newest = advance(s.newest, key);
                     s.retry = FIRST_RETRY;
                     s.current = Some(current);
                     return Some((Ok((key, event)), s));
@@ -130,6 +133,18 @@ fn peer_source(reader: Arc<dyn PeerReader>, peer: Peer, from: EventKey) -> TailS
         }
     })
     .boxed()
+}
+
+/// The resume point after delivering `key`: the newest key delivered, but
+/// never beyond this node's clock. A client-chosen key in the future would
+/// otherwise move the resume point past events still to come (a resume
+/// replays only the margin before it).
+fn advance(newest: EventKey, key: EventKey) -> EventKey {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    newest.max(key.min(EventKey::max_for_ms(now)))
 }
 
 /// The last [`DEDUPE_KEYS`] keys delivered.
@@ -151,5 +166,25 @@ impl Seen {
             self.keys.remove(&old);
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_future_key_does_not_move_the_resume_point_past_now() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let start = EventKey::min_for_ms(now - 1000);
+        let future = EventKey::min_for_ms(now + 3_600_000);
+        let moved = advance(start, future);
+        assert!(moved.timestamp_ms() <= now + 1000, "{moved}");
+        assert!(moved > start);
+        let past = EventKey::min_for_ms(now - 60_000);
+        assert_eq!(advance(moved, past), moved, "never backwards");
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use alldata_coordinator::{CommitLevel, Location, Options};
 use alldata_server_http::{ApiConfig, Limits};
@@ -175,6 +176,9 @@ pub struct NodeConfig {
     pub tail_buffer_events: usize,
     /// Most exports running at once. Default 8.
     pub max_exports: usize,
+    /// How long a tail subscriber may leave its buffer full before it is
+    /// sent `lagged`. Default 10 s.
+    pub tail_stall_timeout: Duration,
 }
 
 /// The node's default LevelDB memtable size (64 MiB).
@@ -209,6 +213,7 @@ impl NodeConfig {
             max_tail_subscribers: 256,
             tail_buffer_events: 1024,
             max_exports: 8,
+            tail_stall_timeout: Duration::from_secs(10),
         }
     }
 }

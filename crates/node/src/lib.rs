@@ -241,6 +241,7 @@ impl Node {
             .with_health_probe_interval(Some(config.health_probe_interval))
             .with_feed(feed.clone())
             .with_max_exports(config.max_exports)
+            .with_tail_stall_timeout(config.tail_stall_timeout)
             .with_tail_limits(
                 config.max_tail_subscribers,
                 config.tail_buffer_events,
@@ -336,10 +337,14 @@ impl Node {
             id,
             coordinator,
             storage,
+            feed,
+            closed,
             stop,
             servers,
             ..
         } = self;
+        // Tails are endless responses: end them, or they hold the shutdown.
+        feed.close();
         let _ = stop.send(true);
         // Requests in flight finish, within the same deadline as the drain.
         let until = tokio::time::Instant::now() + drain_for;
@@ -361,6 +366,9 @@ impl Node {
             tracing::warn!(%id, running = coordinator.running_puts(), "background replica writes still running at the shutdown deadline");
         }
         drop(coordinator);
+        // The feed (and its subscriptions) hold the storage too.
+        drop(feed);
+        drop(closed);
         match Arc::try_unwrap(storage) {
             Ok(storage) => storage.close().await,
             Err(storage) => {

@@ -423,11 +423,15 @@ impl HttpTransport {
         .map_err(classify)?;
         let status = response.status();
         if status != StatusCode::OK {
-            let body = Limited::new(response.into_body(), 4096)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let body = tokio::time::timeout(
+                self.shared.config.attempt_timeout,
+                Limited::new(response.into_body(), 4096).collect(),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
             return Err(status_error(status, body));
         }
         let body = response.into_body();

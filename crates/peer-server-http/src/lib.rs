@@ -323,11 +323,21 @@ async fn put_events(
     body: Body,
 ) -> Result<Response, PeerError> {
     state.authorize(&headers)?;
-    let required = headers
-        .get(wire::DURABILITY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(wire::Durability::parse)
-        .unwrap_or(wire::Durability::Buffered);
+    // An unknown value is refused rather than read as "buffered": a sender
+    // that asks for something must not get less.
+    let required = match headers.get(wire::DURABILITY_HEADER) {
+        None => wire::Durability::Buffered,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(wire::Durability::parse)
+            .ok_or_else(|| {
+                state.refuse(PeerError::Body(format!(
+                    "unknown {} value {v:?} (expected sync or buffered)",
+                    wire::DURABILITY_HEADER
+                )))
+            })?,
+    };
     if !state.inner.config.durability.satisfies(required) {
         return Err(state.refuse(PeerError::DurabilityMismatch));
     }
@@ -353,12 +363,20 @@ async fn put_events(
     let storage = Arc::clone(&state.inner.storage);
     let statuses = tokio::spawn(async move {
         let mut statuses: Vec<Option<EventStatus>> = vec![None; n];
-        for (i, (_, event)) in &too_large {
-            statuses[*i] = Some(EventStatus::Rejected(format!(
-                "event of {} bytes is over this node's --max-event-bytes ({} bytes); give every node the same --max-event-bytes",
-                event.len(),
-                limit.unwrap_or_default()
-            )));
+        // Write-once first: a key already holding these bytes is an
+        // idempotent success and one holding others a conflict, whatever the
+        // size limit says now; only a new event is refused for its size.
+        for (i, (key, event)) in &too_large {
+            statuses[*i] = Some(match storage.get(*key).await {
+                Ok(Some(stored)) if stored == *event => EventStatus::AlreadyPresent,
+                Ok(Some(_)) => EventStatus::Conflict,
+                Ok(None) => EventStatus::Rejected(format!(
+                    "event of {} bytes is over this node's --max-event-bytes ({} bytes); give every node the same --max-event-bytes",
+                    event.len(),
+                    limit.unwrap_or_default()
+                )),
+                Err(e) => EventStatus::Failed(e.to_string()),
+            });
         }
         if !fit.is_empty() {
             let (places, events): (Vec<usize>, Vec<_>) = fit.into_iter().unzip();

@@ -391,4 +391,40 @@ async fn an_event_over_the_nodes_size_limit_is_rejected_with_both_sizes() {
         wire::Profile::decode(&body).unwrap().max_event_bytes,
         Some(10)
     );
+    // Write-once before the size limit: a key stored before the limit was
+    // lowered answers as it always did.
+    let d = keys.generate();
+    storage
+        .put_now(d, Bytes::from_static(b"{\"stored\":\"before\"}"))
+        .unwrap();
+    let statuses = put_batch(
+        &state,
+        &[
+            (d, b"{\"stored\":\"before\"}"),
+            (d, b"{\"other\":\"bytes!!\"}"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        statuses,
+        vec![EventStatus::AlreadyPresent, EventStatus::Conflict]
+    );
+}
+
+/// A durability header with a value the node does not know is refused, not
+/// read as "buffered".
+#[tokio::test]
+async fn an_unknown_durability_value_is_refused() {
+    let (storage, state) = setup();
+    let key = KeyGenerator::new().generate();
+    let body = wire::encode_request([(key, &b"{}"[..])]);
+    let request = Request::post(EVENTS_PATH)
+        .header(header::CONTENT_TYPE, wire::CONTENT_TYPE)
+        .header(header::AUTHORIZATION, format!("Bearer {SECRET}"))
+        .header(wire::DURABILITY_HEADER, "SYNC")
+        .body(Body::from(body))
+        .unwrap();
+    let (status, _) = call(&state, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(storage.is_empty());
 }

@@ -127,6 +127,11 @@ pub struct ApiConfig {
     /// A comment line goes to a tail subscriber after this long without an
     /// event. Default 15 s.
     pub tail_heartbeat: Duration,
+    /// Event bytes buffered for one tail subscriber. Default 8 MiB.
+    pub tail_buffer_bytes: usize,
+    /// How long a tail subscriber may leave its buffer full before it is sent
+    /// `lagged` and disconnected. Default 10 s.
+    pub tail_stall_timeout: Duration,
     /// Most exports (`GET /export`, `GET /intervals/{name}/export`) running
     /// at once; over it `503 overloaded`. Each holds a scan on every member
     /// while it runs. Default 8.
@@ -159,6 +164,8 @@ impl Default for ApiConfig {
             max_tail_subscribers: 256,
             tail_buffer_events: 1024,
             tail_heartbeat: Duration::from_secs(15),
+            tail_buffer_bytes: 8 * 1024 * 1024,
+            tail_stall_timeout: Duration::from_secs(10),
             max_exports: 8,
             export_stall_timeout: Duration::from_secs(60),
         }
@@ -189,6 +196,13 @@ impl ApiConfig {
         self.max_tail_subscribers = max_subscribers;
         self.tail_buffer_events = buffer_events.max(1);
         self.tail_heartbeat = heartbeat;
+        self
+    }
+
+    /// Sets how long a tail subscriber may leave its buffer full before it
+    /// is sent `lagged`.
+    pub fn with_tail_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.tail_stall_timeout = timeout;
         self
     }
 
@@ -294,6 +308,8 @@ impl fmt::Debug for ApiConfig {
             .field("max_tail_subscribers", &self.max_tail_subscribers)
             .field("tail_buffer_events", &self.tail_buffer_events)
             .field("tail_heartbeat", &self.tail_heartbeat)
+            .field("tail_buffer_bytes", &self.tail_buffer_bytes)
+            .field("tail_stall_timeout", &self.tail_stall_timeout)
             .field("max_exports", &self.max_exports)
             .field("export_stall_timeout", &self.export_stall_timeout)
             .finish()

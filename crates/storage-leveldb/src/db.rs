@@ -157,9 +157,10 @@ pub(crate) fn failed(what: &str, e: impl std::fmt::Display) -> StorageError {
     }
 }
 
-/// Whether a LevelDB status message reports corruption.
+/// Whether a LevelDB status message reports corruption: its `Corruption:`
+/// status code (a path that merely contains the word does not count).
 pub(crate) fn is_corruption(message: &str) -> bool {
-    message.to_ascii_lowercase().contains("corruption")
+    message.contains("Corruption: ")
 }
 
 /// Owns the LevelDB database. When the last handle goes, the database is
@@ -633,6 +634,14 @@ mod tests {
             .is_corrupt()
         );
         assert!(!failed("leveldb write failed", "IO error: No space left on device").is_corrupt());
+        assert!(
+            !failed(
+                "leveldb write failed",
+                "IO error: /data/corruption-tests/000012.log: No space"
+            )
+            .is_corrupt(),
+            "a path with the word is not corruption"
+        );
     }
 
     #[test]

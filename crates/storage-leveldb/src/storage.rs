@@ -33,6 +33,9 @@ use crate::writer::Writer;
 /// A `put_many` of at most this many events may be written by its caller
 /// (see `LevelDbStorage::idle_writer`); larger ones always go to the writer thread.
 const INLINE_MAX_EVENTS: usize = 4;
+/// Most event bytes written on the caller's thread: a larger write can fill
+/// the memtable and wait for LevelDB to flush the previous one.
+const INLINE_MAX_BYTES: usize = 64 * 1024;
 /// A caller writes itself only when the writer has been idle this long: at
 /// low load (a put every few hundred µs) that saves the hand-off, while under
 /// load (puts tens of µs apart) the writer thread keeps grouping them.
@@ -397,7 +400,9 @@ impl Storage for LevelDbStorage {
     async fn put(&self, key: EventKey, event: Bytes) -> Result<PutStatus, StorageError> {
         let _active = self.enter();
         let (reply, mut rx) = oneshot::channel();
-        if let Some(mut writer) = self.idle_writer() {
+        if event.len() <= INLINE_MAX_BYTES
+            && let Some(mut writer) = self.idle_writer()
+        {
             writer.process(&mut vec![Command::Put { key, event, reply }]);
             drop(writer);
             return rx.try_recv().unwrap_or_else(|_| Err(closed_error()));
@@ -417,6 +422,7 @@ impl Storage for LevelDbStorage {
         let _active = self.enter();
         let (reply, mut rx) = oneshot::channel();
         if n <= INLINE_MAX_EVENTS
+            && events.iter().map(|(_, e)| e.len()).sum::<usize>() <= INLINE_MAX_BYTES
             && let Some(mut writer) = self.idle_writer()
         {
             writer.process(&mut vec![Command::PutMany { events, reply }]);

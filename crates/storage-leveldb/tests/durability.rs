@@ -666,3 +666,26 @@ async fn without_paranoid_checks_a_damaged_log_loses_events_silently() {
     );
     store.close().await;
 }
+
+/// A large buffered write never goes inline, even to an idle writer: it could
+/// fill the memtable and wait for LevelDB's flush on an async worker.
+#[tokio::test]
+async fn large_puts_never_write_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LevelDbStorage::open(Options::new(dir.path()).durability(Durability::Buffered))
+        .await
+        .unwrap();
+    let keys = KeyGenerator::new();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let small = keys.generate();
+    store.put(small, event_for(&small, 100)).await.unwrap();
+    let inline_after_small = store.inline_writes();
+    assert_eq!(inline_after_small, 1, "a small lone put goes inline");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let key = keys.generate();
+        store.put(key, event_for(&key, 100 * 1024)).await.unwrap();
+    }
+    assert_eq!(store.inline_writes(), inline_after_small);
+    store.close().await;
+}
