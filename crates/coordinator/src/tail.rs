@@ -92,6 +92,18 @@ fn peer_source(reader: Arc<dyn PeerReader>, peer: Peer, from: EventKey) -> TailS
         newest: EventKey,
         current: Option<TailStream>,
         retry: Duration,
+        /// Failures since the last event, to say so when they persist.
+        failures: u32,
+    }
+    impl State {
+        fn failed(&mut self, what: &str, error: &dyn std::fmt::Display) {
+            self.failures += 1;
+            if self.failures.is_multiple_of(10) {
+                tracing::warn!(peer = %self.peer.id, failures = self.failures, error = %error, "{what}: this tail misses that peer's events while it lasts");
+            } else {
+                tracing::debug!(peer = %self.peer.id, error = %error, "{what}; retrying");
+            }
+        }
     }
     let state = State {
         reader,
@@ -99,6 +111,7 @@ fn peer_source(reader: Arc<dyn PeerReader>, peer: Peer, from: EventKey) -> TailS
         newest: from,
         current: None,
         retry: FIRST_RETRY,
+        failures: 0,
     };
     futures::stream::unfold(state, |mut s| async move {
         loop {
@@ -107,7 +120,7 @@ fn peer_source(reader: Arc<dyn PeerReader>, peer: Peer, from: EventKey) -> TailS
                 None => match s.reader.tail(&s.peer, s.newest).await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::debug!(peer = %s.peer.id, error = %e, "peer tail unavailable; retrying");
+                        s.failed("peer tail unavailable", &e);
                         tokio::time::sleep(s.retry).await;
                         s.retry = (s.retry * 2).min(MAX_RETRY);
                         continue;
@@ -118,12 +131,11 @@ fn peer_source(reader: Arc<dyn PeerReader>, peer: Peer, from: EventKey) -> TailS
                 Some(Ok((key, event))) => {
                     s.newest = advance(s.newest, key);
                     s.retry = FIRST_RETRY;
+                    s.failures = 0;
                     s.current = Some(current);
                     return Some((Ok((key, event)), s));
                 }
-                Some(Err(e)) => {
-                    tracing::debug!(peer = %s.peer.id, error = %e, "peer tail broke; resuming");
-                }
+                Some(Err(e)) => s.failed("peer tail broke", &e),
                 None => {
                     tracing::debug!(peer = %s.peer.id, "peer tail ended; resuming");
                 }

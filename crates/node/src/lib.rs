@@ -60,6 +60,16 @@ pub enum NodeError {
     /// The coordinator options cannot work.
     #[error("invalid coordinator options: {0}")]
     Options(#[from] OptionsError),
+    /// The largest event is over what peers exchange in one frame.
+    #[error(
+        "--max-event-bytes {max_event_bytes} is over the largest event peers exchange ({limit} bytes)"
+    )]
+    EventTooLarge {
+        /// The configured largest event.
+        max_event_bytes: usize,
+        /// The protocol's limit.
+        limit: usize,
+    },
     /// A port could not be bound.
     #[error("cannot listen on {addr} for the {what} (is the port taken?): {source}")]
     Bind {
@@ -157,6 +167,12 @@ impl Node {
             return Err(NodeError::MissingSecret);
         }
         config.options.validate()?;
+        if config.max_event_bytes > alldata_peer_wire::MAX_TAIL_EVENT {
+            return Err(NodeError::EventTooLarge {
+                max_event_bytes: config.max_event_bytes,
+                limit: alldata_peer_wire::MAX_TAIL_EVENT,
+            });
+        }
         check_peers(&config)?;
         // The storage first: after a crash its open recounts the open
         // intervals, and until the ports are bound peers see a refused

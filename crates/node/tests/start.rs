@@ -331,3 +331,18 @@ async fn shutdown_ends_open_tails_and_closes_the_storage_cleanly() {
     assert!(store.opened_clean(), "the clean stop was recorded");
     store.close().await;
 }
+
+/// Events larger than peers can exchange in one frame are refused at start,
+/// not found out when a replica or a tail cannot carry them.
+#[tokio::test]
+async fn a_max_event_size_over_the_protocol_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_event_bytes = 65 * 1024 * 1024;
+    match Node::start(config).await {
+        Err(e @ NodeError::EventTooLarge { .. }) => {
+            assert!(e.to_string().contains("--max-event-bytes"), "{e}")
+        }
+        other => panic!("expected EventTooLarge, got {other:?}"),
+    }
+}
