@@ -21,12 +21,14 @@
 //! side of the peer protocol computes them the same way.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use alldata_keygen::EventKey;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use rand::Rng;
 
 use crate::coordinator::Coordinator;
@@ -440,19 +442,24 @@ impl Coordinator {
         };
         let reader = self.peer_reader();
         let peers: Vec<_> = topo.peers().cloned().collect();
-        let answers = futures::future::join_all(peers.iter().map(|p| {
-            let reader = reader.clone();
-            let me = me.clone();
-            async move {
-                let Some(reader) = reader else {
-                    return Err(TransportError::Rejected("no peer reader".into()));
-                };
-                tokio::time::timeout(read_timeout, reader.digests(p, range, &me, bucket_ms))
-                    .await
-                    .unwrap_or(Err(TransportError::Timeout))
-            }
-        }))
-        .await;
+        // Boxed: a `Send` future whatever the closures borrow.
+        let calls: Vec<BoxFuture<'_, Result<Vec<BucketDigest>, TransportError>>> = peers
+            .iter()
+            .map(|p| {
+                let reader = reader.clone();
+                let me = me.clone();
+                async move {
+                    let Some(reader) = reader else {
+                        return Err(TransportError::Rejected("no peer reader".into()));
+                    };
+                    tokio::time::timeout(read_timeout, reader.digests(p, range, &me, bucket_ms))
+                        .await
+                        .unwrap_or(Err(TransportError::Timeout))
+                }
+                .boxed()
+            })
+            .collect();
+        let answers = futures::future::join_all(calls).await;
         let mut reachable: BTreeSet<NodeId> = BTreeSet::from([me.clone()]);
         let mut sums: BTreeMap<u64, (Digest, Digest)> = BTreeMap::new();
         for b in &local {
@@ -552,12 +559,13 @@ impl Coordinator {
             .filter(|p| reachable.contains(&p.id))
             .cloned()
             .collect();
-        let lists = futures::future::join_all(
-            peers
-                .iter()
-                .map(|p| tokio::time::timeout(timeout, reader.decided_keys(p, range, &me, limit))),
-        )
-        .await;
+        let calls: Vec<BoxFuture<'_, _>> = peers
+            .iter()
+            .map(|p| {
+                tokio::time::timeout(timeout, reader.decided_keys(p, range, &me, limit)).boxed()
+            })
+            .collect();
+        let lists = futures::future::join_all(calls).await;
         for (peer, list) in peers.iter().zip(lists) {
             match list {
                 Ok(Ok(keys)) => {
@@ -600,21 +608,29 @@ impl Coordinator {
             };
             for chunk in missing.chunks(opts.batch.max(1)) {
                 pacer.admit(chunk.len() as u64).await;
-                let fetched = futures::stream::iter(chunk.iter().map(|c| {
-                    let reader = &reader;
-                    async move {
-                        let Some(peer) = topo.peer(&c.source) else {
-                            return (c.key, Err(TransportError::Rejected("unknown".into())));
-                        };
-                        let got = tokio::time::timeout(timeout, reader.get(peer, c.key))
-                            .await
-                            .unwrap_or(Err(TransportError::Timeout));
-                        (c.key, got)
-                    }
-                }))
-                .buffer_unordered(16)
-                .collect::<Vec<_>>()
-                .await;
+                let calls: Vec<BoxFuture<'_, (EventKey, Result<Option<Bytes>, TransportError>)>> =
+                    chunk
+                        .iter()
+                        .map(|c| {
+                            let reader = Arc::clone(&reader);
+                            let peer = topo.peer(&c.source).cloned();
+                            let key = c.key;
+                            async move {
+                                let Some(peer) = peer else {
+                                    return (key, Err(TransportError::Rejected("unknown".into())));
+                                };
+                                let got = tokio::time::timeout(timeout, reader.get(&peer, key))
+                                    .await
+                                    .unwrap_or(Err(TransportError::Timeout));
+                                (key, got)
+                            }
+                            .boxed()
+                        })
+                        .collect();
+                let fetched = futures::stream::iter(calls)
+                    .buffer_unordered(16)
+                    .collect::<Vec<_>>()
+                    .await;
                 for (key, got) in fetched {
                     match got {
                         Ok(Some(event)) => {

@@ -333,6 +333,14 @@ async fn a_wiped_decider_gets_back_the_keys_it_decided() {
     assert_eq!(c.net.storage("n0").len(), 30);
 }
 
+#[test]
+fn a_round_can_run_on_a_spawned_task() {
+    fn assert_send<T: Send>(_: &T) {}
+    let c = Cluster::new(2, 2, 1);
+    let round = c.nodes[0].repair_round(&round_opts(), 0);
+    assert_send(&round);
+}
+
 #[tokio::test]
 async fn a_round_is_rate_limited() {
     let c = Cluster::new(3, 3, seed());

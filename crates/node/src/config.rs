@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use alldata_coordinator::repair::RepairOptions;
 use alldata_coordinator::{CommitLevel, Location, Options};
 use alldata_server_http::{ApiConfig, Limits};
 use alldata_storage_leveldb::{Durability, IntervalLength};
@@ -175,6 +176,11 @@ pub struct NodeConfig {
     pub tail_buffer_events: usize,
     /// Most exports running at once. Default 8.
     pub max_exports: usize,
+    /// How often an anti-entropy repair round starts (after the previous one
+    /// ends); zero disables repair. Default 30 s.
+    pub repair_interval: std::time::Duration,
+    /// What a repair round covers and how fast it copies.
+    pub repair: RepairOptions,
 }
 
 /// The node's default LevelDB memtable size (64 MiB).
@@ -209,6 +215,8 @@ impl NodeConfig {
             max_tail_subscribers: 256,
             tail_buffer_events: 1024,
             max_exports: 8,
+            repair_interval: std::time::Duration::from_secs(30),
+            repair: RepairOptions::default(),
         }
     }
 }

@@ -43,6 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use alldata_coordinator::repair::{RepairOptions, RepairStats};
 pub use alldata_server_http::Limits;
 pub use config::{DEFAULT_WRITE_BUFFER_BYTES, NodeConfig, PeerSpec, parse_commit_level};
 
@@ -119,6 +120,8 @@ pub struct Node {
     closed: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<IntervalClosed>>>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<std::io::Result<()>>>,
+    repair: Option<JoinHandle<()>>,
+    repair_stats: Arc<RepairStats>,
 }
 
 impl fmt::Debug for Node {
@@ -234,7 +237,12 @@ impl Node {
                 .with_durability(wire_durability)
                 .with_max_event_bytes(config.max_event_bytes),
         )
-        .with_feed(feed.clone());
+        .with_feed(feed.clone())
+        .with_topology({
+            let coordinator = coordinator.clone();
+            Arc::new(move || coordinator.topology())
+        });
+        let repair_stats = Arc::new(RepairStats::default());
         let api_config = ApiConfig::default()
             .with_max_event_bytes(config.max_event_bytes)
             .with_durability(wire_durability.as_str())
@@ -254,7 +262,11 @@ impl Node {
                 storage: Arc::downgrade(&storage),
                 length: config.interval,
             })
-            .with_counters(peer_counters(peer_state.clone(), transport.clone()));
+            .with_counters(peer_counters(peer_state.clone(), transport.clone()))
+            .with_counters(repair_counters(
+                Arc::clone(&repair_stats),
+                transport.clone(),
+            ));
         let tail_feed = feed;
         let api_state = ApiState::new(coordinator.clone(), api_config);
 
@@ -274,6 +286,15 @@ impl Node {
                 signal(stopped),
             )),
         ];
+        let repair = (!config.repair_interval.is_zero()).then(|| {
+            tokio::spawn(repair_loop(
+                coordinator.clone(),
+                config.repair.clone(),
+                config.repair_interval,
+                Arc::clone(&repair_stats),
+                stop.subscribe(),
+            ))
+        });
         tracing::info!(id = %config.id, %api_addr, %peer_addr, location = %config.location, peers = config.peers.len(), "node started");
         Ok(Self {
             id: config.id,
@@ -285,7 +306,14 @@ impl Node {
             closed: std::sync::Mutex::new(closed),
             stop,
             servers,
+            repair,
+            repair_stats,
         })
+    }
+
+    /// The counters of this node's repair rounds.
+    pub fn repair_stats(&self) -> &RepairStats {
+        &self.repair_stats
     }
 
     /// The node id.
@@ -338,9 +366,21 @@ impl Node {
             storage,
             stop,
             servers,
+            repair,
             ..
         } = self;
         let _ = stop.send(true);
+        // A round in flight is cut off (it holds the coordinator and so the
+        // storage); its copies so far stay, the rest waits for the next start.
+        if let Some(mut r) = repair {
+            if tokio::time::timeout(Duration::from_millis(200), &mut r)
+                .await
+                .is_err()
+            {
+                r.abort();
+                let _ = r.await;
+            }
+        }
         // Requests in flight finish, within the same deadline as the drain.
         let until = tokio::time::Instant::now() + drain_for;
         for mut s in servers {
@@ -466,6 +506,107 @@ fn peer_counters(
                 name: "alldata_peer_client_abandoned_total",
                 help: "Queued replica writes not sent because their deadline had passed.",
                 value: c.abandoned(),
+            },
+        ]
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs a repair round every `interval` (counted from the end of the
+/// previous one) until `stop` says so.
+async fn repair_loop(
+    coordinator: Coordinator,
+    options: RepairOptions,
+    interval: Duration,
+    stats: Arc<RepairStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let report = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            report = coordinator.repair_round(&options, now_ms()) => report,
+        };
+        if report.repaired > 0 || report.conflicts > 0 || report.mismatches > 0 {
+            tracing::info!(
+                buckets = report.buckets,
+                mismatches = report.mismatches,
+                repaired = report.repaired,
+                conflicts = report.conflicts,
+                failures = report.failures,
+                complete = report.complete,
+                "repair round"
+            );
+        }
+        stats.record(&report, now_ms());
+    }
+}
+
+/// The repair rounds' counters, for `GET /metrics`.
+fn repair_counters(
+    stats: Arc<RepairStats>,
+    client: HttpTransport,
+) -> impl Fn() -> Vec<Counter> + Send + Sync + 'static {
+    move || {
+        vec![
+            Counter {
+                name: "alldata_repair_rounds_total",
+                help: "Anti-entropy repair rounds run.",
+                value: stats.rounds(),
+            },
+            Counter {
+                name: "alldata_repair_complete_rounds_total",
+                help: "Repair rounds that compared every bucket with every member and attempted every copy.",
+                value: stats.complete_rounds(),
+            },
+            Counter {
+                name: "alldata_repair_events_total",
+                help: "Missing copies stored by repair (on peers or on this node).",
+                value: stats.repaired(),
+            },
+            Counter {
+                name: "alldata_repair_bytes_total",
+                help: "Event bytes copied by repair.",
+                value: stats.bytes(),
+            },
+            Counter {
+                name: "alldata_repair_mismatches_total",
+                help: "Time buckets whose digests disagreed.",
+                value: stats.mismatches(),
+            },
+            Counter {
+                name: "alldata_repair_conflicts_total",
+                help: "Repair copies refused because the target holds other bytes (never overwritten).",
+                value: stats.conflicts(),
+            },
+            Counter {
+                name: "alldata_repair_failures_total",
+                help: "Repair copies or key lists that failed (retried next round).",
+                value: stats.failures(),
+            },
+            Counter {
+                name: "alldata_repair_last_complete_round_timestamp_seconds",
+                help: "When the last complete repair round ended (Unix seconds; 0 before the first). Age: time() minus this.",
+                value: stats.last_complete_ms().map_or(0, |ms| ms / 1000),
+            },
+            Counter {
+                name: "alldata_repair_protocol_requests_total",
+                help: "Digest and key list requests this node sent.",
+                value: client.stats().repair_requests(),
+            },
+            Counter {
+                name: "alldata_repair_protocol_bytes_total",
+                help: "Bytes of those requests' URLs and answer bodies (HTTP headers not included).",
+                value: client.stats().repair_bytes(),
             },
         ]
     }
