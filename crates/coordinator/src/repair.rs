@@ -392,6 +392,9 @@ impl RepairStats {
     }
 }
 
+/// A key read from a holder, or why not.
+type Fetched = (EventKey, Result<Option<Bytes>, TransportError>);
+
 /// Paces copies to at most `rate` per second since `start`.
 struct Pacer {
     start: tokio::time::Instant,
@@ -608,25 +611,24 @@ impl Coordinator {
             };
             for chunk in missing.chunks(opts.batch.max(1)) {
                 pacer.admit(chunk.len() as u64).await;
-                let calls: Vec<BoxFuture<'_, (EventKey, Result<Option<Bytes>, TransportError>)>> =
-                    chunk
-                        .iter()
-                        .map(|c| {
-                            let reader = Arc::clone(&reader);
-                            let peer = topo.peer(&c.source).cloned();
-                            let key = c.key;
-                            async move {
-                                let Some(peer) = peer else {
-                                    return (key, Err(TransportError::Rejected("unknown".into())));
-                                };
-                                let got = tokio::time::timeout(timeout, reader.get(&peer, key))
-                                    .await
-                                    .unwrap_or(Err(TransportError::Timeout));
-                                (key, got)
-                            }
-                            .boxed()
-                        })
-                        .collect();
+                let calls: Vec<BoxFuture<'_, Fetched>> = chunk
+                    .iter()
+                    .map(|c| {
+                        let reader = Arc::clone(&reader);
+                        let peer = topo.peer(&c.source).cloned();
+                        let key = c.key;
+                        async move {
+                            let Some(peer) = peer else {
+                                return (key, Err(TransportError::Rejected("unknown".into())));
+                            };
+                            let got = tokio::time::timeout(timeout, reader.get(&peer, key))
+                                .await
+                                .unwrap_or(Err(TransportError::Timeout));
+                            (key, got)
+                        }
+                        .boxed()
+                    })
+                    .collect();
                 let fetched = futures::stream::iter(calls)
                     .buffer_unordered(16)
                     .collect::<Vec<_>>()

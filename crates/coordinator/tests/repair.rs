@@ -149,7 +149,7 @@ fn topology(local: &str, others: &[&str]) -> alldata_coordinator::topology::Topo
 }
 
 fn set(ids: &[&str]) -> BTreeSet<NodeId> {
-    ids.iter().map(|i| NodeId::new(i)).collect()
+    ids.iter().map(NodeId::new).collect()
 }
 
 #[test]
@@ -337,7 +337,8 @@ async fn a_wiped_decider_gets_back_the_keys_it_decided() {
 fn a_round_can_run_on_a_spawned_task() {
     fn assert_send<T: Send>(_: &T) {}
     let c = Cluster::new(2, 2, 1);
-    let round = c.nodes[0].repair_round(&round_opts(), 0);
+    let opts = round_opts();
+    let round = c.nodes[0].repair_round(&opts, 0);
     assert_send(&round);
 }
 

@@ -372,14 +372,13 @@ impl Node {
         let _ = stop.send(true);
         // A round in flight is cut off (it holds the coordinator and so the
         // storage); its copies so far stay, the rest waits for the next start.
-        if let Some(mut r) = repair {
-            if tokio::time::timeout(Duration::from_millis(200), &mut r)
+        if let Some(mut r) = repair
+            && tokio::time::timeout(Duration::from_millis(200), &mut r)
                 .await
                 .is_err()
-            {
-                r.abort();
-                let _ = r.await;
-            }
+        {
+            r.abort();
+            let _ = r.await;
         }
         // Requests in flight finish, within the same deadline as the drain.
         let until = tokio::time::Instant::now() + drain_for;
