@@ -125,3 +125,120 @@ async fn a_node_restarted_with_a_wiped_disk_gets_back_every_event_it_held() {
     assert_exact_bytes(&c, &acked, &[0]).await;
     assert_eq!(c.local_keys(0).await.len(), acked.len(), "nothing extra");
 }
+
+/// Posts `n` events at `level` to node `i` in NDJSON batches of 1000; the keys.
+async fn post_batches(c: &Cluster, i: usize, n: usize, level: &str) -> Vec<String> {
+    let mut keys = Vec::with_capacity(n);
+    let mut left = n;
+    while left > 0 {
+        let take = left.min(1000);
+        let body: String = (0..take)
+            .map(|j| {
+                format!(
+                    "{{\"bench\":{},\"pad\":\"{}\"}}\n",
+                    n - left + j,
+                    "y".repeat(64)
+                )
+            })
+            .collect();
+        let r = c
+            .client
+            .post(c.url(i, &format!("/events/batch?commit={level}")))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        for line in r.text().await.unwrap().lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            keys.push(v["key"].as_str().expect("acknowledged").to_owned());
+        }
+        left -= take;
+    }
+    keys
+}
+
+/// Measurements for `docs/BENCHMARKS.md` (not a timed assertion):
+/// `REPAIR_BENCH_EVENTS=20000 cargo test -p alldata-cli --test repair -- --ignored --nocapture`.
+/// Prints the repair protocol bytes per round with the cluster in sync, and
+/// how long a backlog of under-replicated events takes to converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn measure_repair_bytes_in_sync_and_backlog_convergence() {
+    let n: usize = std::env::var("REPAIR_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let rate = std::env::var("REPAIR_BENCH_RATE").unwrap_or_else(|_| "5000".into());
+    let flags = [
+        "--repair-interval-ms",
+        "1000",
+        "--repair-settle-ms",
+        "500",
+        "--repair-max-events-per-sec",
+        rate.as_str(),
+    ];
+    let mut c = Cluster::start_with(3, 3, &flags).await;
+    // In sync: every event on all three nodes.
+    post_batches(&c, 0, 3000, "all").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let read = |c: &Cluster| {
+        let c = &*c;
+        async move {
+            (
+                metric(c, 0, "alldata_repair_protocol_bytes_total").await,
+                metric(c, 0, "alldata_repair_protocol_requests_total").await,
+                metric(c, 0, "alldata_repair_rounds_total").await,
+                metric(c, 0, "alldata_repair_mismatches_total").await,
+            )
+        }
+    };
+    let (b0, q0, r0, m0) = read(&c).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (b1, q1, r1, m1) = read(&c).await;
+    let rounds = (r1 - r0).max(1);
+    eprintln!(
+        "in sync: node n1 ran {rounds} rounds, {} requests, {} bytes (URLs + bodies): {} bytes/round, {} mismatches",
+        q1 - q0,
+        b1 - b0,
+        (b1 - b0) / rounds,
+        m1 - m0
+    );
+
+    // Backlog: n events acknowledged at QUORUM while node 3 is down.
+    c.kill(2);
+    let started = Instant::now();
+    let mut keys = post_batches(&c, 0, n / 2, "quorum").await;
+    keys.extend(post_batches(&c, 1, n - n / 2, "quorum").await);
+    eprintln!(
+        "posted {n} events at QUORUM with n3 down in {:?}",
+        started.elapsed()
+    );
+    c.spawn(2);
+    c.wait_healthy(2).await;
+    let restarted = Instant::now();
+    loop {
+        let have = c.local_keys(2).await.len();
+        if have >= n + 3000 {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(600),
+            "{have} after 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let took = restarted.elapsed();
+    let repaired: u64 = {
+        let mut sum = 0;
+        for i in 0..3 {
+            sum += metric(&c, i, "alldata_repair_events_total").await;
+        }
+        sum
+    };
+    eprintln!(
+        "backlog: {n} under-replicated events on n3 again {took:?} after its restart ({:.0} events/s, {repaired} copies by repair, rate limit {rate}/s per node)",
+        n as f64 / took.as_secs_f64()
+    );
+}
