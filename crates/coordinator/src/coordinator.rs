@@ -36,6 +36,8 @@ pub(crate) struct Inner {
     pub(crate) local_health: LocalHealth,
     /// Puts whose writes have not all finished yet.
     pub(crate) running: watch::Sender<usize>,
+    /// What the repair rounds did.
+    pub(crate) repair: crate::repair::RepairStats,
 }
 
 /// Places replicas, drives replica writes and answers at the commit level.
@@ -90,6 +92,7 @@ impl Coordinator {
                 scores,
                 local_health: LocalHealth::default(),
                 running: watch::Sender::new(0),
+                repair: crate::repair::RepairStats::default(),
             }),
         })
     }
@@ -164,6 +167,12 @@ impl Coordinator {
     /// the peers they already chose.
     pub fn drop_peer(&self, id: &NodeId) -> bool {
         self.update_topology(|t| t.drop_peer(id))
+    }
+
+    /// The counters of this node's repair rounds
+    /// ([`Coordinator::repair_round`] records each).
+    pub fn repair_stats(&self) -> &crate::repair::RepairStats {
+        &self.inner.repair
     }
 
     /// Counters since the coordinator was made.

@@ -332,7 +332,7 @@ pub struct RepairStats {
 }
 
 impl RepairStats {
-    /// Adds a round's report; `now_ms` is when it ended.
+    /// Adds a round's report; `now_ms` is the time the round was run for.
     pub fn record(&self, report: &RoundReport, now_ms: u64) {
         self.rounds.fetch_add(1, Ordering::Relaxed);
         self.repaired.fetch_add(report.repaired, Ordering::Relaxed);
@@ -383,7 +383,7 @@ impl RepairStats {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// When the last complete round ended (Unix ms); `None` before the first.
+    /// The `now_ms` of the last complete round (Unix ms); `None` before the first.
     pub fn last_complete_ms(&self) -> Option<u64> {
         match self.last_complete_ms.load(Ordering::Relaxed) {
             0 => None,
@@ -416,6 +416,8 @@ impl Coordinator {
     /// Runs one anti-entropy round as the decider of this node's keys (see
     /// the [module docs](crate::repair)), over the keys with timestamps in
     /// `now_ms - settle - lookback ..= now_ms - settle`.
+    ///
+    /// The report is also added to [`Coordinator::repair_stats`].
     ///
     /// Needs a peer reader ([`Coordinator::set_peer_reader`]) for the
     /// members' digests and key lists; every call to a member has the
@@ -536,6 +538,7 @@ impl Coordinator {
                 .await;
         }
         report.complete = !exhausted && report.unreachable.is_empty() && report.failures == 0;
+        self.repair_stats().record(&report, now_ms);
         report
     }
 

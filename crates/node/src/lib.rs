@@ -121,7 +121,6 @@ pub struct Node {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<std::io::Result<()>>>,
     repair: Option<JoinHandle<()>>,
-    repair_stats: Arc<RepairStats>,
 }
 
 impl fmt::Debug for Node {
@@ -242,7 +241,6 @@ impl Node {
             let coordinator = coordinator.clone();
             Arc::new(move || coordinator.topology())
         });
-        let repair_stats = Arc::new(RepairStats::default());
         let api_config = ApiConfig::default()
             .with_max_event_bytes(config.max_event_bytes)
             .with_durability(wire_durability.as_str())
@@ -263,10 +261,7 @@ impl Node {
                 length: config.interval,
             })
             .with_counters(peer_counters(peer_state.clone(), transport.clone()))
-            .with_counters(repair_counters(
-                Arc::clone(&repair_stats),
-                transport.clone(),
-            ));
+            .with_counters(repair_counters(coordinator.clone(), transport.clone()));
         let tail_feed = feed;
         let api_state = ApiState::new(coordinator.clone(), api_config);
 
@@ -287,11 +282,19 @@ impl Node {
             )),
         ];
         let repair = (!config.repair_interval.is_zero()).then(|| {
+            let store = Arc::downgrade(&storage);
+            // Writes older than the storage's acceptance window are refused,
+            // so a round never looks back past it.
+            let oldest = move |now_ms| {
+                store
+                    .upgrade()
+                    .map(|s| s.accept_window().oldest_ms(s.interval_length(), now_ms))
+            };
             tokio::spawn(repair_loop(
                 coordinator.clone(),
                 config.repair.clone(),
+                oldest,
                 config.repair_interval,
-                Arc::clone(&repair_stats),
                 stop.subscribe(),
             ))
         });
@@ -307,13 +310,7 @@ impl Node {
             stop,
             servers,
             repair,
-            repair_stats,
         })
-    }
-
-    /// The counters of this node's repair rounds.
-    pub fn repair_stats(&self) -> &RepairStats {
-        &self.repair_stats
     }
 
     /// The node id.
@@ -522,8 +519,8 @@ fn now_ms() -> u64 {
 async fn repair_loop(
     coordinator: Coordinator,
     options: RepairOptions,
+    oldest_accepted: impl Fn(u64) -> Option<u64> + Send + 'static,
     interval: Duration,
-    stats: Arc<RepairStats>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -531,9 +528,16 @@ async fn repair_loop(
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(interval) => {}
         }
+        let now = now_ms();
+        let mut round = options.clone();
+        if let Some(oldest) = oldest_accepted(now) {
+            let settle = round.settle.as_millis() as u64;
+            let window = now.saturating_sub(settle).saturating_sub(oldest);
+            round.lookback = round.lookback.min(Duration::from_millis(window));
+        }
         let report = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            report = coordinator.repair_round(&options, now_ms()) => report,
+            report = coordinator.repair_round(&round, now) => report,
         };
         if report.repaired > 0 || report.conflicts > 0 || report.mismatches > 0 {
             tracing::info!(
@@ -546,16 +550,16 @@ async fn repair_loop(
                 "repair round"
             );
         }
-        stats.record(&report, now_ms());
     }
 }
 
 /// The repair rounds' counters, for `GET /metrics`.
 fn repair_counters(
-    stats: Arc<RepairStats>,
+    coordinator: Coordinator,
     client: HttpTransport,
 ) -> impl Fn() -> Vec<Counter> + Send + Sync + 'static {
     move || {
+        let stats = coordinator.repair_stats();
         vec![
             Counter {
                 name: "alldata_repair_rounds_total",
