@@ -485,12 +485,17 @@ impl Coordinator {
             }
         }
         report.buckets = sums.len();
+        // With fewer reachable members than RF, "every reachable member holds
+        // every key" is in sync too: there is nowhere else to copy to (a
+        // member that is down would otherwise make every bucket fetch key
+        // lists every round, for nothing).
+        let expected = rf.min(reachable.len());
         let mismatched: Vec<u64> = sums
             .iter()
             .filter(|(_, (own, others))| {
                 let mut total = *others;
                 total.merge(*own);
-                !in_sync(rf, *own, [total])
+                !in_sync(expected, *own, [total])
             })
             .map(|(start, _)| *start)
             .collect();

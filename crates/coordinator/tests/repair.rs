@@ -303,6 +303,34 @@ async fn a_round_restores_writes_made_while_a_node_was_down_and_then_finds_nothi
 }
 
 #[tokio::test]
+async fn with_a_member_down_and_nowhere_to_copy_a_round_fetches_no_key_lists() {
+    let c = Cluster::new(3, 3, seed());
+    c.net.set_down("n2", true);
+    for i in 0..20 {
+        c.nodes[0]
+            .append_with(
+                Bytes::from(format!("{{\"d\":{i}}}")),
+                PutOptions::level(CommitLevel::Quorum),
+            )
+            .await
+            .expect("quorum");
+    }
+    c.drain().await;
+    let r = c.nodes[0]
+        .repair_round(&round_opts(), now_ms() + 1000)
+        .await;
+    assert_eq!(r.unreachable, vec![NodeId::new("n2")]);
+    assert_eq!((r.mismatches, r.repaired), (0, 0), "{r:?}");
+    assert!(!r.complete, "a member did not answer");
+    // With n2 back, the same round finds and repairs them.
+    c.net.set_down("n2", false);
+    let r = c.nodes[0]
+        .repair_round(&round_opts(), now_ms() + 1000)
+        .await;
+    assert_eq!((r.mismatches, r.repaired), (1, 20), "{r:?}");
+}
+
+#[tokio::test]
 async fn a_wiped_decider_gets_back_the_keys_it_decided() {
     let mut c = Cluster::new(3, 3, seed());
     let mut acked = BTreeMap::new();
