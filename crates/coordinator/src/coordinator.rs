@@ -38,6 +38,8 @@ pub(crate) struct Inner {
     pub(crate) running: watch::Sender<usize>,
     /// What the repair rounds did.
     pub(crate) repair: crate::repair::RepairStats,
+    /// Bounds the read repairs in flight.
+    pub(crate) read_repairs: Arc<tokio::sync::Semaphore>,
 }
 
 /// Places replicas, drives replica writes and answers at the commit level.
@@ -93,6 +95,7 @@ impl Coordinator {
                 local_health: LocalHealth::default(),
                 running: watch::Sender::new(0),
                 repair: crate::repair::RepairStats::default(),
+                read_repairs: Arc::new(tokio::sync::Semaphore::new(crate::read::MAX_READ_REPAIRS)),
             }),
         })
     }
@@ -228,6 +231,11 @@ impl Coordinator {
     /// The peer health scores (fed by the driver).
     pub(crate) fn scores(&self) -> &PeerScores {
         &self.inner.scores
+    }
+
+    /// The permits of read repairs (see `read.rs`).
+    pub(crate) fn read_repair_permits(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.read_repairs
     }
 
     /// The permits of peer reads (see `read.rs`).

@@ -329,6 +329,7 @@ pub struct RepairStats {
     conflicts: AtomicU64,
     failures: AtomicU64,
     last_complete_ms: AtomicU64,
+    read_repaired: AtomicU64,
 }
 
 impl RepairStats {
@@ -346,6 +347,22 @@ impl RepairStats {
             self.complete_rounds.fetch_add(1, Ordering::Relaxed);
             self.last_complete_ms.store(now_ms, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a copy made by read repair.
+    pub(crate) fn read_repaired(&self) {
+        self.read_repaired.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a copy refused because the target holds other bytes.
+    pub(crate) fn conflict(&self) {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Copies to a decider that lacked the event, made by reads
+    /// ([`Coordinator::get`]).
+    pub fn read_repairs(&self) -> u64 {
+        self.read_repaired.load(Ordering::Relaxed)
     }
 
     /// Rounds run.

@@ -513,3 +513,57 @@ async fn after_churn_and_repair_every_acknowledged_event_has_rf_exact_copies() {
     }
     assert_eq!(lost, 0, "acknowledged events lost entirely (seed {seed})");
 }
+
+#[tokio::test]
+async fn a_read_that_finds_the_decider_without_the_event_copies_it_back() {
+    let mut c = Cluster::new(3, 3, seed());
+    c.net.set_down("n2", true);
+    let ack = c.nodes[0]
+        .append_with(
+            Bytes::from_static(b"{\"read\":1}"),
+            PutOptions::level(CommitLevel::Quorum),
+        )
+        .await
+        .expect("quorum");
+    c.drain().await;
+    c.net.set_down("n2", false);
+    c.wipe(0);
+    // n2 lacks it (down at the write), asks n0 (its decider, wiped: "not
+    // here") and n1 (has it): the read copies it back to n0.
+    let got = c.nodes[2].get(ack.key).await;
+    assert_eq!(got.event().map(|b| &b[..]), Some(&b"{\"read\":1}"[..]));
+    for _ in 0..100 {
+        if c.net.storage("n0").contains(&ack.key) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        c.net.storage("n0").contains(&ack.key),
+        "copied to the decider"
+    );
+    assert_eq!(c.nodes[2].repair_stats().read_repairs(), 1);
+    // A read on the wiped decider itself stores it there too (here: already).
+    let by_n1 = c.nodes[1]
+        .append_with(
+            Bytes::from_static(b"{\"read\":2}"),
+            PutOptions::level(CommitLevel::All),
+        )
+        .await
+        .expect("all");
+    c.drain().await;
+    c.wipe(1);
+    let got = c.nodes[1].get(by_n1.key).await;
+    assert!(got.event().is_some());
+    for _ in 0..100 {
+        if c.net.storage("n1").contains(&by_n1.key) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        c.net.storage("n1").contains(&by_n1.key),
+        "copied back locally"
+    );
+    assert_eq!(c.nodes[1].repair_stats().read_repairs(), 1);
+}

@@ -577,6 +577,11 @@ fn repair_counters(
                 value: stats.repaired(),
             },
             Counter {
+                name: "alldata_repair_read_repairs_total",
+                help: "Copies to a decider that lacked an event, made by reads that found it elsewhere.",
+                value: stats.read_repairs(),
+            },
+            Counter {
                 name: "alldata_repair_bytes_total",
                 help: "Event bytes copied by repair.",
                 value: stats.bytes(),
