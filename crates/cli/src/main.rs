@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use alldata_coordinator::{CommitLevel, Location, Options};
-use alldata_node::{Node, NodeConfig, PeerSpec, parse_commit_level};
+use alldata_node::{Node, NodeConfig, PeerSpec, RepairOptions, parse_commit_level};
 use alldata_storage_leveldb::{Durability, IntervalLength};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -145,6 +145,34 @@ struct NodeArgs {
     /// before it is sent `event: lagged` and disconnected, in milliseconds.
     #[arg(long, env = "ALLDATA_TAIL_STALL_TIMEOUT_MS", default_value_t = 10_000)]
     tail_stall_timeout_ms: u64,
+    /// Milliseconds between anti-entropy repair rounds (counted from the end
+    /// of one to the start of the next); 0 disables repair.
+    #[arg(long, env = "ALLDATA_REPAIR_INTERVAL_MS", default_value_t = 30_000)]
+    repair_interval_ms: u64,
+    /// Length of a repair time bucket, in seconds: a round exchanges one
+    /// digest per bucket and member.
+    #[arg(long, env = "ALLDATA_REPAIR_BUCKET_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    repair_bucket_secs: u64,
+    /// How far back a repair round looks, in seconds.
+    #[arg(long, env = "ALLDATA_REPAIR_LOOKBACK_SECS", default_value_t = 7_200,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    repair_lookback_secs: u64,
+    /// The newest milliseconds a repair round leaves alone (writes still in
+    /// flight there would look under-replicated).
+    #[arg(long, env = "ALLDATA_REPAIR_SETTLE_MS", default_value_t = 5_000)]
+    repair_settle_ms: u64,
+    /// Most events repair copies per second (0: no limit).
+    #[arg(
+        long,
+        env = "ALLDATA_REPAIR_MAX_EVENTS_PER_SEC",
+        default_value_t = 5_000
+    )]
+    repair_max_events_per_sec: u64,
+    /// Most events one repair round copies; the rest waits for the next round.
+    #[arg(long, env = "ALLDATA_REPAIR_MAX_EVENTS_PER_ROUND", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    repair_max_events_per_round: u64,
 }
 
 impl NodeArgs {
@@ -195,6 +223,16 @@ impl NodeArgs {
         config.max_tail_subscribers = self.max_tail_subscribers;
         config.max_exports = self.max_exports;
         config.tail_stall_timeout = Duration::from_millis(self.tail_stall_timeout_ms);
+        config.repair_interval = Duration::from_millis(self.repair_interval_ms);
+        config.repair = RepairOptions {
+            bucket: Duration::from_secs(self.repair_bucket_secs),
+            lookback: Duration::from_secs(self.repair_lookback_secs),
+            settle: Duration::from_millis(self.repair_settle_ms),
+            max_events_per_sec: self.repair_max_events_per_sec,
+            max_events_per_round: usize::try_from(self.repair_max_events_per_round)
+                .unwrap_or(usize::MAX),
+            ..RepairOptions::default()
+        };
         config.tail_buffer_events = usize::try_from(self.tail_buffer_events).unwrap_or(usize::MAX);
         anyhow::ensure!(
             self.max_connections > 0,

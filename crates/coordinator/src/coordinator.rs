@@ -36,6 +36,10 @@ pub(crate) struct Inner {
     pub(crate) local_health: LocalHealth,
     /// Puts whose writes have not all finished yet.
     pub(crate) running: watch::Sender<usize>,
+    /// What the repair rounds did.
+    pub(crate) repair: crate::repair::RepairStats,
+    /// Bounds the read repairs in flight.
+    pub(crate) read_repairs: Arc<tokio::sync::Semaphore>,
 }
 
 /// Places replicas, drives replica writes and answers at the commit level.
@@ -90,6 +94,8 @@ impl Coordinator {
                 scores,
                 local_health: LocalHealth::default(),
                 running: watch::Sender::new(0),
+                repair: crate::repair::RepairStats::default(),
+                read_repairs: Arc::new(tokio::sync::Semaphore::new(crate::read::MAX_READ_REPAIRS)),
             }),
         })
     }
@@ -166,6 +172,12 @@ impl Coordinator {
         self.update_topology(|t| t.drop_peer(id))
     }
 
+    /// The counters of this node's repair rounds
+    /// ([`Coordinator::repair_round`] records each).
+    pub fn repair_stats(&self) -> &crate::repair::RepairStats {
+        &self.inner.repair
+    }
+
     /// Counters since the coordinator was made.
     pub fn stats(&self) -> Stats {
         self.inner.stats.snapshot()
@@ -219,6 +231,11 @@ impl Coordinator {
     /// The peer health scores (fed by the driver).
     pub(crate) fn scores(&self) -> &PeerScores {
         &self.inner.scores
+    }
+
+    /// The permits of read repairs (see `read.rs`).
+    pub(crate) fn read_repair_permits(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.read_repairs
     }
 
     /// The permits of peer reads (see `read.rs`).

@@ -63,6 +63,7 @@
 //! - `read`: [`Coordinator::get`], local storage first, then the peers.
 //! - `storage`, `transport`: the [`Storage`], [`PeerTransport`] and
 //!   [`PeerReader`] traits, [`MemStorage`].
+//! - [`repair`]: anti-entropy repair rounds ([`Coordinator::repair_round`]).
 //! - `sim` (feature `test-util`): `sim::SimNetwork`, an in-memory multi-node
 //!   transport with fault injection.
 
@@ -77,6 +78,7 @@ mod outcome;
 pub mod placement;
 mod put;
 mod read;
+pub mod repair;
 mod slot;
 mod storage;
 mod tail;

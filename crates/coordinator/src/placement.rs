@@ -54,6 +54,12 @@ impl Chosen {
         self.used.is_empty()
     }
 
+    /// Marks `id` used without counting it in a zone or region (the local
+    /// node, or a node that must not be chosen).
+    pub(crate) fn mark(&mut self, id: NodeId) {
+        self.used.insert(id);
+    }
+
     pub(crate) fn record(&mut self, peer: &Peer) {
         self.used.insert(peer.id.clone());
         *self

@@ -5,10 +5,17 @@ use std::sync::Arc;
 use alldata_keygen::EventKey;
 use futures::StreamExt;
 
+use bytes::Bytes;
+
 use crate::coordinator::Coordinator;
-use crate::error::TransportError;
+use crate::error::{ReplicaError, ReplicaErrorKind, TransportError};
 use crate::outcome::{ReadFailure, ReadOutcome, ReadSource};
+use crate::storage::PutStatus;
+use crate::topology::{NodeId, Topology};
 use crate::transport::PeerReader;
+
+/// Read repairs in flight at most, per node.
+pub(crate) const MAX_READ_REPAIRS: usize = 64;
 
 /// Peers one read asks at once.
 const PEER_READS_PER_GET: usize = 8;
@@ -46,6 +53,12 @@ impl Coordinator {
     /// said "not found"; when some could not answer,
     /// [`ReadOutcome::Unavailable`] says who and why. Without a peer reader
     /// only the local storage is read.
+    ///
+    /// Read repair: when the event came from a peer and the key's decider
+    /// (which holds every acknowledged event) turned out to lack it (this
+    /// node said "not here", or the decider peer did), a copy to the decider
+    /// is scheduled in the background, at most 64 at once (more are left to
+    /// the repair rounds).
     pub async fn get(&self, key: EventKey) -> ReadOutcome {
         let local = match self.storage().get(key).await {
             Ok(Some(event)) => {
@@ -95,6 +108,7 @@ impl Coordinator {
             while let Some((node, result)) = reads.next().await {
                 match result {
                     Ok(Some(event)) => {
+                        self.read_repair(&topology, key, &event, local.is_none(), &missing_on);
                         return ReadOutcome::Found {
                             event,
                             source: ReadSource::Peer(node),
@@ -119,5 +133,69 @@ impl Coordinator {
                 failures,
             }
         }
+    }
+}
+
+impl Coordinator {
+    /// Schedules a copy of `event` to the decider of `key` when it lacks it:
+    /// this node (`missing_here`) or a peer in `missing_on`. Write-once: a
+    /// decider holding other bytes refuses it (logged and counted).
+    fn read_repair(
+        &self,
+        topology: &Topology,
+        key: EventKey,
+        event: &Bytes,
+        missing_here: bool,
+        missing_on: &[NodeId],
+    ) {
+        let Some(decider) = topology.decider(&key) else {
+            return;
+        };
+        let target = if decider == *topology.local() {
+            if !missing_here {
+                return;
+            }
+            None
+        } else if missing_on.contains(&decider) {
+            match topology.peer(&decider) {
+                Some(peer) => Some(peer.clone()),
+                None => return,
+            }
+        } else {
+            return;
+        };
+        let Ok(permit) = Arc::clone(self.read_repair_permits()).try_acquire_owned() else {
+            return;
+        };
+        let me = self.clone();
+        let event = event.clone();
+        let to = target
+            .as_ref()
+            .map_or_else(|| topology.local().clone(), |p| p.id.clone());
+        let deadline = self.options().deadline;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = match &target {
+                None => tokio::time::timeout(deadline, me.storage().put(key, event))
+                    .await
+                    .map(|r| r.map_err(ReplicaError::from)),
+                Some(peer) => tokio::time::timeout(deadline, me.transport().put(peer, key, event))
+                    .await
+                    .map(|r| r.map_err(ReplicaError::from)),
+            };
+            match result {
+                Ok(Ok(PutStatus::Stored)) => {
+                    tracing::info!(%key, %to, "read repair: copied to the decider");
+                    me.repair_stats().read_repaired();
+                }
+                Ok(Ok(PutStatus::AlreadyPresent)) => {}
+                Ok(Err(e)) if e.kind() == ReplicaErrorKind::Conflict => {
+                    tracing::warn!(%key, %to, "read repair: the decider holds other bytes; kept");
+                    me.repair_stats().conflict();
+                }
+                Ok(Err(error)) => tracing::debug!(%key, %to, %error, "read repair failed"),
+                Err(_) => tracing::debug!(%key, %to, "read repair timed out"),
+            }
+        });
     }
 }

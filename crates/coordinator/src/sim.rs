@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::{StorageError, TransportError};
-use crate::storage::{MemStorage, PutStatus};
-use crate::topology::{NodeId, Peer};
+use crate::repair::BucketDigest;
+use crate::storage::{MemStorage, PutStatus, ScanRange};
+use crate::topology::{Locality, Location, NodeId, Peer, Topology};
 use crate::transport::{PeerProfile, PeerReader, PeerTransport};
 
 /// A fault injected on calls to one node.
@@ -149,6 +150,17 @@ impl SimNetwork {
             .unwrap_or(0)
     }
 
+    /// Wipes `node`'s storage (a replaced disk): a new, empty store takes
+    /// its place; returns it.
+    pub fn wipe(&self, node: &str) -> Arc<MemStorage> {
+        let mut st = self.lock();
+        let storage = Arc::new(MemStorage::new());
+        if let Some(n) = st.nodes.get_mut(&NodeId::new(node)) {
+            n.storage = Arc::clone(&storage);
+        }
+        storage
+    }
+
     /// Nodes whose storage holds `key`.
     pub fn holders(&self, key: &EventKey) -> Vec<NodeId> {
         self.lock()
@@ -256,5 +268,52 @@ impl PeerReader for SimTransport {
         self.get(peer, EventKey::min_for_ms(0))
             .await
             .map(|_| PeerProfile::default())
+    }
+
+    async fn digests(
+        &self,
+        peer: &Peer,
+        range: ScanRange,
+        decider: &NodeId,
+        bucket_ms: u64,
+    ) -> Result<Vec<BucketDigest>, TransportError> {
+        let (storage, topology) = self.reach_for_repair(peer)?;
+        crate::repair::bucket_digests(storage.as_ref(), &topology, decider, range, bucket_ms)
+            .await
+            .map_err(|e| TransportError::Rejected(e.to_string()))
+    }
+
+    async fn decided_keys(
+        &self,
+        peer: &Peer,
+        range: ScanRange,
+        decider: &NodeId,
+        limit: usize,
+    ) -> Result<Vec<EventKey>, TransportError> {
+        let (storage, topology) = self.reach_for_repair(peer)?;
+        crate::repair::decided_keys(storage.as_ref(), &topology, decider, range, limit)
+            .await
+            .map_err(|e| TransportError::Rejected(e.to_string()))
+    }
+}
+
+impl SimTransport {
+    /// The storage of `peer` and its view of the members (every node of the
+    /// network), for the repair calls; faults other than none fail them.
+    fn reach_for_repair(&self, peer: &Peer) -> Result<(Arc<MemStorage>, Topology), TransportError> {
+        let st = self.net.lock();
+        let (storage, fault) = self.reach(&st, peer)?;
+        if fault.is_some() {
+            return Err(TransportError::Rejected("injected fault".into()));
+        }
+        let mut topology = Topology::new(peer.id.clone(), Location::default());
+        for id in st.nodes.keys().filter(|id| **id != peer.id) {
+            let _ = topology.add_peer(Peer {
+                id: id.clone(),
+                address: id.to_string(),
+                locality: Locality::LocalZone,
+            });
+        }
+        Ok((storage, topology))
     }
 }

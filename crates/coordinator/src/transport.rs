@@ -7,7 +7,9 @@ use futures::stream::BoxStream;
 
 use crate::error::TransportError;
 use crate::feed::TailStream;
+use crate::repair::BucketDigest;
 use crate::storage::{PutStatus, ScanRange};
+use crate::topology::NodeId;
 
 /// One peer's events in key order, as [`PeerReader::scan`] streams them. The
 /// stream ends after its last `Ok` item only when the peer's scan was
@@ -108,6 +110,39 @@ pub trait PeerReader: Send + Sync + 'static {
         let _ = range;
         Err(TransportError::Rejected(format!(
             "this peer reader cannot scan {}",
+            peer.id
+        )))
+    }
+    /// The per-bucket [`crate::repair::Digest`]s of the keys in `range` that
+    /// `peer` stores and `decider` decides (see [`crate::repair`]), buckets of
+    /// `bucket_ms`, empty ones left out. Implementations give the call a
+    /// deadline. The default cannot and says so.
+    async fn digests(
+        &self,
+        peer: &Peer,
+        range: ScanRange,
+        decider: &NodeId,
+        bucket_ms: u64,
+    ) -> Result<Vec<BucketDigest>, TransportError> {
+        let _ = (range, decider, bucket_ms);
+        Err(TransportError::Rejected(format!(
+            "this peer reader cannot ask {} for digests",
+            peer.id
+        )))
+    }
+
+    /// The keys in `range` that `peer` stores and `decider` decides, in key
+    /// order, at most `limit`. The default cannot and says so.
+    async fn decided_keys(
+        &self,
+        peer: &Peer,
+        range: ScanRange,
+        decider: &NodeId,
+        limit: usize,
+    ) -> Result<Vec<EventKey>, TransportError> {
+        let _ = (range, decider, limit);
+        Err(TransportError::Rejected(format!(
+            "this peer reader cannot ask {} for keys",
             peer.id
         )))
     }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use alldata_coordinator::repair::RepairOptions;
 use alldata_coordinator::{CommitLevel, Location, Options};
 use alldata_server_http::{ApiConfig, Limits};
 use alldata_storage_leveldb::{Durability, IntervalLength};
@@ -179,6 +180,11 @@ pub struct NodeConfig {
     /// How long a tail subscriber may leave its buffer full before it is
     /// sent `lagged`. Default 10 s.
     pub tail_stall_timeout: Duration,
+    /// How often an anti-entropy repair round starts (after the previous one
+    /// ends); zero disables repair. Default 30 s.
+    pub repair_interval: std::time::Duration,
+    /// What a repair round covers and how fast it copies.
+    pub repair: RepairOptions,
 }
 
 /// The node's default LevelDB memtable size (64 MiB).
@@ -214,6 +220,8 @@ impl NodeConfig {
             tail_buffer_events: 1024,
             max_exports: 8,
             tail_stall_timeout: Duration::from_secs(10),
+            repair_interval: std::time::Duration::from_secs(30),
+            repair: RepairOptions::default(),
         }
     }
 }

@@ -43,6 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use alldata_coordinator::repair::{RepairOptions, RepairStats};
 pub use alldata_server_http::Limits;
 pub use config::{DEFAULT_WRITE_BUFFER_BYTES, NodeConfig, PeerSpec, parse_commit_level};
 
@@ -129,6 +130,7 @@ pub struct Node {
     closed: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<IntervalClosed>>>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<std::io::Result<()>>>,
+    repair: Option<JoinHandle<()>>,
 }
 
 impl fmt::Debug for Node {
@@ -250,7 +252,11 @@ impl Node {
                 .with_durability(wire_durability)
                 .with_max_event_bytes(config.max_event_bytes),
         )
-        .with_feed(feed.clone());
+        .with_feed(feed.clone())
+        .with_topology({
+            let coordinator = coordinator.clone();
+            Arc::new(move || coordinator.topology())
+        });
         let api_config = ApiConfig::default()
             .with_max_event_bytes(config.max_event_bytes)
             .with_durability(wire_durability.as_str())
@@ -271,7 +277,8 @@ impl Node {
                 storage: Arc::downgrade(&storage),
                 length: config.interval,
             })
-            .with_counters(peer_counters(peer_state.clone(), transport.clone()));
+            .with_counters(peer_counters(peer_state.clone(), transport.clone()))
+            .with_counters(repair_counters(coordinator.clone(), transport.clone()));
         let tail_feed = feed;
         let api_state = ApiState::new(coordinator.clone(), api_config);
 
@@ -291,6 +298,23 @@ impl Node {
                 signal(stopped),
             )),
         ];
+        let repair = (!config.repair_interval.is_zero()).then(|| {
+            let store = Arc::downgrade(&storage);
+            // Writes older than the storage's acceptance window are refused,
+            // so a round never looks back past it.
+            let oldest = move |now_ms| {
+                store
+                    .upgrade()
+                    .map(|s| s.accept_window().oldest_ms(s.interval_length(), now_ms))
+            };
+            tokio::spawn(repair_loop(
+                coordinator.clone(),
+                config.repair.clone(),
+                oldest,
+                config.repair_interval,
+                stop.subscribe(),
+            ))
+        });
         tracing::info!(id = %config.id, %api_addr, %peer_addr, location = %config.location, peers = config.peers.len(), "node started");
         Ok(Self {
             id: config.id,
@@ -302,6 +326,7 @@ impl Node {
             closed: std::sync::Mutex::new(closed),
             stop,
             servers,
+            repair,
         })
     }
 
@@ -357,11 +382,22 @@ impl Node {
             closed,
             stop,
             servers,
+            repair,
             ..
         } = self;
         // Tails are endless responses: end them, or they hold the shutdown.
         feed.close();
         let _ = stop.send(true);
+        // A round in flight is cut off (it holds the coordinator and so the
+        // storage); its copies so far stay, the rest waits for the next start.
+        if let Some(mut r) = repair
+            && tokio::time::timeout(Duration::from_millis(200), &mut r)
+                .await
+                .is_err()
+        {
+            r.abort();
+            let _ = r.await;
+        }
         // Requests in flight finish, within the same deadline as the drain.
         let until = tokio::time::Instant::now() + drain_for;
         for mut s in servers {
@@ -490,6 +526,119 @@ fn peer_counters(
                 name: "alldata_peer_client_abandoned_total",
                 help: "Queued replica writes not sent because their deadline had passed.",
                 value: c.abandoned(),
+            },
+        ]
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs a repair round every `interval` (counted from the end of the
+/// previous one) until `stop` says so.
+async fn repair_loop(
+    coordinator: Coordinator,
+    options: RepairOptions,
+    oldest_accepted: impl Fn(u64) -> Option<u64> + Send + 'static,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let now = now_ms();
+        let mut round = options.clone();
+        if let Some(oldest) = oldest_accepted(now) {
+            let settle = round.settle.as_millis() as u64;
+            let window = now.saturating_sub(settle).saturating_sub(oldest);
+            round.lookback = round.lookback.min(Duration::from_millis(window));
+        }
+        let report = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            report = coordinator.repair_round(&round, now) => report,
+        };
+        if report.repaired > 0 || report.conflicts > 0 || report.mismatches > 0 {
+            tracing::info!(
+                buckets = report.buckets,
+                mismatches = report.mismatches,
+                repaired = report.repaired,
+                conflicts = report.conflicts,
+                failures = report.failures,
+                complete = report.complete,
+                "repair round"
+            );
+        }
+    }
+}
+
+/// The repair rounds' counters, for `GET /metrics`.
+fn repair_counters(
+    coordinator: Coordinator,
+    client: HttpTransport,
+) -> impl Fn() -> Vec<Counter> + Send + Sync + 'static {
+    move || {
+        let stats = coordinator.repair_stats();
+        vec![
+            Counter {
+                name: "alldata_repair_rounds_total",
+                help: "Anti-entropy repair rounds run.",
+                value: stats.rounds(),
+            },
+            Counter {
+                name: "alldata_repair_complete_rounds_total",
+                help: "Repair rounds that compared every bucket with every member and attempted every copy.",
+                value: stats.complete_rounds(),
+            },
+            Counter {
+                name: "alldata_repair_events_total",
+                help: "Missing copies stored by repair (on peers or on this node).",
+                value: stats.repaired(),
+            },
+            Counter {
+                name: "alldata_repair_read_repairs_total",
+                help: "Copies to a decider that lacked an event, made by reads that found it elsewhere.",
+                value: stats.read_repairs(),
+            },
+            Counter {
+                name: "alldata_repair_bytes_total",
+                help: "Event bytes copied by repair.",
+                value: stats.bytes(),
+            },
+            Counter {
+                name: "alldata_repair_mismatches_total",
+                help: "Time buckets whose digests disagreed.",
+                value: stats.mismatches(),
+            },
+            Counter {
+                name: "alldata_repair_conflicts_total",
+                help: "Repair copies refused because the target holds other bytes (never overwritten).",
+                value: stats.conflicts(),
+            },
+            Counter {
+                name: "alldata_repair_failures_total",
+                help: "Repair copies or key lists that failed (retried next round).",
+                value: stats.failures(),
+            },
+            Counter {
+                name: "alldata_repair_last_complete_round_timestamp_seconds",
+                help: "When the last complete repair round ended (Unix seconds; 0 before the first). Age: time() minus this.",
+                value: stats.last_complete_ms().map_or(0, |ms| ms / 1000),
+            },
+            Counter {
+                name: "alldata_repair_protocol_requests_total",
+                help: "Digest and key list requests this node sent.",
+                value: client.stats().repair_requests(),
+            },
+            Counter {
+                name: "alldata_repair_protocol_bytes_total",
+                help: "Bytes of those requests' URLs and answer bodies (HTTP headers not included).",
+                value: client.stats().repair_bytes(),
             },
         ]
     }

@@ -142,6 +142,8 @@ pub struct TransportStats {
     pub(crate) events: AtomicU64,
     pub(crate) abandoned: AtomicU64,
     pub(crate) over_budget: AtomicU64,
+    pub(crate) repair_requests: AtomicU64,
+    pub(crate) repair_bytes: AtomicU64,
 }
 
 impl TransportStats {
@@ -163,5 +165,16 @@ impl TransportStats {
     /// Writes refused because the peer's queued-bytes budget was full.
     pub fn over_budget(&self) -> u64 {
         self.over_budget.load(Ordering::Relaxed)
+    }
+
+    /// Repair requests sent (digests and key lists).
+    pub fn repair_requests(&self) -> u64 {
+        self.repair_requests.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the repair requests' URLs plus their answers' bodies (HTTP
+    /// headers not included).
+    pub fn repair_bytes(&self) -> u64 {
+        self.repair_bytes.load(Ordering::Relaxed)
     }
 }

@@ -65,9 +65,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alldata_coordinator::feed::{TailError, TailStream};
+use alldata_coordinator::repair::BucketDigest;
 use alldata_coordinator::{
-    EventKey, Peer, PeerEventStream, PeerProfile, PeerReader, PeerTransport, PutStatus, ScanRange,
-    TransportError,
+    EventKey, NodeId, Peer, PeerEventStream, PeerProfile, PeerReader, PeerTransport, PutStatus,
+    ScanRange, TransportError,
 };
 use alldata_peer_wire::{Durability, Profile, ScanDecoder, ScanItem};
 use async_trait::async_trait;
@@ -518,6 +519,68 @@ impl HttpTransport {
         Ok(Box::pin(futures::stream::unfold(state, ScanBody::step)))
     }
 
+    /// The per-bucket repair digests of `peer` (see
+    /// `alldata_coordinator::repair`), within the attempt deadline.
+    pub async fn digests(
+        &self,
+        peer: &Peer,
+        range: ScanRange,
+        decider: &NodeId,
+        bucket_ms: u64,
+    ) -> Result<Vec<BucketDigest>, TransportError> {
+        let url = format!(
+            "{}{}",
+            base_url(&peer.address),
+            alldata_peer_wire::digest_path(range, decider.as_str(), bucket_ms)
+        );
+        self.shared
+            .stats
+            .repair_requests
+            .fetch_add(1, Ordering::Relaxed);
+        match self.shared.get(&url).await? {
+            (StatusCode::OK, body) => {
+                self.shared
+                    .stats
+                    .repair_bytes
+                    .fetch_add((url.len() + body.len()) as u64, Ordering::Relaxed);
+                alldata_peer_wire::decode_digests(body)
+                    .map_err(|e| TransportError::Network(format!("malformed digests: {e}")))
+            }
+            (status, body) => Err(status_error(status, body)),
+        }
+    }
+
+    /// At most `limit` keys of `range` that `peer` stores and `decider`
+    /// decides, within the attempt deadline.
+    pub async fn decided_keys(
+        &self,
+        peer: &Peer,
+        range: ScanRange,
+        decider: &NodeId,
+        limit: usize,
+    ) -> Result<Vec<EventKey>, TransportError> {
+        let url = format!(
+            "{}{}",
+            base_url(&peer.address),
+            alldata_peer_wire::keys_path(range, decider.as_str(), limit)
+        );
+        self.shared
+            .stats
+            .repair_requests
+            .fetch_add(1, Ordering::Relaxed);
+        match self.shared.get(&url).await? {
+            (StatusCode::OK, body) => {
+                self.shared
+                    .stats
+                    .repair_bytes
+                    .fetch_add((url.len() + body.len()) as u64, Ordering::Relaxed);
+                alldata_peer_wire::decode_keys(body)
+                    .map_err(|e| TransportError::Network(format!("malformed key list: {e}")))
+            }
+            (status, body) => Err(status_error(status, body)),
+        }
+    }
+
     /// Probes `peer`'s endpoint: what it promises when it answers and accepts
     /// the secret.
     pub async fn health(&self, peer: &Peer) -> Result<Profile, TransportError> {
@@ -702,5 +765,25 @@ impl PeerReader for HttpTransport {
 
     async fn scan(&self, peer: &Peer, range: ScanRange) -> Result<PeerEventStream, TransportError> {
         HttpTransport::scan(self, peer, range).await
+    }
+
+    async fn digests(
+        &self,
+        peer: &Peer,
+        range: ScanRange,
+        decider: &NodeId,
+        bucket_ms: u64,
+    ) -> Result<Vec<BucketDigest>, TransportError> {
+        HttpTransport::digests(self, peer, range, decider, bucket_ms).await
+    }
+
+    async fn decided_keys(
+        &self,
+        peer: &Peer,
+        range: ScanRange,
+        decider: &NodeId,
+        limit: usize,
+    ) -> Result<Vec<EventKey>, TransportError> {
+        HttpTransport::decided_keys(self, peer, range, decider, limit).await
     }
 }

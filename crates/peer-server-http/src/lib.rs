@@ -36,6 +36,9 @@
 //! | `GET /peer/v1/health` | `200` with the node's durability and event size limit |
 //! | `GET /peer/v1/scan?from=KEY&to=KEY` | `200`, this node's events in `from..=to`, in key order, streamed in the scan framing of `alldata-peer-wire`; `400` for a missing or malformed bound |
 //!
+//! | `GET /peer/v1/digest?from=KEY&to=KEY&decider=ID&bucket_ms=N` | `200`, per-bucket digests of this node's keys in the range that `ID` decides (anti-entropy repair; see [`PeerState::with_topology`]) |
+//! | `GET /peer/v1/keys?from=KEY&to=KEY&decider=ID&limit=N` | `200`, those keys (at most `N`, at most 2^20) |
+//!
 //! A scan streams straight from [`Storage::scan`]: the storage reads the
 //! range chunk by chunk and the body is sent as it is read, so memory stays
 //! bounded whatever the range. A storage failure mid-scan ends the body with
@@ -61,7 +64,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::convert::Infallible;
 
 use alldata_coordinator::feed::Feed;
-use alldata_coordinator::{EventKey, Storage};
+use alldata_coordinator::repair;
+use alldata_coordinator::topology::Topology;
+use alldata_coordinator::{EventKey, NodeId, Storage};
 use alldata_peer_wire as wire;
 use axum::Router;
 use axum::body::Body;
@@ -183,9 +188,14 @@ impl PeerStats {
     }
 }
 
+/// Hands the repair routes the node's current member list (the decider
+/// filter needs it).
+pub type TopologySource = Arc<dyn Fn() -> Arc<Topology> + Send + Sync>;
+
 struct Inner {
     storage: Arc<dyn Storage>,
     feed: Option<Feed>,
+    topology: Option<TopologySource>,
     config: ServerConfig,
     stats: PeerStats,
     connections: Arc<ConnectionStats>,
@@ -214,6 +224,7 @@ impl PeerState {
             inner: Arc::new(Inner {
                 storage,
                 feed: None,
+                topology: None,
                 config,
                 stats: PeerStats::default(),
                 connections: Arc::default(),
@@ -232,6 +243,28 @@ impl PeerState {
                 self.inner = Arc::new(Inner {
                     storage: Arc::clone(&old.storage),
                     feed: Some(feed),
+                    topology: old.topology.clone(),
+                    config: old.config.clone(),
+                    stats: PeerStats::default(),
+                    connections: Arc::clone(&old.connections),
+                });
+            }
+        }
+        self
+    }
+
+    /// The same state, serving the repair routes (`GET /peer/v1/digest` and
+    /// `GET /peer/v1/keys`) with the member list `topology` gives (without
+    /// one they are `404`). Call before cloning the state.
+    pub fn with_topology(mut self, topology: TopologySource) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.topology = Some(topology),
+            None => {
+                let old = &self.inner;
+                self.inner = Arc::new(Inner {
+                    storage: Arc::clone(&old.storage),
+                    feed: old.feed.clone(),
+                    topology: Some(topology),
                     config: old.config.clone(),
                     stats: PeerStats::default(),
                     connections: Arc::clone(&old.connections),
@@ -296,6 +329,8 @@ pub fn router(state: PeerState) -> Router {
         .route(HEALTH_PATH, get(health))
         .route(wire::TAIL_PATH, get(tail))
         .route(wire::SCAN_PATH, get(scan))
+        .route(wire::DIGEST_PATH, get(digest))
+        .route(wire::KEYS_PATH, get(keys))
         .fallback(not_found)
         .with_state(state)
 }
@@ -527,6 +562,107 @@ async fn scan(
         Body::from_stream(pieces),
     )
         .into_response())
+}
+
+/// `?from=KEY&to=KEY&decider=ID&bucket_ms=N&limit=N` of the repair routes.
+#[derive(Debug, serde::Deserialize)]
+struct RepairParams {
+    from: Option<String>,
+    to: Option<String>,
+    decider: Option<String>,
+    bucket_ms: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// The most keys one key list carries (16 MiB of keys).
+const MAX_KEYS_PER_LIST: usize = 1 << 20;
+
+/// The parsed repair parameters and the member list, or why not.
+fn repair_request(
+    state: &PeerState,
+    headers: &HeaderMap,
+    query: Result<Query<RepairParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<
+    (
+        RepairParams,
+        alldata_coordinator::ScanRange,
+        NodeId,
+        Arc<Topology>,
+    ),
+    PeerError,
+> {
+    state.authorize(headers)?;
+    let Query(params) = query.map_err(|e| state.refuse(PeerError::BadKey(e.body_text())))?;
+    let from = scan_bound("from", params.from.as_deref()).map_err(|e| state.refuse(e))?;
+    let to = scan_bound("to", params.to.as_deref()).map_err(|e| state.refuse(e))?;
+    let decider = match params.decider.as_deref() {
+        Some(d) if !d.is_empty() => NodeId::new(d),
+        _ => return Err(state.refuse(PeerError::BadKey("decider is required".into()))),
+    };
+    let topology = state.inner.topology.as_ref().ok_or(PeerError::NotFound)?();
+    Ok((
+        params,
+        alldata_coordinator::ScanRange::new(from, to),
+        decider,
+        topology,
+    ))
+}
+
+fn repair_body(body: Bytes) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, wire::REPAIR_CONTENT_TYPE)],
+        body,
+    )
+        .into_response()
+}
+
+async fn digest(
+    State(state): State<PeerState>,
+    headers: HeaderMap,
+    query: Result<Query<RepairParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, PeerError> {
+    let (params, range, decider, topology) = repair_request(&state, &headers, query)?;
+    let bucket_ms = match params.bucket_ms {
+        Some(ms) if ms > 0 => ms,
+        _ => {
+            return Err(state.refuse(PeerError::BadKey(
+                "bucket_ms must be a positive number".into(),
+            )));
+        }
+    };
+    let digests = repair::bucket_digests(
+        state.inner.storage.as_ref(),
+        &topology,
+        &decider,
+        range,
+        bucket_ms,
+    )
+    .await
+    .map_err(|e| PeerError::Storage(e.to_string()))?;
+    Ok(repair_body(wire::encode_digests(&digests)))
+}
+
+async fn keys(
+    State(state): State<PeerState>,
+    headers: HeaderMap,
+    query: Result<Query<RepairParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, PeerError> {
+    let (params, range, decider, topology) = repair_request(&state, &headers, query)?;
+    let limit = params
+        .limit
+        .unwrap_or(MAX_KEYS_PER_LIST)
+        .min(MAX_KEYS_PER_LIST);
+    let keys = repair::decided_keys(
+        state.inner.storage.as_ref(),
+        &topology,
+        &decider,
+        range,
+        limit,
+    )
+    .await
+    .map_err(|e| PeerError::Storage(e.to_string()))?;
+    Ok(repair_body(wire::encode_keys(&keys)))
 }
 
 async fn not_found() -> PeerError {

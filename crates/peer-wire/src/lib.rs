@@ -37,6 +37,8 @@
 //! | `GET` [`event_path`]`(key)` | `200` with the stored bytes (`application/octet-stream`), `404` when absent, `400` for a malformed key (the canonical hyphenated lowercase UUID) |
 //! | `GET` [`TAIL_PATH`]`?from=KEY` | `200`, a stream of tail frames, below |
 //! | `GET` [`HEALTH_PATH`] | `200` with the node's [`Profile`] (text below) |
+//! | `GET` [`DIGEST_PATH`]`?from=KEY&to=KEY&decider=ID&bucket_ms=N` | `200`, the per-bucket digests of the node's keys in `from..=to` that `ID` decides ([`encode_digests`]); `400` for a bad parameter |
+//! | `GET` [`KEYS_PATH`]`?from=KEY&to=KEY&decider=ID&limit=N` | `200`, at most `N` of those keys in key order ([`encode_keys`]) |
 //! | `GET` [`SCAN_PATH`]`?from=KEY&to=KEY` | `200`, the node's own events with keys in `from..=to` (both inclusive, canonical key text), in key order, streamed (below); `400` for a missing or malformed bound |
 //!
 //! # Tail
@@ -138,6 +140,7 @@
 //! and refuses events longer than its limit before buffering them.
 
 mod codec;
+mod repair;
 mod scan;
 mod tail;
 
@@ -148,6 +151,10 @@ pub use codec::{
     CONTENT_TYPE, DecodeError, EventStatus, FORMAT_V1, FRAME_OVERHEAD, HEADER_LEN, MAX_MESSAGE_LEN,
     STATUS_ALREADY_PRESENT, STATUS_CONFLICT, STATUS_FAILED, STATUS_REJECTED, STATUS_STORED,
     decode_request, decode_response, encode_request, encode_response,
+};
+pub use repair::{
+    DIGEST_ENTRY_LEN, DIGEST_PATH, KEYS_PATH, REPAIR_CONTENT_TYPE, decode_digests, decode_keys,
+    digest_path, encode_digests, encode_keys, keys_path,
 };
 pub use scan::{
     SCAN_CONTENT_TYPE, SCAN_END, SCAN_ERROR, SCAN_EVENT, ScanDecoder, ScanItem, put_scan_end,

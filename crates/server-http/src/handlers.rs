@@ -456,6 +456,7 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
         .collect();
     let options = coordinator.options();
     let storage = coordinator.storage_health();
+    let repair = coordinator.repair_stats();
     // A node whose local writes fail cannot decide its own events: every
     // POST to it fails until the storage recovers, so it says so.
     let (status, code) = if storage.corrupt.is_some() {
@@ -484,9 +485,24 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
         "peers_total": peers.len(),
         "peers_up": up_count,
         "graylisted": coordinator.graylisted_peers(),
+        "repair": {
+            "rounds": repair.rounds(),
+            "complete_rounds": repair.complete_rounds(),
+            "events_repaired": repair.repaired(),
+            "last_complete_round_ms_ago": repair
+                .last_complete_ms()
+                .map(|ms| unix_now_ms().saturating_sub(ms)),
+        },
         "peers": peers,
     });
     json_response(code, body.to_string())
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `GET /metrics`: Prometheus text.

@@ -1,0 +1,746 @@
+//! Anti-entropy repair: every event back to RF copies, without operator action.
+//!
+//! Every acknowledged event has its decider's copy ([`Topology::decider`]), so
+//! the decider is the node that knows the event exists. Each round, node `D`
+//! cuts the lookback window into time buckets and, for each bucket, compares a
+//! [`Digest`] (count and wrapping hash-sum) of the keys *decided by `D`* that
+//! it holds with the same digest from every reachable member. In sync, the
+//! members' digests (`D`'s included) add up to `RF ×` `D`'s: a round then
+//! costs one digest list per member, proportional to the number of buckets,
+//! not to the number of events. Only a bucket that disagrees costs more: `D`
+//! fetches the members' key lists for it, finds the keys with fewer than RF
+//! holders ([`plan`]) and copies them to members chosen by the placement
+//! policy among those not holding them (a key `D` itself lost comes back to
+//! `D` first, read from a holder). Copies go through the write-once
+//! [`PeerTransport::put_many`](crate::PeerTransport::put_many): a node holding
+//! other bytes answers `Conflict`, which is counted and logged, never
+//! overwritten.
+//!
+//! The filter ([`decided_by`]), the hash ([`key_hash`]) and the per-bucket
+//! digests ([`bucket_digests`], [`decided_keys`]) live here so that every
+//! side of the peer protocol computes them the same way.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use alldata_keygen::EventKey;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use rand::Rng;
+
+use crate::coordinator::Coordinator;
+use crate::error::{StorageError, TransportError};
+use crate::placement::{Chosen, PlacementPolicy, replacement};
+use crate::storage::{PutStatus, ScanRange, Storage};
+use crate::topology::{Category, NodeId, Topology};
+
+/// The digest of a set of keys: how many, and the wrapping sum of their
+/// [`key_hash`]es. Digests of disjoint sets add up ([`Digest::merge`]), so
+/// the members' digests of one bucket can be compared with RF times the
+/// decider's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Digest {
+    /// The number of keys.
+    pub count: u64,
+    /// The wrapping sum of the keys' hashes.
+    pub sum: u64,
+}
+
+impl Digest {
+    /// Adds one key.
+    pub fn add(&mut self, key: &EventKey) {
+        self.count = self.count.wrapping_add(1);
+        self.sum = self.sum.wrapping_add(key_hash(key));
+    }
+
+    /// Adds another digest (of a disjoint set, or of another member's copy).
+    pub fn merge(&mut self, other: Digest) {
+        self.count = self.count.wrapping_add(other.count);
+        self.sum = self.sum.wrapping_add(other.sum);
+    }
+
+    /// This digest taken `n` times (wrapping).
+    pub fn times(self, n: u64) -> Digest {
+        Digest {
+            count: self.count.wrapping_mul(n),
+            sum: self.sum.wrapping_mul(n),
+        }
+    }
+}
+
+/// The digest of the keys of one time bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketDigest {
+    /// The bucket's first millisecond (a multiple of the bucket length).
+    pub start_ms: u64,
+    /// The digest of the bucket's keys.
+    pub digest: Digest,
+}
+
+/// A 64-bit hash of a key: splitmix64 over both halves (stable across
+/// builds and platforms, so every node computes the same).
+pub fn key_hash(key: &EventKey) -> u64 {
+    let b = key.as_bytes();
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&b[..8]);
+    lo.copy_from_slice(&b[8..]);
+    mix(mix(u64::from_be_bytes(hi)) ^ u64::from_be_bytes(lo))
+}
+
+fn mix(mut h: u64) -> u64 {
+    h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Whether `decider` decides `key` in `topology` (generated keys: by origin
+/// tag; client keys: by rendezvous over the members).
+pub fn decided_by(topology: &Topology, key: &EventKey, decider: &NodeId) -> bool {
+    topology.decider(key).as_ref() == Some(decider)
+}
+
+/// The first millisecond of the bucket holding `ms`.
+pub fn bucket_start(ms: u64, bucket_ms: u64) -> u64 {
+    let bucket_ms = bucket_ms.max(1);
+    ms - ms % bucket_ms
+}
+
+/// The per-bucket digests of the keys in `range` that `storage` holds and
+/// `decider` decides, in bucket order, empty buckets left out.
+pub async fn bucket_digests(
+    storage: &dyn Storage,
+    topology: &Topology,
+    decider: &NodeId,
+    range: ScanRange,
+    bucket_ms: u64,
+) -> Result<Vec<BucketDigest>, StorageError> {
+    let mut out: Vec<BucketDigest> = Vec::new();
+    let mut events = storage.scan(range, usize::MAX);
+    while let Some(item) = events.next().await {
+        let (key, _) = item?;
+        if !decided_by(topology, &key, decider) {
+            continue;
+        }
+        let start_ms = bucket_start(key.timestamp_ms(), bucket_ms);
+        match out.last_mut() {
+            Some(last) if last.start_ms == start_ms => last.digest.add(&key),
+            _ => {
+                let mut digest = Digest::default();
+                digest.add(&key);
+                out.push(BucketDigest { start_ms, digest });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The keys in `range` that `storage` holds and `decider` decides, in key
+/// order, at most `limit` of them.
+pub async fn decided_keys(
+    storage: &dyn Storage,
+    topology: &Topology,
+    decider: &NodeId,
+    range: ScanRange,
+    limit: usize,
+) -> Result<Vec<EventKey>, StorageError> {
+    let mut out = Vec::new();
+    let mut events = storage.scan(range, usize::MAX);
+    while let Some(item) = events.next().await {
+        let (key, _) = item?;
+        if decided_by(topology, &key, decider) {
+            out.push(key);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether one bucket is in sync: the members' digests (the decider's own
+/// included) add up to `rf` times the decider's.
+pub fn in_sync(rf: usize, decider: Digest, members: impl IntoIterator<Item = Digest>) -> bool {
+    let mut total = Digest::default();
+    for d in members {
+        total.merge(d);
+    }
+    total == decider.times(rf as u64)
+}
+
+/// One key to copy: where its bytes come from and which nodes get a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairCopy {
+    /// The key.
+    pub key: EventKey,
+    /// A node that holds it (the local node whenever it does).
+    pub source: NodeId,
+    /// The nodes that get a copy, none of them a holder; the local node
+    /// first when it lacks the key.
+    pub targets: Vec<NodeId>,
+}
+
+/// Which copies bring the keys of one bucket back to `rf` holders, seen
+/// from the local node of `topology` (the keys' decider).
+///
+/// `holders` maps each key found on any reachable member to the members
+/// holding it; `reachable` are the members that answered (the local node
+/// included); only they are chosen as targets. A key the local node lacks
+/// comes back to it first (the decider must hold every key it decided);
+/// further targets are chosen by the placement policy among reachable
+/// non-holders, never a node twice. A key that cannot reach `rf` holders
+/// (too few reachable members) gets what it can.
+pub fn plan(
+    topology: &Topology,
+    policy: &PlacementPolicy,
+    holders: &BTreeMap<EventKey, BTreeSet<NodeId>>,
+    reachable: &BTreeSet<NodeId>,
+    rng: &mut impl Rng,
+) -> Vec<RepairCopy> {
+    let rf = policy.replication_factor.max(1);
+    let local = topology.local();
+    let mut out = Vec::new();
+    for (key, held) in holders {
+        let held_local = held.contains(local);
+        if held.len() >= rf && held_local {
+            continue;
+        }
+        let Some(source) = (if held_local {
+            Some(local.clone())
+        } else {
+            held.iter().next().cloned()
+        }) else {
+            continue;
+        };
+        let mut targets = Vec::new();
+        let mut have = held.len();
+        if !held_local {
+            targets.push(local.clone());
+            have += 1;
+        }
+        let mut chosen = Chosen::default();
+        chosen.mark(local.clone());
+        let mut per_category: HashMap<Category, usize> = HashMap::new();
+        for p in topology.peers() {
+            if held.contains(&p.id) {
+                chosen.record(p);
+                *per_category.entry(p.locality.category()).or_default() += 1;
+            } else if !reachable.contains(&p.id) {
+                chosen.mark(p.id.clone());
+            }
+        }
+        while have < rf {
+            let count = |c| per_category.get(&c).copied().unwrap_or(0);
+            let preferred = if policy.other_zone_replicas > count(Category::OtherZone) {
+                Category::OtherZone
+            } else if policy.other_region_replicas > count(Category::OtherRegion) {
+                Category::OtherRegion
+            } else {
+                Category::LocalZone
+            };
+            let Some(peer) = replacement(topology, preferred, &mut chosen, rng) else {
+                break;
+            };
+            *per_category.entry(peer.locality.category()).or_default() += 1;
+            targets.push(peer.id);
+            have += 1;
+        }
+        if !targets.is_empty() {
+            out.push(RepairCopy {
+                key: *key,
+                source,
+                targets,
+            });
+        }
+    }
+    out
+}
+
+/// The settings of anti-entropy repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairOptions {
+    /// The length of a time bucket (default 60 s).
+    pub bucket: Duration,
+    /// How far back a round looks (default 2 h).
+    pub lookback: Duration,
+    /// The newest keys left out of a round (default 5 s): writes still in
+    /// flight would look under-replicated.
+    pub settle: Duration,
+    /// At most this many copies per second (default 5000).
+    pub max_events_per_sec: u64,
+    /// At most this many copies per round (default 100 000); the rest waits
+    /// for the next round (the round then counts as incomplete).
+    pub max_events_per_round: usize,
+    /// At most this many keys fetched per member and bucket (default 1 000 000).
+    pub max_keys_per_bucket: usize,
+    /// Events sent to one peer in one request (default 256).
+    pub batch: usize,
+}
+
+impl Default for RepairOptions {
+    fn default() -> Self {
+        Self {
+            bucket: Duration::from_secs(60),
+            lookback: Duration::from_secs(2 * 3600),
+            settle: Duration::from_secs(5),
+            max_events_per_sec: 5000,
+            max_events_per_round: 100_000,
+            max_keys_per_bucket: 1_000_000,
+            batch: 256,
+        }
+    }
+}
+
+/// What one repair round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RoundReport {
+    /// Buckets with keys (on any member) that were compared.
+    pub buckets: usize,
+    /// Buckets whose digests disagreed.
+    pub mismatches: usize,
+    /// Copies stored (on peers or locally) that were missing.
+    pub repaired: u64,
+    /// Event bytes sent to peers or fetched from them.
+    pub bytes: u64,
+    /// Copies refused because the target holds other bytes.
+    pub conflicts: u64,
+    /// Copies or key lists that failed (retried next round).
+    pub failures: u64,
+    /// Members that did not answer the digest request.
+    pub unreachable: Vec<NodeId>,
+    /// Whether every bucket was compared and every planned copy attempted
+    /// within the round's budget.
+    pub complete: bool,
+}
+
+/// Counters of the repair rounds of one node, for metrics.
+#[derive(Debug, Default)]
+pub struct RepairStats {
+    rounds: AtomicU64,
+    complete_rounds: AtomicU64,
+    repaired: AtomicU64,
+    bytes: AtomicU64,
+    mismatches: AtomicU64,
+    conflicts: AtomicU64,
+    failures: AtomicU64,
+    last_complete_ms: AtomicU64,
+    read_repaired: AtomicU64,
+}
+
+impl RepairStats {
+    /// Adds a round's report; `now_ms` is the time the round was run for.
+    pub fn record(&self, report: &RoundReport, now_ms: u64) {
+        self.rounds.fetch_add(1, Ordering::Relaxed);
+        self.repaired.fetch_add(report.repaired, Ordering::Relaxed);
+        self.bytes.fetch_add(report.bytes, Ordering::Relaxed);
+        self.mismatches
+            .fetch_add(report.mismatches as u64, Ordering::Relaxed);
+        self.conflicts
+            .fetch_add(report.conflicts, Ordering::Relaxed);
+        self.failures.fetch_add(report.failures, Ordering::Relaxed);
+        if report.complete {
+            self.complete_rounds.fetch_add(1, Ordering::Relaxed);
+            self.last_complete_ms.store(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a copy made by read repair.
+    pub(crate) fn read_repaired(&self) {
+        self.read_repaired.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a copy refused because the target holds other bytes.
+    pub(crate) fn conflict(&self) {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Copies to a decider that lacked the event, made by reads
+    /// ([`Coordinator::get`]).
+    pub fn read_repairs(&self) -> u64 {
+        self.read_repaired.load(Ordering::Relaxed)
+    }
+
+    /// Rounds run.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Relaxed)
+    }
+
+    /// Rounds that finished within their budget.
+    pub fn complete_rounds(&self) -> u64 {
+        self.complete_rounds.load(Ordering::Relaxed)
+    }
+
+    /// Missing copies stored.
+    pub fn repaired(&self) -> u64 {
+        self.repaired.load(Ordering::Relaxed)
+    }
+
+    /// Event bytes moved by repair.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Buckets whose digests disagreed.
+    pub fn mismatches(&self) -> u64 {
+        self.mismatches.load(Ordering::Relaxed)
+    }
+
+    /// Copies refused because the target holds other bytes.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
+    }
+
+    /// Copies or key lists that failed.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// The `now_ms` of the last complete round (Unix ms); `None` before the first.
+    pub fn last_complete_ms(&self) -> Option<u64> {
+        match self.last_complete_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(ms),
+        }
+    }
+}
+
+/// A key read from a holder, or why not.
+type Fetched = (EventKey, Result<Option<Bytes>, TransportError>);
+
+/// Paces copies to at most `rate` per second since `start`.
+struct Pacer {
+    start: tokio::time::Instant,
+    rate: u64,
+    done: u64,
+}
+
+impl Pacer {
+    async fn admit(&mut self, n: u64) {
+        if self.rate > 0 {
+            let due = self.start + Duration::from_secs_f64(self.done as f64 / self.rate as f64);
+            tokio::time::sleep_until(due).await;
+        }
+        self.done += n;
+    }
+}
+
+impl Coordinator {
+    /// Runs one anti-entropy round as the decider of this node's keys (see
+    /// the [module docs](crate::repair)), over the keys with timestamps in
+    /// `now_ms - settle - lookback ..= now_ms - settle`.
+    ///
+    /// The report is also added to [`Coordinator::repair_stats`].
+    ///
+    /// Needs a peer reader ([`Coordinator::set_peer_reader`]) for the
+    /// members' digests and key lists; every call to a member has the
+    /// coordinator's read timeout, and copies have its put deadline. A
+    /// member that does not answer is left out of the round (its copies are
+    /// neither counted nor targeted) and the round is incomplete.
+    pub async fn repair_round(&self, opts: &RepairOptions, now_ms: u64) -> RoundReport {
+        let mut report = RoundReport::default();
+        let topo = self.topology();
+        let me = topo.local().clone();
+        let rf = self.options().replication_factor.max(1);
+        let policy = self.options().policy();
+        let read_timeout = self.options().read_timeout;
+        let bucket_ms = (opts.bucket.as_millis() as u64).max(1);
+        let to_ms = now_ms.saturating_sub(opts.settle.as_millis() as u64);
+        let from_ms = to_ms.saturating_sub(opts.lookback.as_millis() as u64);
+        let range = ScanRange::new(EventKey::min_for_ms(from_ms), EventKey::max_for_ms(to_ms));
+        let storage = self.storage().as_ref();
+
+        let local = match bucket_digests(storage, &topo, &me, range, bucket_ms).await {
+            Ok(d) => d,
+            Err(error) => {
+                tracing::warn!(%error, "repair: local digest failed");
+                report.failures += 1;
+                return report;
+            }
+        };
+        let reader = self.peer_reader();
+        let peers: Vec<_> = topo.peers().cloned().collect();
+        // Boxed: a `Send` future whatever the closures borrow.
+        let calls: Vec<BoxFuture<'_, Result<Vec<BucketDigest>, TransportError>>> = peers
+            .iter()
+            .map(|p| {
+                let reader = reader.clone();
+                let me = me.clone();
+                async move {
+                    let Some(reader) = reader else {
+                        return Err(TransportError::Rejected("no peer reader".into()));
+                    };
+                    tokio::time::timeout(read_timeout, reader.digests(p, range, &me, bucket_ms))
+                        .await
+                        .unwrap_or(Err(TransportError::Timeout))
+                }
+                .boxed()
+            })
+            .collect();
+        let answers = futures::future::join_all(calls).await;
+        let mut reachable: BTreeSet<NodeId> = BTreeSet::from([me.clone()]);
+        let mut sums: BTreeMap<u64, (Digest, Digest)> = BTreeMap::new();
+        for b in &local {
+            sums.entry(b.start_ms).or_default().0 = b.digest;
+        }
+        for (peer, answer) in peers.iter().zip(answers) {
+            match answer {
+                Ok(list) => {
+                    reachable.insert(peer.id.clone());
+                    for b in list {
+                        sums.entry(b.start_ms).or_default().1.merge(b.digest);
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(peer = %peer.id, %error, "repair: member's digests unavailable");
+                    report.unreachable.push(peer.id.clone());
+                }
+            }
+        }
+        report.buckets = sums.len();
+        // With fewer reachable members than RF, "every reachable member holds
+        // every key" is in sync too: there is nowhere else to copy to (a
+        // member that is down would otherwise make every bucket fetch key
+        // lists every round, for nothing).
+        let expected = rf.min(reachable.len());
+        let mismatched: Vec<u64> = sums
+            .iter()
+            .filter(|(_, (own, others))| {
+                let mut total = *others;
+                total.merge(*own);
+                !in_sync(expected, *own, [total])
+            })
+            .map(|(start, _)| *start)
+            .collect();
+        report.mismatches = mismatched.len();
+
+        let mut pacer = Pacer {
+            start: tokio::time::Instant::now(),
+            rate: opts.max_events_per_sec,
+            done: 0,
+        };
+        let mut budget = opts.max_events_per_round as u64;
+        let mut exhausted = false;
+        for start in mismatched {
+            if budget == 0 {
+                exhausted = true;
+                break;
+            }
+            let b_from = start.max(from_ms);
+            let b_to = (start + bucket_ms - 1).min(to_ms);
+            let brange = ScanRange::new(EventKey::min_for_ms(b_from), EventKey::max_for_ms(b_to));
+            let holders = match self
+                .bucket_holders(&topo, &reachable, brange, opts.max_keys_per_bucket)
+                .await
+            {
+                Ok(h) => h,
+                Err(()) => {
+                    report.failures += 1;
+                    continue;
+                }
+            };
+            let mut copies = self.with_rng(|rng| plan(&topo, &policy, &holders, &reachable, rng));
+            let planned: u64 = copies.iter().map(|c| c.targets.len() as u64).sum();
+            if planned > budget {
+                exhausted = true;
+                let mut left = budget;
+                copies.retain_mut(|c| {
+                    let take = (c.targets.len() as u64).min(left);
+                    c.targets.truncate(take as usize);
+                    left -= take;
+                    take > 0
+                });
+            }
+            budget = budget.saturating_sub(planned);
+            self.run_copies(&topo, copies, opts, &mut pacer, &mut report)
+                .await;
+        }
+        report.complete = !exhausted && report.unreachable.is_empty() && report.failures == 0;
+        self.repair_stats().record(&report, now_ms);
+        report
+    }
+
+    /// Which reachable member holds which key of `range` decided here.
+    async fn bucket_holders(
+        &self,
+        topo: &Topology,
+        reachable: &BTreeSet<NodeId>,
+        range: ScanRange,
+        limit: usize,
+    ) -> Result<BTreeMap<EventKey, BTreeSet<NodeId>>, ()> {
+        let me = topo.local().clone();
+        let mut holders: BTreeMap<EventKey, BTreeSet<NodeId>> = BTreeMap::new();
+        let own = decided_keys(self.storage().as_ref(), topo, &me, range, limit)
+            .await
+            .map_err(|error| tracing::warn!(%error, "repair: local key list failed"))?;
+        for k in own {
+            holders.entry(k).or_default().insert(me.clone());
+        }
+        let reader = self.peer_reader().ok_or(())?;
+        let timeout = self.options().read_timeout;
+        let peers: Vec<_> = topo
+            .peers()
+            .filter(|p| reachable.contains(&p.id))
+            .cloned()
+            .collect();
+        let calls: Vec<BoxFuture<'_, _>> = peers
+            .iter()
+            .map(|p| {
+                tokio::time::timeout(timeout, reader.decided_keys(p, range, &me, limit)).boxed()
+            })
+            .collect();
+        let lists = futures::future::join_all(calls).await;
+        for (peer, list) in peers.iter().zip(lists) {
+            match list {
+                Ok(Ok(keys)) => {
+                    for k in keys {
+                        holders.entry(k).or_default().insert(peer.id.clone());
+                    }
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(peer = %peer.id, %error, "repair: key list failed");
+                    return Err(());
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %peer.id, "repair: key list timed out");
+                    return Err(());
+                }
+            }
+        }
+        Ok(holders)
+    }
+
+    /// Carries out `copies`: keys missing here are fetched from a holder
+    /// first, then every peer target gets its keys in batches.
+    async fn run_copies(
+        &self,
+        topo: &Topology,
+        copies: Vec<RepairCopy>,
+        opts: &RepairOptions,
+        pacer: &mut Pacer,
+        report: &mut RoundReport,
+    ) {
+        let me = topo.local();
+        let storage = self.storage();
+        let timeout = self.options().read_timeout;
+        // 1. Keys this node lost come back from a holder.
+        let missing: Vec<&RepairCopy> = copies.iter().filter(|c| c.source != *me).collect();
+        if !missing.is_empty() {
+            let Some(reader) = self.peer_reader() else {
+                report.failures += missing.len() as u64;
+                return;
+            };
+            for chunk in missing.chunks(opts.batch.max(1)) {
+                pacer.admit(chunk.len() as u64).await;
+                let calls: Vec<BoxFuture<'_, Fetched>> = chunk
+                    .iter()
+                    .map(|c| {
+                        let reader = Arc::clone(&reader);
+                        let peer = topo.peer(&c.source).cloned();
+                        let key = c.key;
+                        async move {
+                            let Some(peer) = peer else {
+                                return (key, Err(TransportError::Rejected("unknown".into())));
+                            };
+                            let got = tokio::time::timeout(timeout, reader.get(&peer, key))
+                                .await
+                                .unwrap_or(Err(TransportError::Timeout));
+                            (key, got)
+                        }
+                        .boxed()
+                    })
+                    .collect();
+                let fetched = futures::stream::iter(calls)
+                    .buffer_unordered(16)
+                    .collect::<Vec<_>>()
+                    .await;
+                for (key, got) in fetched {
+                    match got {
+                        Ok(Some(event)) => {
+                            let len = event.len() as u64;
+                            match storage.put(key, event).await {
+                                Ok(PutStatus::Stored) => {
+                                    report.repaired += 1;
+                                    report.bytes += len;
+                                }
+                                Ok(PutStatus::AlreadyPresent) => {}
+                                Err(StorageError::Conflict(_)) => {
+                                    tracing::warn!(%key, "repair: this node holds other bytes for the key; kept");
+                                    report.conflicts += 1;
+                                }
+                                Err(error) => {
+                                    tracing::warn!(%key, %error, "repair: local copy failed");
+                                    report.failures += 1;
+                                }
+                            }
+                        }
+                        Ok(None) => report.failures += 1,
+                        Err(error) => {
+                            tracing::debug!(%key, %error, "repair: fetch failed");
+                            report.failures += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // 2. Peer targets, grouped per peer, bytes read from the local copy.
+        let mut per_peer: BTreeMap<NodeId, Vec<EventKey>> = BTreeMap::new();
+        for c in &copies {
+            for t in c.targets.iter().filter(|t| *t != me) {
+                per_peer.entry(t.clone()).or_default().push(c.key);
+            }
+        }
+        let deadline = self.options().deadline;
+        for (target, keys) in per_peer {
+            let Some(peer) = topo.peer(&target) else {
+                continue;
+            };
+            for chunk in keys.chunks(opts.batch.max(1)) {
+                let mut events: Vec<(EventKey, Bytes)> = Vec::with_capacity(chunk.len());
+                for key in chunk {
+                    match storage.get(*key).await {
+                        Ok(Some(event)) => events.push((*key, event)),
+                        // Fetching it failed above: counted there.
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::warn!(%key, %error, "repair: local read failed");
+                            report.failures += 1;
+                        }
+                    }
+                }
+                if events.is_empty() {
+                    continue;
+                }
+                pacer.admit(events.len() as u64).await;
+                let sizes: Vec<(EventKey, u64)> =
+                    events.iter().map(|(k, e)| (*k, e.len() as u64)).collect();
+                let n = events.len();
+                let results =
+                    tokio::time::timeout(deadline, self.transport().put_many(peer, events))
+                        .await
+                        .unwrap_or_else(|_| vec![Err(TransportError::Timeout); n]);
+                for ((key, len), result) in sizes.into_iter().zip(results) {
+                    match result {
+                        Ok(PutStatus::Stored) => {
+                            report.repaired += 1;
+                            report.bytes += len;
+                        }
+                        Ok(PutStatus::AlreadyPresent) => {}
+                        Err(TransportError::Conflict) => {
+                            tracing::warn!(%key, peer = %target, "repair: peer holds other bytes for the key; not overwritten");
+                            report.conflicts += 1;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%key, peer = %target, %error, "repair: copy failed");
+                            report.failures += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

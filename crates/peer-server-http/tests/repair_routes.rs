@@ -1,0 +1,87 @@
+//! The repair routes (`/peer/v1/digest`, `/peer/v1/keys`) through the real
+//! HTTP client on 127.0.0.1: the same digests and key lists as computed in
+//! place, only keys of the asked decider, and the secret required.
+
+use std::sync::Arc;
+
+use alldata_coordinator::repair::{bucket_digests, decided_keys};
+use alldata_coordinator::topology::Topology;
+use alldata_coordinator::{
+    KeyGenerator, Locality, Location, MemStorage, NodeId, Peer, PeerReader, ScanRange, Storage,
+    TransportError, origin_tag,
+};
+use alldata_peer_client_http::{ClientConfig, HttpTransport};
+use alldata_peer_server_http::{PeerState, ServerConfig, serve};
+use bytes::Bytes;
+use tokio::net::TcpListener;
+
+const SECRET: &str = "repair-secret";
+
+fn members() -> Arc<Topology> {
+    let mut t = Topology::new("p1".into(), Location::default());
+    for id in ["a", "b"] {
+        t.add_peer(Peer {
+            id: id.into(),
+            address: id.into(),
+            locality: Locality::LocalZone,
+        })
+        .unwrap();
+    }
+    Arc::new(t)
+}
+
+#[tokio::test]
+async fn digests_and_key_lists_match_the_local_computation_and_need_the_secret() {
+    let storage = Arc::new(MemStorage::new());
+    let by_a = KeyGenerator::new().with_origin(origin_tag("a"));
+    let by_b = KeyGenerator::new().with_origin(origin_tag("b"));
+    for i in 0..20 {
+        let event = Bytes::from(format!("{{\"i\":{i}}}"));
+        storage.put(by_a.generate(), event.clone()).await.unwrap();
+        storage.put(by_b.generate(), event).await.unwrap();
+    }
+    let topology = members();
+    let state = PeerState::new(storage.clone(), ServerConfig::new(SECRET))
+        .with_topology(Arc::new(move || Arc::clone(&topology)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, state, std::future::pending()));
+    let peer = Peer {
+        id: "p1".into(),
+        address: addr.to_string(),
+        locality: Locality::LocalZone,
+    };
+    let client = HttpTransport::new(ClientConfig::new(SECRET)).unwrap();
+    let a = NodeId::new("a");
+    let range = ScanRange::all();
+
+    let remote = client.digests(&peer, range, &a, 1000).await.unwrap();
+    let local = bucket_digests(storage.as_ref(), &members(), &a, range, 1000)
+        .await
+        .unwrap();
+    assert_eq!(remote, local);
+    assert_eq!(remote.iter().map(|d| d.digest.count).sum::<u64>(), 20);
+
+    let keys = client.decided_keys(&peer, range, &a, 100).await.unwrap();
+    assert_eq!(keys.len(), 20);
+    assert!(keys.iter().all(|k| k.origin() == Some(origin_tag("a"))));
+    let want = decided_keys(storage.as_ref(), &members(), &a, range, 100)
+        .await
+        .unwrap();
+    assert_eq!(keys, want);
+    assert_eq!(
+        client
+            .decided_keys(&peer, range, &a, 5)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+    assert!(client.stats().repair_bytes() > 0);
+
+    let stranger = HttpTransport::new(ClientConfig::new("wrong")).unwrap();
+    assert!(matches!(
+        PeerReader::digests(&stranger, &peer, range, &a, 1000).await,
+        Err(TransportError::Rejected(m)) if m.contains("401")
+    ));
+}
