@@ -191,6 +191,51 @@ impl Shared {
         let request = self.request(Method::GET, url, Bytes::new())?;
         self.exchange(request, self.config.attempt_timeout).await
     }
+
+    /// A repair GET of `url`: the `200` body, counted in the repair request
+    /// and byte counters.
+    async fn repair_get(&self, url: &str) -> Result<Bytes, TransportError> {
+        self.stats.repair_requests.fetch_add(1, Ordering::Relaxed);
+        match self.get(url).await? {
+            (StatusCode::OK, body) => {
+                self.stats
+                    .repair_bytes
+                    .fetch_add((url.len() + body.len()) as u64, Ordering::Relaxed);
+                Ok(body)
+            }
+            (status, body) => Err(status_error(status, body)),
+        }
+    }
+
+    /// Starts a streamed GET of `url`: the response must start within the
+    /// attempt deadline; a status other than `200` is an error, with at most
+    /// `error_limit` bytes of its body read (within the deadline too).
+    async fn open_stream(
+        &self,
+        url: &str,
+        error_limit: usize,
+    ) -> Result<hyper::body::Incoming, TransportError> {
+        let request = self.request(Method::GET, url, Bytes::new())?;
+        let timeout = self.config.attempt_timeout;
+        let response = tokio::time::timeout(timeout, self.client.request(request))
+            .await
+            .map_err(|_| TransportError::Timeout)?
+            .map_err(classify)?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let body = tokio::time::timeout(
+                timeout,
+                Limited::new(response.into_body(), error_limit).collect(),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+            return Err(status_error(status, body));
+        }
+        Ok(response.into_body())
+    }
 }
 
 /// Maps a client error onto the transport's classes (the deadline is handled
@@ -414,28 +459,7 @@ impl HttpTransport {
             base_url(&peer.address),
             alldata_peer_wire::tail_path(from)
         );
-        let request = self.shared.request(Method::GET, &url, Bytes::new())?;
-        let response = tokio::time::timeout(
-            self.shared.config.attempt_timeout,
-            self.shared.client.request(request),
-        )
-        .await
-        .map_err(|_| TransportError::Timeout)?
-        .map_err(classify)?;
-        let status = response.status();
-        if status != StatusCode::OK {
-            let body = tokio::time::timeout(
-                self.shared.config.attempt_timeout,
-                Limited::new(response.into_body(), 4096).collect(),
-            )
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-            return Err(status_error(status, body));
-        }
-        let body = response.into_body();
+        let body = self.shared.open_stream(&url, 4096).await?;
         let stream = futures::stream::unfold(
             Some((body, alldata_peer_wire::TailDecoder::default())),
             |state| async move {
@@ -492,26 +516,8 @@ impl HttpTransport {
             range.from,
             range.to
         );
-        let request = self.shared.request(Method::GET, &url, Bytes::new())?;
-        let timeout = self.shared.config.attempt_timeout;
-        let response = tokio::time::timeout(timeout, self.shared.client.request(request))
-            .await
-            .map_err(|_| TransportError::Timeout)?
-            .map_err(classify)?;
-        let status = response.status();
-        if status != StatusCode::OK {
-            let limit = 64 * 1024;
-            let body =
-                tokio::time::timeout(timeout, Limited::new(response.into_body(), limit).collect())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-            return Err(status_error(status, body));
-        }
         let state = ScanBody {
-            body: response.into_body(),
+            body: self.shared.open_stream(&url, 64 * 1024).await?,
             decoder: ScanDecoder::new(self.shared.config.max_response_bytes),
             piece_timeout: self.shared.config.scan_piece_timeout,
             done: false,
@@ -533,21 +539,9 @@ impl HttpTransport {
             base_url(&peer.address),
             alldata_peer_wire::digest_path(range, decider.as_str(), bucket_ms)
         );
-        self.shared
-            .stats
-            .repair_requests
-            .fetch_add(1, Ordering::Relaxed);
-        match self.shared.get(&url).await? {
-            (StatusCode::OK, body) => {
-                self.shared
-                    .stats
-                    .repair_bytes
-                    .fetch_add((url.len() + body.len()) as u64, Ordering::Relaxed);
-                alldata_peer_wire::decode_digests(body)
-                    .map_err(|e| TransportError::Network(format!("malformed digests: {e}")))
-            }
-            (status, body) => Err(status_error(status, body)),
-        }
+        let body = self.shared.repair_get(&url).await?;
+        alldata_peer_wire::decode_digests(body)
+            .map_err(|e| TransportError::Network(format!("malformed digests: {e}")))
     }
 
     /// At most `limit` keys of `range` that `peer` stores and `decider`
@@ -564,21 +558,9 @@ impl HttpTransport {
             base_url(&peer.address),
             alldata_peer_wire::keys_path(range, decider.as_str(), limit)
         );
-        self.shared
-            .stats
-            .repair_requests
-            .fetch_add(1, Ordering::Relaxed);
-        match self.shared.get(&url).await? {
-            (StatusCode::OK, body) => {
-                self.shared
-                    .stats
-                    .repair_bytes
-                    .fetch_add((url.len() + body.len()) as u64, Ordering::Relaxed);
-                alldata_peer_wire::decode_keys(body)
-                    .map_err(|e| TransportError::Network(format!("malformed key list: {e}")))
-            }
-            (status, body) => Err(status_error(status, body)),
-        }
+        let body = self.shared.repair_get(&url).await?;
+        alldata_peer_wire::decode_keys(body)
+            .map_err(|e| TransportError::Network(format!("malformed key list: {e}")))
     }
 
     /// Probes `peer`'s endpoint: what it promises when it answers and accepts
