@@ -84,11 +84,6 @@ fn cli_export(c: &Cluster, i: usize, args: &[&str], out: &Path) -> (bool, String
     )
 }
 
-async fn get_text(c: &Cluster, i: usize, path: &str) -> (u16, String) {
-    let r = c.client.get(c.url(i, path)).send().await.expect("request");
-    (r.status().as_u16(), r.text().await.expect("a whole body"))
-}
-
 fn expected(acked: &BTreeMap<String, String>) -> Vec<(String, String)> {
     acked.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
@@ -112,7 +107,7 @@ async fn a_cluster_export_is_complete_with_one_node_down_and_refused_with_two() 
     let dir = tempfile::tempdir().unwrap();
 
     // All up: NDJSON over HTTP and through the CLI, Parquet through the CLI.
-    let (status, body) = get_text(&c, 0, "/export?format=ndjson").await;
+    let (status, body) = c.get_text(0, "/export?format=ndjson").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         ndjson_events(&body),
@@ -179,7 +174,7 @@ async fn a_cluster_export_is_complete_with_one_node_down_and_refused_with_two() 
     // events that missed n1 come from n3.
     c.stop(1);
     let started = Instant::now();
-    let (status, body) = get_text(&c, 0, "/export").await;
+    let (status, body) = c.get_text(0, "/export").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(ndjson_events(&body), expected(&acked));
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -202,7 +197,7 @@ async fn a_cluster_export_is_complete_with_one_node_down_and_refused_with_two() 
 
     // n3 frozen too: one member of three cannot promise completeness.
     c.stop(2);
-    let (status, body) = get_text(&c, 0, "/export?format=parquet").await;
+    let (status, body) = c.get_text(0, "/export?format=parquet").await;
     assert_eq!(status, 503, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "incomplete");
@@ -214,7 +209,7 @@ async fn a_cluster_export_is_complete_with_one_node_down_and_refused_with_two() 
         .collect();
     missing.sort();
     assert_eq!(missing, ["n2", "n3"]);
-    let (status, body) = get_text(&c, 0, "/events?scope=cluster").await;
+    let (status, body) = c.get_text(0, "/events?scope=cluster").await;
     assert_eq!(status, 503, "{body}");
 
     let refused = dir.path().join("refused.parquet");
@@ -237,7 +232,7 @@ async fn a_cluster_export_is_complete_with_one_node_down_and_refused_with_two() 
     assert!(!dir.path().join("refused.parquet.partial").exists());
 
     // Allowed incomplete: what n1 holds.
-    let (status, body) = get_text(&c, 0, "/export?allow_incomplete=true").await;
+    let (status, body) = c.get_text(0, "/export?allow_incomplete=true").await;
     assert_eq!(status, 200, "{body}");
     let got: Vec<String> = ndjson_events(&body).into_iter().map(|(k, _)| k).collect();
     assert_eq!(got, local.iter().cloned().collect::<Vec<_>>());
@@ -265,7 +260,7 @@ async fn a_cluster_export_is_complete_with_one_node_down_and_refused_with_two() 
 async fn intervals_are_listed_and_an_open_one_is_not_exported() {
     let c = Cluster::start_with(3, 3, &["--interval", "PT5M"]).await;
     let acked = post_events(&c, &[0, 1, 2], 20, "intervals").await;
-    let (status, body) = get_text(&c, 0, "/intervals").await;
+    let (status, body) = c.get_text(0, "/intervals").await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["length"], "PT5M");
@@ -286,10 +281,12 @@ async fn intervals_are_listed_and_an_open_one_is_not_exported() {
     let name = open["name"].as_str().unwrap();
     assert!(name.ends_with("-PT5M"), "{name}");
 
-    let (status, body) = get_text(&c, 0, &format!("/intervals/{name}/export?format=parquet")).await;
+    let (status, body) = c
+        .get_text(0, &format!("/intervals/{name}/export?format=parquet"))
+        .await;
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("interval_open"), "{body}");
-    let (status, _) = get_text(&c, 0, "/intervals/20261201T0000Z-P1D/export").await;
+    let (status, _) = c.get_text(0, "/intervals/20261201T0000Z-P1D/export").await;
     assert_eq!(
         status, 404,
         "another length is not one of this node's intervals"

@@ -10,15 +10,7 @@ use common::*;
 use serde_json::Value;
 
 async fn health(c: &Cluster, i: usize) -> Value {
-    c.client
-        .get(c.url(i, "/health"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .map(|t| serde_json::from_str(&t).unwrap())
-        .unwrap()
+    serde_json::from_str(&c.get_text(i, "/health").await.1).unwrap()
 }
 
 /// Waits (at most 10 s) until node `i`'s `/health` says what its first peer

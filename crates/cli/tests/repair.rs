@@ -74,15 +74,7 @@ async fn assert_exact_bytes(c: &Cluster, acked: &BTreeMap<String, String>, nodes
 }
 
 async fn metric(c: &Cluster, i: usize, name: &str) -> u64 {
-    let text = c
-        .client
-        .get(c.url(i, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, text) = c.get_text(i, "/metrics").await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no metric {name}"))

@@ -211,29 +211,28 @@ impl Cluster {
         send_json(self.client.put(url).body(body.to_owned())).await
     }
 
-    /// `GET /events/{key}` at node `i`: status and body.
-    pub async fn get(&self, i: usize, key: &str) -> (u16, String) {
+    /// `GET path` at node `i`: status and the whole body as text.
+    pub async fn get_text(&self, i: usize, path: &str) -> (u16, String) {
         let r = self
             .client
-            .get(self.url(i, &format!("/events/{key}")))
+            .get(self.url(i, path))
             .send()
             .await
             .expect("request");
-        (r.status().as_u16(), r.text().await.unwrap())
+        (r.status().as_u16(), r.text().await.expect("a whole body"))
+    }
+
+    /// `GET /events/{key}` at node `i`: status and body.
+    pub async fn get(&self, i: usize, key: &str) -> (u16, String) {
+        self.get_text(i, &format!("/events/{key}")).await
     }
 
     /// The bytes node `i` stores for `key` in its own storage (a local scan of
     /// exactly that key), if any.
     pub async fn stored(&self, i: usize, key: &str) -> Option<String> {
-        let body = self
-            .client
-            .get(self.url(i, &format!("/events?from={key}&to={key}")))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (_, body) = self
+            .get_text(i, &format!("/events?from={key}&to={key}"))
+            .await;
         body.lines().next().map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();
             v["event"].to_string()
@@ -251,15 +250,7 @@ impl Cluster {
 
     /// Keys stored locally on node `i` (the scan reads local storage only).
     pub async fn local_keys(&self, i: usize) -> Vec<String> {
-        let body = self
-            .client
-            .get(self.url(i, "/events?limit=100000"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (_, body) = self.get_text(i, "/events?limit=100000").await;
         body.lines()
             .map(|l| {
                 serde_json::from_str::<Value>(l).unwrap()["key"]
