@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use alldata_coordinator::{EventKey, ScanRange};
@@ -22,7 +21,7 @@ use crate::error::ApiError;
 use crate::handlers::{NDJSON, clip};
 use crate::merge::{self, Merged};
 use crate::scan::{parse_bound, scan_line};
-use crate::state::ApiState;
+use crate::state::{ApiState, Slot};
 
 /// The media type of a Parquet answer.
 pub(crate) const PARQUET: &str = "application/vnd.apache.parquet";
@@ -206,25 +205,21 @@ enum Piece {
 
 type PieceTx = mpsc::Sender<Result<Piece, std::io::Error>>;
 
-/// Counts an export until its body is dropped.
-pub(crate) struct ExportSlot(Arc<AtomicUsize>, Duration);
-
-impl Drop for ExportSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+/// An export's place among `max_exports`, held until its body is dropped,
+/// and how long the export may wait for a client that stopped reading.
+pub(crate) struct ExportSlot {
+    _slot: Slot,
+    stall: Duration,
 }
 
-/// A slot for one more export, or `503 overloaded`; it carries how long the
-/// export may wait for a client that stopped reading.
+/// A slot for one more export, or `503 overloaded`.
 pub(crate) fn take_slot(state: &ApiState) -> Result<ExportSlot, ApiError> {
-    let count = Arc::clone(&state.inner.exports);
     let limit = state.inner.config.max_exports;
-    if count.fetch_add(1, Ordering::Relaxed) >= limit {
-        count.fetch_sub(1, Ordering::Relaxed);
-        return Err(ApiError::TooManyExports { limit });
-    }
-    Ok(ExportSlot(count, state.inner.config.export_stall_timeout))
+    let slot = Slot::take(&state.inner.exports, limit).ok_or(ApiError::TooManyExports { limit })?;
+    Ok(ExportSlot {
+        _slot: slot,
+        stall: state.inner.config.export_stall_timeout,
+    })
 }
 
 /// Exports are streamed with chunked encoding, whose end mark tells a
@@ -314,7 +309,7 @@ fn body_from(rx: mpsc::Receiver<Result<Piece, std::io::Error>>, slot: ExportSlot
 /// NDJSON lines, gathered into pieces of up to [`PIECE_BYTES`] from what is
 /// ready, by a task that gives up on a client that stops reading.
 pub(crate) fn ndjson_body(events: Merged, slot: ExportSlot) -> Body {
-    let stall = slot.1;
+    let stall = slot.stall;
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let mut chunks = events.ready_chunks(1024);
@@ -399,7 +394,7 @@ enum Feed {
 /// explicit end; an error, a feeder that stops without it, or a client that
 /// stalls for the slot's stall timeout aborts the body.
 pub(crate) fn parquet_body(mut events: Merged, slot: ExportSlot) -> Body {
-    let stall = slot.1;
+    let stall = slot.stall;
     let (event_tx, mut event_rx) = mpsc::channel::<Result<Feed, String>>(ENCODER_QUEUE);
     let (body_tx, body_rx) = mpsc::channel::<Result<Piece, std::io::Error>>(4);
     tokio::spawn(async move {

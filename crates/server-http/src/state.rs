@@ -234,3 +234,25 @@ async fn probe_peers(state: Weak<Inner>, interval: std::time::Duration) {
         }
     }
 }
+
+/// One of a bounded number of places (a tail subscriber, an export), held
+/// until dropped.
+pub(crate) struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Slot {
+    /// A place among `limit` counted by `count`, if one is free.
+    pub(crate) fn take(count: &Arc<std::sync::atomic::AtomicUsize>, limit: usize) -> Option<Slot> {
+        use std::sync::atomic::Ordering;
+        if count.fetch_add(1, Ordering::Relaxed) >= limit {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot(Arc::clone(count)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}

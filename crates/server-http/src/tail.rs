@@ -22,7 +22,6 @@
 //! [`ApiConfig::tail_stall_timeout`]: crate::ApiConfig::tail_stall_timeout
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -35,16 +34,7 @@ use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::error::ApiError;
-use crate::state::ApiState;
-
-/// Counts a subscriber until dropped.
-struct Subscriber(Arc<AtomicUsize>);
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+use crate::state::{ApiState, Slot};
 
 /// What the pump hands the response: an event and the share of the byte
 /// budget it holds until it is sent.
@@ -87,13 +77,9 @@ pub(crate) async fn tail(
     let config = &state.inner.config;
     let feed = config.feed.clone().ok_or(ApiError::TailUnavailable)?;
     let from = start_key(&headers, query.as_deref())?;
-    let count = Arc::clone(&state.inner.tail_subscribers);
     let limit = config.max_tail_subscribers;
-    if count.fetch_add(1, Ordering::Relaxed) >= limit {
-        count.fetch_sub(1, Ordering::Relaxed);
-        return Err(ApiError::TooManySubscribers { limit });
-    }
-    let guard = Subscriber(count);
+    let guard = Slot::take(&state.inner.tail_subscribers, limit)
+        .ok_or(ApiError::TooManySubscribers { limit })?;
 
     // The pump hands the cluster tail to the subscriber through a buffer
     // bounded in events and bytes. When the subscriber takes nothing for the
