@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use tokio::sync::{broadcast, watch};
 
 use crate::error::OptionsError;
+use crate::fresh::Guarded;
 use crate::health::{LocalHealth, PeerScores, StorageHealth};
 use crate::options::Options;
 use crate::outcome::{AtomicStats, ReplicationReport, Stats};
@@ -23,7 +24,10 @@ pub(crate) struct Inner {
     pub(crate) transport: Arc<dyn PeerTransport>,
     pub(crate) topology: RwLock<Arc<Topology>>,
     pub(crate) rng: Mutex<StdRng>,
-    pub(crate) keys: KeyGenerator,
+    pub(crate) keys: Arc<KeyGenerator>,
+    /// The guard in front of `storage` (the same object), which reserves the
+    /// keys of fast appends (see `fresh.rs`).
+    pub(crate) guard: Arc<Guarded>,
     pub(crate) reports: broadcast::Sender<ReplicationReport>,
     pub(crate) stats: AtomicStats,
     /// Reads from peers for [`Coordinator::get`]; `None`: local reads only.
@@ -76,26 +80,40 @@ impl Coordinator {
             None => rand::make_rng(),
         };
         let (reports, _) = broadcast::channel(1024);
-        let keys = KeyGenerator::new().with_origin(origin_tag(local.as_str()));
+        let origin = origin_tag(local.as_str());
+        let keys = Arc::new(KeyGenerator::new().with_origin(origin));
         let max_peer_reads = options.max_peer_reads;
         let scores = PeerScores::new(options.replica_timeout);
+        let cap = options.max_puts_in_flight;
         Ok(Self {
-            inner: Arc::new(Inner {
-                options,
-                storage,
-                transport,
-                topology: RwLock::new(Arc::new(Topology::new(local, location))),
-                rng: Mutex::new(rng),
-                keys,
-                reports,
-                stats: AtomicStats::default(),
-                reader: RwLock::new(None),
-                read_permits: Arc::new(tokio::sync::Semaphore::new(max_peer_reads)),
-                scores,
-                local_health: LocalHealth::default(),
-                running: watch::Sender::new(0),
-                repair: crate::repair::RepairStats::default(),
-                read_repairs: Arc::new(tokio::sync::Semaphore::new(crate::read::MAX_READ_REPAIRS)),
+            inner: Arc::new_cyclic(|me| {
+                let guard = Arc::new(Guarded::new(
+                    storage,
+                    Arc::clone(&keys),
+                    origin,
+                    cap,
+                    me.clone(),
+                ));
+                Inner {
+                    options,
+                    storage: Arc::clone(&guard) as Arc<dyn Storage>,
+                    guard,
+                    transport,
+                    topology: RwLock::new(Arc::new(Topology::new(local, location))),
+                    rng: Mutex::new(rng),
+                    keys,
+                    reports,
+                    stats: AtomicStats::default(),
+                    reader: RwLock::new(None),
+                    read_permits: Arc::new(tokio::sync::Semaphore::new(max_peer_reads)),
+                    scores,
+                    local_health: LocalHealth::default(),
+                    running: watch::Sender::new(0),
+                    repair: crate::repair::RepairStats::default(),
+                    read_repairs: Arc::new(tokio::sync::Semaphore::new(
+                        crate::read::MAX_READ_REPAIRS,
+                    )),
+                }
             }),
         })
     }
@@ -105,12 +123,22 @@ impl Coordinator {
         &self.inner.options
     }
 
-    /// The local storage.
+    /// The local storage, behind the guard that keeps fast appends safe: every
+    /// write into this node's storage (a replica endpoint's included) must go
+    /// through it, never to the storage given to [`Coordinator::new`] directly.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.inner.storage
     }
 
-    /// The node's key generator.
+    /// Keys of fast appends reserved or unsettled now (see the README's write
+    /// contract); never more than `Options::max_puts_in_flight`.
+    pub fn fresh_keys(&self) -> usize {
+        self.inner.guard.held()
+    }
+
+    /// The node's key generator. Keys taken from it directly are put decider
+    /// first; only [`Coordinator::append`] and [`Coordinator::append_many`]
+    /// take the fast path.
     pub fn keys(&self) -> &KeyGenerator {
         &self.inner.keys
     }

@@ -248,6 +248,9 @@ impl Batch {
                 continue;
             }
             let failed = result.is_err();
+            if slot.settles_reservation(&node) {
+                self.coordinator.inner.guard.written(slot.key, !failed);
+            }
             slot.record(&node, result, stats);
             for target in slot.decide(&node, !failed, &self.local) {
                 decided.add(target, i);

@@ -195,8 +195,10 @@ pub enum PutError {
         nodes: usize,
     },
     /// The commit level can no longer be reached: every remaining write failed and
-    /// no unused peer (or replacement) was left. Some replicas may hold the event.
-    #[error("commit level {level} needs {required} replicas, only {acked} acknowledged ({} failed{})", failures.len(), if *may_have_written { "; some failed writes may still have landed" } else { "" })]
+    /// no unused peer (or replacement) was left, or the key's decider failed
+    /// (no answer is a success without its copy; `acked` may then be
+    /// `required` or more). Some replicas may hold the event.
+    #[error("commit level {level} needs {required} replicas, only {acked} acknowledged ({} failed{}{})", failures.len(), if *may_have_written { "; some failed writes may still have landed" } else { "" }, if acked >= required { "; the decider's copy is missing" } else { "" })]
     CommitNotReached {
         /// The commit level asked for.
         level: CommitLevel,

@@ -72,6 +72,7 @@ mod coordinator;
 mod driver;
 mod error;
 pub mod feed;
+mod fresh;
 pub mod health;
 mod options;
 mod outcome;

@@ -1,5 +1,7 @@
 //! Puts: one event or many, each written first at its decider, then at the
-//! replicas placement chose (the async part runs in `driver`).
+//! replicas placement chose (the async part runs in `driver`). Appends take
+//! the fast path (see `fresh.rs`): the local decider write and the peer
+//! writes start at once.
 
 use std::sync::atomic::Ordering;
 
@@ -24,10 +26,15 @@ impl Coordinator {
         self.append_with(event, PutOptions::default()).await
     }
 
-    /// Gives `event` a new key and stores it with per-put options.
+    /// Gives `event` a new key and stores it with per-put options. The key is
+    /// this node's, so its decider is the local storage; the local write and
+    /// the peer writes start at once (the fast path, see the README's write
+    /// contract), and the answer still waits for the local copy.
     pub async fn append_with(&self, event: Bytes, options: PutOptions) -> Result<PutAck, PutError> {
-        let key = self.inner.keys.generate();
-        self.put_with(key, event, options).await
+        self.append_many(vec![event], options)
+            .await
+            .pop()
+            .unwrap_or(Err(PutError::Shutdown))
     }
 
     /// Stores `event` under `key` at the default commit level.
@@ -56,17 +63,18 @@ impl Coordinator {
     }
 
     /// Gives each event a new key and stores them all, like
-    /// [`Coordinator::put_many`].
+    /// [`Coordinator::put_many`], on the fast path of
+    /// [`Coordinator::append_with`] (while at most `max_puts_in_flight` keys
+    /// are reserved; beyond that decider first).
     pub async fn append_many(
         &self,
         events: Vec<Bytes>,
         options: PutOptions,
     ) -> Vec<Result<PutAck, PutError>> {
-        let events = events
-            .into_iter()
-            .map(|event| (self.inner.keys.generate(), event))
-            .collect();
-        self.put_many(events, options).await
+        // At RF 1 the decider's write is the only one: nothing to gain.
+        let fast = self.inner.options.replication_factor > 1;
+        let events = self.inner.guard.generate(events, fast);
+        self.put_events(events, options).await
     }
 
     /// Stores many events at once, each with exactly the semantics of
@@ -85,6 +93,17 @@ impl Coordinator {
         events: Vec<(EventKey, Bytes)>,
         options: PutOptions,
     ) -> Vec<Result<PutAck, PutError>> {
+        let events = events.into_iter().map(|(k, e)| (k, e, false)).collect();
+        self.put_events(events, options).await
+    }
+
+    /// [`Coordinator::put_many`] of events each marked fast (a key reserved
+    /// by `Guarded::generate`: every write starts at once) or not.
+    async fn put_events(
+        &self,
+        events: Vec<(EventKey, Bytes, bool)>,
+        options: PutOptions,
+    ) -> Vec<Result<PutAck, PutError>> {
         let level = options
             .commit_level
             .unwrap_or(self.inner.options.commit_level);
@@ -92,11 +111,11 @@ impl Coordinator {
         // Events no member can decide are refused at once; the rest are placed.
         let mut refused: Vec<Option<PutError>> = Vec::with_capacity(events.len());
         let mut placeable = Vec::with_capacity(events.len());
-        for (key, event) in events {
+        for (key, event, fast) in events {
             match topology.decider(&key) {
                 Some(decider) => {
                     refused.push(None);
-                    placeable.push((key, event, decider));
+                    placeable.push((key, event, decider, fast));
                 }
                 None => refused.push(Some(PutError::UnknownOrigin {
                     key,
@@ -129,12 +148,19 @@ impl Coordinator {
         &self,
         topology: &Topology,
         level: CommitLevel,
-        events: Vec<(EventKey, Bytes, NodeId)>,
+        events: Vec<(EventKey, Bytes, NodeId, bool)>,
     ) -> Vec<Result<PutAck, PutError>> {
         if events.is_empty() {
             return Vec::new();
         }
         let n = events.len();
+        // Reservations of events refused before anything is written go.
+        let fast: Vec<EventKey> = events.iter().filter(|e| e.3).map(|e| e.0).collect();
+        let release = || {
+            for key in &fast {
+                self.inner.guard.release(*key);
+            }
+        };
         let Placed {
             slots,
             groups,
@@ -142,6 +168,7 @@ impl Coordinator {
         } = match self.place_batch(topology, level, events) {
             Ok(placed) => placed,
             Err(error) => {
+                release();
                 self.inner
                     .stats
                     .puts_failed
@@ -163,6 +190,7 @@ impl Coordinator {
             }
         });
         if !admitted {
+            release();
             self.inner
                 .stats
                 .puts_failed
@@ -214,14 +242,15 @@ impl Coordinator {
 
     /// Places each event of a batch: its decider write first, then the
     /// local write and the chosen peers (the decider takes the place of a
-    /// chosen node when placement did not pick it), the first writes grouped
-    /// per node, and the receivers of the events' reports. Fails (nothing
-    /// written) when there are fewer nodes than the replication factor.
+    /// chosen node when placement did not pick it); a fast event's writes all
+    /// at once. The first writes are grouped per node, with the receivers of
+    /// the events' reports. Fails (nothing written) when there are fewer nodes
+    /// than the replication factor.
     fn place_batch(
         &self,
         topology: &Topology,
         level: CommitLevel,
-        events: Vec<(EventKey, Bytes, NodeId)>,
+        events: Vec<(EventKey, Bytes, NodeId, bool)>,
     ) -> Result<Placed, PutError> {
         let opts = &self.inner.options;
         let rf = opts.replication_factor;
@@ -239,7 +268,7 @@ impl Coordinator {
             mut probe_ready,
         } = self.inner.scores.for_placement();
         self.with_rng(|rng| {
-            for (i, (key, event, decider)) in events.into_iter().enumerate() {
+            for (i, (key, event, decider, fast)) in events.into_iter().enumerate() {
                 let (peers, mut chosen) = placement::place_avoiding(
                     topology, &policy, &avoid, &mut *rng,
                 )
@@ -277,13 +306,23 @@ impl Coordinator {
                     .iter()
                     .position(|t| t.id(local) == decider)
                     .expect("the decider is a target");
-                groups.add(targets.remove(first), i);
                 let (done_tx, done_rx) = oneshot::channel();
                 completions.push(done_rx);
                 let tracker = Tracker::new(rf, required, opts.max_replacements);
-                slots.push(Slot::new(
-                    key, event, chosen, tracker, decider, targets, done_tx,
-                ));
+                if fast {
+                    let ids: Vec<NodeId> = targets.iter().map(|t| t.id(local)).collect();
+                    for target in targets {
+                        groups.add(target, i);
+                    }
+                    slots.push(Slot::fast(
+                        key, event, chosen, tracker, decider, ids, done_tx,
+                    ));
+                } else {
+                    groups.add(targets.remove(first), i);
+                    slots.push(Slot::new(
+                        key, event, chosen, tracker, decider, targets, done_tx,
+                    ));
+                }
             }
             Ok(Placed {
                 slots,

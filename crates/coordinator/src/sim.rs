@@ -3,6 +3,10 @@
 //! Each node has a [`MemStorage`]; [`SimNetwork::transport`] gives a node's
 //! [`PeerTransport`] that writes straight into the target node's storage unless a
 //! fault, a partition or a downed node says otherwise. Every call is counted.
+//! [`SimNetwork::serve_through`] makes a node's incoming writes pass through
+//! a storage of its own instead (its coordinator's guarded
+//! [`Coordinator::storage`](crate::Coordinator::storage), as a real node's
+//! replica endpoint does).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,7 +18,7 @@ use bytes::Bytes;
 
 use crate::error::{StorageError, TransportError};
 use crate::repair::BucketDigest;
-use crate::storage::{MemStorage, PutStatus, ScanRange};
+use crate::storage::{MemStorage, PutStatus, ScanRange, Storage};
 use crate::topology::{Locality, Location, NodeId, Peer, Topology};
 use crate::transport::{PeerProfile, PeerReader, PeerTransport};
 
@@ -38,8 +42,20 @@ pub enum Fault {
 #[derive(Debug)]
 struct NodeState {
     storage: Arc<MemStorage>,
+    /// Where incoming writes go, when not straight into `storage`.
+    front: Option<Front>,
     fault: Option<Fault>,
     down: bool,
+}
+
+/// A node's front storage (Debug for [`State`]).
+#[derive(Clone)]
+struct Front(Arc<dyn Storage>);
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Front")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +87,7 @@ impl SimNetwork {
         let mut st = self.lock();
         let node = st.nodes.entry(id.into()).or_insert_with(|| NodeState {
             storage: Arc::new(MemStorage::new()),
+            front: None,
             fault: None,
             down: false,
         });
@@ -102,6 +119,15 @@ impl SimNetwork {
             from: from.into(),
             net: self.clone(),
         })
+    }
+
+    /// Sends the writes that reach `node` through `front` (e.g. its
+    /// coordinator's [`Coordinator::storage`](crate::Coordinator::storage))
+    /// instead of straight into its storage; replaces any earlier front.
+    pub fn serve_through(&self, node: &str, front: Arc<dyn Storage>) {
+        if let Some(n) = self.lock().nodes.get_mut(&NodeId::new(node)) {
+            n.front = Some(Front(front));
+        }
     }
 
     /// Injects `fault` into every later call to `node` (`None` clears it).
@@ -186,6 +212,15 @@ impl SimTransport {
         st: &State,
         peer: &Peer,
     ) -> Result<(Arc<MemStorage>, Option<Fault>), TransportError> {
+        self.reach_node(st, peer).map(|(s, _, f)| (s, f))
+    }
+
+    /// [`SimTransport::reach`], with where writes go.
+    fn reach_node(
+        &self,
+        st: &State,
+        peer: &Peer,
+    ) -> Result<(Arc<MemStorage>, Target, Option<Fault>), TransportError> {
         if st
             .partitions
             .contains(&(self.from.clone(), peer.id.clone()))
@@ -196,14 +231,30 @@ impl SimTransport {
             )));
         }
         match st.nodes.get(&peer.id) {
-            Some(n) if !n.down => Ok((Arc::clone(&n.storage), n.fault)),
+            Some(n) if !n.down => {
+                let target = match &n.front {
+                    Some(front) => Target::Front(Arc::clone(&front.0)),
+                    None => Target::Mem(Arc::clone(&n.storage)),
+                };
+                Ok((Arc::clone(&n.storage), target, n.fault))
+            }
             _ => Err(TransportError::Unreachable(format!("{} is down", peer.id))),
         }
     }
 }
 
-fn store(storage: &MemStorage, key: EventKey, event: Bytes) -> Result<PutStatus, TransportError> {
-    storage.put_now(key, event).map_err(|e| match e {
+/// Where a node's incoming writes go.
+enum Target {
+    Mem(Arc<MemStorage>),
+    Front(Arc<dyn Storage>),
+}
+
+async fn store(target: &Target, key: EventKey, event: Bytes) -> Result<PutStatus, TransportError> {
+    let result = match target {
+        Target::Mem(storage) => storage.put_now(key, event),
+        Target::Front(front) => front.put(key, event).await,
+    };
+    result.map_err(|e| match e {
         StorageError::Conflict(_) => TransportError::Conflict,
         other => TransportError::Rejected(other.to_string()),
     })
@@ -217,22 +268,22 @@ impl PeerTransport for SimTransport {
         key: EventKey,
         event: Bytes,
     ) -> Result<PutStatus, TransportError> {
-        let (storage, fault) = {
+        let (_, target, fault) = {
             let mut st = self.net.lock();
             *st.calls.entry(peer.id.clone()).or_default() += 1;
             *st.key_calls.entry((peer.id.clone(), key)).or_default() += 1;
-            self.reach(&st, peer)?
+            self.reach_node(&st, peer)?
         };
         match fault {
-            None => store(&storage, key, event),
+            None => store(&target, key, event).await,
             Some(Fault::Error) => Err(TransportError::Rejected("injected error".into())),
             Some(Fault::Hang | Fault::DropRequest) => futures::future::pending().await,
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
-                store(&storage, key, event)
+                store(&target, key, event).await
             }
             Some(Fault::DropReply) => {
-                let _ = store(&storage, key, event);
+                let _ = store(&target, key, event).await;
                 futures::future::pending().await
             }
             Some(Fault::DelayedError(d)) => {

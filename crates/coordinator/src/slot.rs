@@ -6,6 +6,10 @@
 //! bytes (or already held them). Since the decider's storage is write-once,
 //! every copy anywhere carries the bytes the decider accepted, and a
 //! conflicting put is refused before it has written anything.
+//!
+//! A fast event (an append's fresh key, reserved at the local decider, see
+//! `fresh.rs`) starts all its writes at once. Either way an event is never
+//! acknowledged without the decider's copy.
 
 use std::time::Duration;
 
@@ -90,6 +94,10 @@ pub(crate) struct Slot {
     decided: bool,
     /// The decider refused or failed: no further writes, no replacements.
     blocked: bool,
+    /// Whether the decider stored the event (or held it).
+    decider_acked: bool,
+    /// All writes started at once (an append's reserved key).
+    fast: bool,
 }
 
 impl Slot {
@@ -123,7 +131,49 @@ impl Slot {
             deferred,
             decided: false,
             blocked: false,
+            decider_acked: false,
+            fast: false,
         }
+    }
+
+    /// A fast event: its writes to `targets` (the decider among them) all
+    /// start now.
+    pub(crate) fn fast(
+        key: EventKey,
+        event: Bytes,
+        chosen: Chosen,
+        mut tracker: Tracker,
+        decider: NodeId,
+        targets: Vec<NodeId>,
+        report: oneshot::Sender<ReplicationReport>,
+    ) -> Self {
+        for _ in &targets {
+            tracker.started();
+        }
+        Self {
+            key,
+            event,
+            chosen,
+            tracker,
+            writes: Writes {
+                attempts: targets.len(),
+                pending: targets,
+                ..Writes::default()
+            },
+            phase: Phase::Running(report),
+            decider,
+            deferred: Vec::new(),
+            decided: false,
+            blocked: false,
+            decider_acked: false,
+            fast: true,
+        }
+    }
+
+    /// Whether `node`'s result is a fast event's decider write ending (its
+    /// key's reservation is to be settled).
+    pub(crate) fn settles_reservation(&self, node: &NodeId) -> bool {
+        self.fast && !self.decided && *node == self.decider
     }
 
     /// After `record`ing a result from `node`: when it was the decider's, the
@@ -175,6 +225,7 @@ impl Slot {
                 // nodes may store a copy now of an event that existed before.
                 if *node == self.decider && !self.decided {
                     self.writes.created = status == PutStatus::Stored;
+                    self.decider_acked = true;
                 }
                 self.writes.holders.push(node.clone());
             }
@@ -199,18 +250,28 @@ impl Slot {
     }
 
     /// The answer, once the commit level is met or cannot be met any more.
+    /// The decider's copy is among the acknowledgements of every answer
+    /// that is a success.
     pub(crate) fn verdict(&self, level: CommitLevel) -> Option<AnswerResult> {
-        match (self.tracker.verdict(), &self.writes.conflict) {
+        let verdict = match (self.tracker.verdict(), self.decider_acked, self.decided) {
+            (Verdict::Unreachable, _, _) => Verdict::Unreachable,
+            (v, true, _) => v,
+            (_, false, false) => Verdict::Pending,
+            (_, false, true) => Verdict::Unreachable,
+        };
+        match (verdict, &self.writes.conflict) {
             (Verdict::Committed, _) => Some(Ok(Answer {
                 required: self.tracker.required(),
                 acked: self.writes.holders.clone(),
                 created: self.writes.created,
             })),
-            (_, Some(node)) => Some(Err(PutError::Conflict {
+            // A conflict answer promises nothing was written: true only when
+            // nothing started before the decider refused.
+            (_, Some(node)) if !self.fast => Some(Err(PutError::Conflict {
                 key: self.key,
                 node: node.clone(),
             })),
-            (Verdict::Unreachable, None) => Some(Err(PutError::CommitNotReached {
+            (Verdict::Unreachable, _) => Some(Err(PutError::CommitNotReached {
                 level,
                 required: self.tracker.required(),
                 acked: self.tracker.acked(),
@@ -221,7 +282,7 @@ impl Slot {
                     .any(|f| f.error.may_have_written()),
                 failures: self.writes.failures.clone(),
             })),
-            (Verdict::Pending, None) => None,
+            (Verdict::Pending, _) => None,
         }
     }
 

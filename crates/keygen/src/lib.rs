@@ -160,6 +160,15 @@ impl EventKey {
         (tail & GENERATED_BIT != 0).then_some((tail & ORIGIN_MASK) as u16)
     }
 
+    /// Where a generator stands when it makes this key: the timestamp, then
+    /// the counter (the random bits after them do not order generation).
+    fn position(&self) -> (u64, u64) {
+        let b = &self.0;
+        let hi = (u64::from(b[6] & 0x0f) << 8) | u64::from(b[7]);
+        let lo = u64::from(u32::from_be_bytes([b[8], b[9], b[10], b[11]]) & ((1 << 30) - 1));
+        (self.timestamp_ms(), (hi << 30) | lo)
+    }
+
     /// The key as a [`uuid::Uuid`].
     pub fn to_uuid(&self) -> uuid::Uuid {
         uuid::Uuid::from_bytes(self.0)
@@ -325,6 +334,9 @@ pub struct KeyGenerator {
     state: Mutex<GenState>,
     /// `Some(tag)`: generated keys of that node; `None`: client keys.
     origin: Option<u16>,
+    /// The position (timestamp, counter) the generator started from: every
+    /// key it makes lies after it.
+    start: (u64, u64),
 }
 
 impl fmt::Debug for KeyGenerator {
@@ -357,14 +369,46 @@ impl KeyGenerator {
                 rng: rand::make_rng(),
             }),
             origin: None,
+            start: (0, 0),
         }
     }
 
     /// The same generator making generated keys of the node with `tag`
     /// ([`origin_tag`] of its id).
+    ///
+    /// A node's generator starts at the moment it is made: every key it makes
+    /// is later than that moment, even when the clock steps back, so a key of
+    /// its origin from before it (see [`KeyGenerator::made_before_start`]) was
+    /// made by an earlier run of the node, or by nobody.
     pub fn with_origin(mut self, tag: u16) -> Self {
         self.origin = Some(tag);
+        let now = self.clock.now_ms().min(MAX_TIMESTAMP_MS);
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if now > st.last_ms {
+            st.last_ms = now;
+            st.counter = st.rng.random::<u64>() & (COUNTER_MAX >> 1);
+        }
+        self.start = (st.last_ms, st.counter);
         self
+    }
+
+    /// Whether this generator may still make `key` (a node's generator only:
+    /// a key of its origin after the last key it made, or after its start).
+    /// Keys at or before that point are never made by it again: it made them
+    /// already, skipped them, or they were an earlier run's.
+    pub fn may_make(&self, key: &EventKey) -> bool {
+        if self.origin.is_none() || key.origin() != self.origin {
+            return false;
+        }
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        key.position() > (st.last_ms, st.counter)
+    }
+
+    /// Whether `key` is a key of this node generator's origin from before
+    /// the generator started: made by an earlier run of the node, or by nobody,
+    /// never by this generator.
+    pub fn made_before_start(&self, key: &EventKey) -> bool {
+        self.origin.is_some() && key.origin() == self.origin && key.position() <= self.start
     }
 
     /// The next key: strictly greater than every key this generator made before.
@@ -513,6 +557,33 @@ mod tests {
         let later = g.generate();
         assert!(later > after);
         assert_eq!(later.timestamp_ms(), 1_700_000_000_005);
+    }
+
+    #[test]
+    fn a_node_generator_knows_what_it_may_still_make() {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let earlier_run = KeyGenerator::with_clock(clock.clone()).with_origin(7);
+        let old = earlier_run.generate();
+        clock.set(1_700_000_000_050);
+        let g = KeyGenerator::with_clock(clock.clone()).with_origin(7);
+        assert!(g.made_before_start(&old) && !g.may_make(&old));
+        // Even a clock that steps back does not make keys before the start.
+        clock.set(1_600_000_000_000);
+        let first = g.generate();
+        assert_eq!(first.timestamp_ms(), 1_700_000_000_050);
+        assert!(!g.made_before_start(&first) && !g.may_make(&first));
+        // A later key of the same millisecond, or of a later one, may still come.
+        let ahead = EventKey::assemble(1_700_000_000_050, first.position().1 + 1, first.tail());
+        assert!(g.may_make(&ahead));
+        assert!(g.may_make(&EventKey::assemble(1_800_000_000_000, 0, first.tail())));
+        assert_eq!(g.generate().position(), ahead.position());
+        assert!(!g.may_make(&ahead));
+        // Other origins and client keys are never this generator's to make.
+        let other = KeyGenerator::with_clock(clock.clone())
+            .with_origin(8)
+            .generate();
+        assert!(!g.may_make(&other) && !g.made_before_start(&other));
+        assert!(!g.may_make(&KeyGenerator::new().generate()));
     }
 
     #[test]

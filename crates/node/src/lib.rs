@@ -244,8 +244,10 @@ impl Node {
         // 400 before any replica is written. A weak handle: the API must not
         // keep the database open after shutdown.
         let window = Arc::downgrade(&storage);
+        // Peers' replica writes go through the coordinator's guarded storage,
+        // like its own local writes: the guard keeps fast appends safe.
         let peer_state = PeerState::new(
-            Arc::clone(&dyn_storage),
+            Arc::clone(coordinator.storage()),
             ServerConfig::new(config.cluster_secret.clone())
                 .with_max_body_bytes((config.max_event_bytes + 1024).max(8 * 1024 * 1024))
                 .with_limits(config.limits)
