@@ -13,16 +13,19 @@
 //! [`Guarded`], which for a key of this node's origin
 //! - refuses other bytes than those of a fast append still writing it (the key
 //!   is *reserved*, taken in the same lock as its generation);
-//! - refuses a key the generator has not made yet (it may make it later, and a
-//!   value stored now would meet the append's peer copies);
-//! - for a key whose fast local write failed (*unsettled*), and for a key made
-//!   before this run of the node started (a crash may have cut a fast append
-//!   between its peer copies and its local one), when the storage lacks it:
-//!   accepts bytes only that some other member holds. Peers only ever get a
-//!   generated key's bytes from its decider's fast append or after the decider
-//!   stored them, so the bytes a peer holds are the one value of the key; when
-//!   no member holds it the write is refused (a conflict: post the event
-//!   again), and when some did not answer it fails (retry later).
+//! - passes a key this run's generator made (or skipped) and did not reserve,
+//!   or whose fast append's local write succeeded: the storage's write-once
+//!   decides, as for any key;
+//! - for any other key of its origin: a key whose fast local write failed
+//!   (*unsettled*), a key made before this run of the node started (a crash
+//!   may have cut a fast append between its peer copies and its local one),
+//!   a key the generator has not made yet (a guess; it may make it later),
+//!   when the storage lacks it, accepts bytes only that some other member
+//!   holds. Peers only ever get a generated key's bytes from its decider's fast
+//!   append or after the decider stored them, so the bytes a peer holds are
+//!   the key's one value; when no member holds it the write is refused (a
+//!   conflict: post the event again), and when some did not answer it fails
+//!   (retry later).
 //!
 //! Memory is bounded: at most `Options::max_puts_in_flight` keys are reserved
 //! or unsettled at once; beyond that, appends take the decider-first path.
@@ -158,9 +161,13 @@ impl Guarded {
             Some(Fresh::Writing(reserved)) if reserved == event => Check::Pass,
             Some(Fresh::Writing(_)) => Check::Refuse,
             Some(Fresh::Unsettled) => Check::Confirm,
-            None if self.keys.may_make(&key) => Check::Refuse,
-            None if self.keys.made_before_start(&key) => Check::Confirm,
-            None => Check::Pass,
+            // Made (or skipped) by this run's generator, and not reserved: the
+            // storage holds the decided value, or the key was put decider first.
+            None if !self.keys.may_make(&key) && !self.keys.made_before_start(&key) => Check::Pass,
+            // Not made yet (a guess, or an earlier run whose clock was ahead),
+            // or made by an earlier run (which may have died between a fast
+            // append's peer copies and its local one).
+            None => Check::Confirm,
         }
     }
 

@@ -71,10 +71,28 @@ impl Coordinator {
         events: Vec<Bytes>,
         options: PutOptions,
     ) -> Vec<Result<PutAck, PutError>> {
+        self.append_many_keyed(events, options)
+            .await
+            .into_iter()
+            .map(|(_, result)| result)
+            .collect()
+    }
+
+    /// [`Coordinator::append_many`], each result with its event's key, so
+    /// that an error after which the event may be stored can name it (the
+    /// client retries with a put of that key and the same bytes).
+    pub async fn append_many_keyed(
+        &self,
+        events: Vec<Bytes>,
+        options: PutOptions,
+    ) -> Vec<(EventKey, Result<PutAck, PutError>)> {
         // At RF 1 the decider's write is the only one: nothing to gain.
         let fast = self.inner.options.replication_factor > 1;
         let events = self.inner.guard.generate(events, fast);
-        self.put_events(events, options).await
+        let keys: Vec<EventKey> = events.iter().map(|e| e.0).collect();
+        keys.into_iter()
+            .zip(self.put_events(events, options).await)
+            .collect()
     }
 
     /// Stores many events at once, each with exactly the semantics of

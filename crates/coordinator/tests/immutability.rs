@@ -2,11 +2,16 @@
 //!
 //! Five coordinators over one `SimNetwork` (two regions, three zones, RF 3)
 //! run random schedules: concurrent writers on different nodes (`append` of
-//! new events, `put` of client keys from a small pool with a few competing
-//! values, `put` of keys the cluster generated, with the same or other bytes),
-//! reads, and faults (hung, failing, slow, lossy and downed nodes, partitions,
-//! failing local storage, heals). After every step an oracle checks what the
-//! clients were told against what every node stores:
+//! new events on the fast path, `put` of client keys from a small pool with a
+//! few competing values, `put` of keys the cluster generated, with the same
+//! or other bytes), hostile puts (other bytes under keys seen in any storage,
+//! among them appends still being written, and under keys a node's generator
+//! has not made yet), reads, and faults (hung, failing, slow, lossy and downed
+//! nodes, partitions, failing local storage, crashes and restarts of a node
+//! with its writes in flight, heals). Each node's incoming writes pass its
+//! coordinator's guarded storage, as a real node's replica endpoint does.
+//! After every step an oracle checks what the clients were told against what
+//! every node stores:
 //!
 //! - one value per key: no two byte strings for one key ever exist anywhere
 //!   (in any storage or in any answer), so at most one is ever acknowledged
@@ -26,10 +31,12 @@ use std::time::Duration;
 
 use alldata_coordinator::sim::{Fault, SimNetwork};
 use alldata_coordinator::{
-    CommitLevel, Coordinator, EventKey, KeyGenerator, Location, MemStorage, Options, PutError,
-    PutOptions, ReadOutcome, StorageFault, origin_tag,
+    CommitLevel, Coordinator, EventKey, EventStream, KeyGenerator, Location, MemStorage, Options,
+    PutError, PutOptions, PutStatus, ReadOutcome, ScanRange, Storage, StorageError, StorageFault,
+    origin_tag,
 };
 use bytes::Bytes;
+use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -79,48 +86,155 @@ struct Log {
 
 struct Cluster {
     net: SimNetwork,
-    nodes: Vec<Coordinator>,
+    seed: u64,
+    /// The running process of each node (a restart replaces it).
+    nodes: Mutex<Vec<Coordinator>>,
+    /// Each node's process's hold on its storage (a crash ends it).
+    lives: Mutex<Vec<Arc<Life>>>,
+    /// Every process ever started, for the final drain.
+    all: Mutex<Vec<Coordinator>>,
     storages: Vec<Arc<MemStorage>>,
+    /// Each node's storage write jitter (0: none), kept across restarts.
+    jitters: Vec<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl Cluster {
+    /// Node `i`'s running process.
+    fn node(&self, i: usize) -> Coordinator {
+        self.nodes.lock().unwrap()[i].clone()
+    }
+
+    /// Crashes node `i`'s process (its local writes not yet done never land;
+    /// its replica writes already sent still may) and starts a new one on the
+    /// same storage, which knows nothing of the old one's fast appends.
+    fn restart(&self, i: usize, incarnation: u64) {
+        self.lives.lock().unwrap()[i].die();
+        // A restart takes time: the new process's clock is past every key
+        // of the old one (the fast path assumes it, see the README). Keys
+        // carry the real clock, so let it pass.
+        std::thread::sleep(Duration::from_millis(2));
+        let (life, c) = start(
+            &self.net,
+            i,
+            self.seed ^ (incarnation << 32),
+            Arc::clone(&self.jitters[i]),
+        );
+        self.lives.lock().unwrap()[i] = life;
+        self.nodes.lock().unwrap()[i] = c.clone();
+        self.all.lock().unwrap().push(c);
+    }
+}
+
+/// One process's hold on a node's storage: after [`Life::die`] its writes fail
+/// (a write already past the check still lands, as one in the disk's hands).
+/// With a jitter, each write first waits a time of its own (from its key and
+/// bytes), so two writes of one key may land in either order. A schedule
+/// may start with jitter (disks of varied speed); a fault sets another.
+struct Life {
+    storage: Arc<MemStorage>,
+    dead: std::sync::atomic::AtomicBool,
+    jitter_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Life {
+    fn die(&self) {
+        self.dead.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for Life {
+    async fn put(&self, key: EventKey, event: Bytes) -> Result<PutStatus, StorageError> {
+        let jitter = self.jitter_ms.load(std::sync::atomic::Ordering::SeqCst);
+        if jitter > 0 {
+            // Generated keys carry the real clock and random bits: only
+            // client keys (from the seed) and the bytes may pick the time.
+            let key_bytes: &[u8] = if key.is_generated() {
+                &[]
+            } else {
+                key.as_bytes()
+            };
+            let h = key_bytes
+                .iter()
+                .chain(event.iter())
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+                });
+            tokio::time::sleep(Duration::from_millis(h % jitter)).await;
+        }
+        if self.dead.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StorageError::Failed("the process died".into()));
+        }
+        self.storage.put(key, event).await
+    }
+
+    async fn get(&self, key: EventKey) -> Result<Option<Bytes>, StorageError> {
+        self.storage.get(key).await
+    }
+
+    fn scan(&self, range: ScanRange, limit: usize) -> EventStream {
+        self.storage.scan(range, limit)
+    }
+}
+
+/// Starts a process for node `i`; its peers' writes go through its guard.
+fn start(
+    net: &SimNetwork,
+    i: usize,
+    seed: u64,
+    jitter_ms: Arc<std::sync::atomic::AtomicU64>,
+) -> (Arc<Life>, Coordinator) {
+    let (id, region, zone) = NODES[i];
+    let life = Arc::new(Life {
+        storage: net.storage(id),
+        dead: false.into(),
+        jitter_ms,
+    });
+    let options = Options {
+        replication_factor: 3,
+        commit_level: CommitLevel::Quorum,
+        other_zone_replicas: 1,
+        other_region_replicas: 1,
+        replica_timeout: Duration::from_millis(200),
+        deadline: Duration::from_millis(500),
+        read_timeout: Duration::from_millis(200),
+        max_replacements: 4,
+        max_puts_in_flight: 1_000,
+        max_peer_reads: 64,
+        rng_seed: Some(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+    };
+    let c = Coordinator::new(
+        id.into(),
+        Location::new(region, zone),
+        options,
+        life.clone(),
+        net.transport(id),
+    )
+    .unwrap()
+    .with_peer_reader(net.reader(id));
+    for (peer, r, z) in NODES.iter().filter(|(p, _, _)| *p != id) {
+        c.add_peer_at(*peer, *peer, &Location::new(*r, *z)).unwrap();
+    }
+    net.serve_through(id, Arc::clone(c.storage()));
+    (life, c)
 }
 
 fn cluster(seed: u64) -> Cluster {
     let net = SimNetwork::new();
-    let mut nodes = Vec::new();
-    let mut storages = Vec::new();
-    for (i, (id, region, zone)) in NODES.iter().enumerate() {
-        let storage = net.add_node(*id);
-        let options = Options {
-            replication_factor: 3,
-            commit_level: CommitLevel::Quorum,
-            other_zone_replicas: 1,
-            other_region_replicas: 1,
-            replica_timeout: Duration::from_millis(200),
-            deadline: Duration::from_millis(500),
-            read_timeout: Duration::from_millis(200),
-            max_replacements: 4,
-            max_puts_in_flight: 1_000,
-            max_peer_reads: 64,
-            rng_seed: Some(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-        };
-        let c = Coordinator::new(
-            (*id).into(),
-            Location::new(*region, *zone),
-            options,
-            storage.clone(),
-            net.transport(*id),
-        )
-        .unwrap()
-        .with_peer_reader(net.reader(*id));
-        for (peer, r, z) in NODES.iter().filter(|(p, _, _)| p != id) {
-            c.add_peer_at(*peer, *peer, &Location::new(*r, *z)).unwrap();
-        }
-        nodes.push(c);
-        storages.push(storage);
-    }
+    let storages: Vec<Arc<MemStorage>> = NODES.iter().map(|(id, _, _)| net.add_node(*id)).collect();
+    let jitters: Vec<Arc<std::sync::atomic::AtomicU64>> =
+        NODES.iter().map(|_| Arc::default()).collect();
+    let (lives, nodes): (Vec<_>, Vec<_>) = (0..NODES.len())
+        .map(|i| start(&net, i, seed, Arc::clone(&jitters[i])))
+        .unzip();
     Cluster {
         net,
-        nodes,
+        seed,
+        all: Mutex::new(nodes.clone()),
+        nodes: Mutex::new(nodes),
+        lives: Mutex::new(lives),
         storages,
+        jitters,
     }
 }
 
@@ -166,6 +280,34 @@ fn stored(c: &Cluster, keys: &BTreeSet<EventKey>) -> BTreeMap<EventKey, Vec<(usi
         }
     }
     out
+}
+
+/// Every key any node stores now, ordered by the bytes stored (keys carry
+/// the real clock, their order would not replay), then by key.
+fn stored_keys(c: &Cluster) -> Vec<EventKey> {
+    let mut keys = BTreeMap::new();
+    for s in &c.storages {
+        let all: Vec<(EventKey, Bytes)> = futures::executor::block_on(
+            s.scan(ScanRange::all(), usize::MAX)
+                .map(|r| r.unwrap())
+                .collect::<Vec<_>>(),
+        );
+        for (key, value) in all {
+            keys.entry(key).or_insert(value);
+        }
+    }
+    let mut keys: Vec<(Bytes, EventKey)> = keys.into_iter().map(|(k, v)| (v, k)).collect();
+    keys.sort();
+    keys.into_iter().map(|(_, k)| k).collect()
+}
+
+/// A key of `key`'s origin that its generator has not made yet (ten minutes
+/// later, the random bits and origin kept): a guess at a future key.
+fn ahead(key: EventKey) -> EventKey {
+    let mut b = *key.as_bytes();
+    let ms = key.timestamp_ms() + 600_000;
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    EventKey::from_bytes(b).unwrap_or(key)
 }
 
 /// The oracle: every invariant over everything recorded so far. `Err` says
@@ -260,7 +402,8 @@ fn put(
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let (c, log) = (Arc::clone(c), Arc::clone(log));
     async move {
-        let r = c.nodes[node]
+        let r = c
+            .node(node)
             .put_with(key, bytes.clone(), PutOptions::level(level))
             .await;
         log.lock().unwrap().puts.push(PutRecord {
@@ -286,7 +429,11 @@ fn heal(c: &Cluster) {
 fn fault(c: &Cluster, rng: &mut StdRng) -> String {
     let n = rng.random_range(0..NODES.len());
     let id = NODES[n].0;
-    match rng.random_range(0..9) {
+    match rng.random_range(0..10) {
+        9 => {
+            c.restart(n, rng.random::<u32>().into());
+            format!("{id} crashes and restarts")
+        }
         0 => {
             c.net.set_fault(id, Some(Fault::Hang));
             format!("{id} hangs")
@@ -318,6 +465,11 @@ fn fault(c: &Cluster, rng: &mut StdRng) -> String {
             format!("partition {id} | {}", NODES[m].0)
         }
         7 => {
+            if rng.random_bool(0.4) {
+                let ms = rng.random_range(20..300);
+                c.jitters[n].store(ms, std::sync::atomic::Ordering::SeqCst);
+                return format!("{id} storage jitter {ms} ms");
+            }
             let f = if rng.random_bool(0.5) {
                 StorageFault::Error
             } else {
@@ -343,6 +495,10 @@ struct Tally {
     reads_found: usize,
     reads_not_found: usize,
     reads_unavailable: usize,
+    /// Hostile puts (other bytes under a stored or future key) refused.
+    hostile_refused: usize,
+    /// Processes crashed and restarted.
+    restarts: usize,
 }
 
 impl Tally {
@@ -353,6 +509,9 @@ impl Tally {
                 Told::Acked(_) => t.acked += 1,
                 Told::Refused => t.refused += 1,
                 Told::Failed => t.failed += 1,
+            }
+            if matches!(p.told, Told::Refused) && p.bytes.starts_with(b"{\"hostile\"") {
+                t.hostile_refused += 1;
             }
         }
         let mut values: BTreeMap<EventKey, BTreeSet<Bytes>> = BTreeMap::new();
@@ -378,6 +537,8 @@ impl Tally {
         self.reads_found += o.reads_found;
         self.reads_not_found += o.reads_not_found;
         self.reads_unavailable += o.reads_unavailable;
+        self.hostile_refused += o.hostile_refused;
+        self.restarts += o.restarts;
     }
 }
 
@@ -393,6 +554,15 @@ fn run_schedule(seed: u64) -> Result<Tally, String> {
         let c = Arc::new(cluster(seed));
         let log = Arc::new(Mutex::new(Log::default()));
         let pool = client_keys(&mut rng);
+        // Disks of varied speed in half the schedules (not a fault: heals keep it).
+        for j in &c.jitters {
+            if rng.random_bool(0.5) {
+                j.store(
+                    rng.random_range(0..150),
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+            }
+        }
         let stranger = KeyGenerator::new().with_origin(origin_tag("not-a-member"));
         let mut trace: Vec<String> = Vec::new();
         let mut tasks = tokio::task::JoinSet::new();
@@ -401,19 +571,21 @@ fn run_schedule(seed: u64) -> Result<Tally, String> {
             let op = step;
             let node = rng.random_range(0..NODES.len());
             let lvl = level(&mut rng);
-            let choice = rng.random_range(0..20);
+            let choice = rng.random_range(0..24);
             match choice {
-                0..=4 => {
+                0..=5 => {
                     // A new event under a generated key.
                     let bytes = Bytes::from(format!("{{\"append\":{op}}}"));
                     trace.push(format!("{op}: append at n{node} {lvl}"));
                     let (c, log) = (Arc::clone(&c), Arc::clone(&log));
                     tasks.spawn(async move {
-                        let key = c.nodes[node].keys().generate();
+                        let (key, r) = c
+                            .node(node)
+                            .append_many_keyed(vec![bytes.clone()], PutOptions::level(lvl))
+                            .await
+                            .pop()
+                            .unwrap();
                         log.lock().unwrap().generated.push((key, bytes.clone()));
-                        let r = c.nodes[node]
-                            .put_with(key, bytes.clone(), PutOptions::level(lvl))
-                            .await;
                         log.lock().unwrap().puts.push(PutRecord {
                             op,
                             node,
@@ -423,7 +595,7 @@ fn run_schedule(seed: u64) -> Result<Tally, String> {
                         });
                     });
                 }
-                5..=10 => {
+                6..=10 => {
                     // A client key from the pool, one of three competing values.
                     let key = pool[rng.random_range(0..pool.len())];
                     let v = rng.random_range(0..3);
@@ -448,6 +620,39 @@ fn run_schedule(seed: u64) -> Result<Tally, String> {
                     tasks.spawn(put(&c, &log, op, node, key, bytes, lvl));
                 }
                 14..=15 => {
+                    // A hostile put: other bytes under a key some node stores
+                    // now (an append still being written among them), or under
+                    // a key its node's generator has not made yet.
+                    let mut seen = stored_keys(&c);
+                    if rng.random_bool(0.6) {
+                        // Prefer appends not answered yet.
+                        let log = log.lock().unwrap();
+                        let answered: BTreeSet<EventKey> =
+                            log.generated.iter().map(|(k, _)| *k).collect();
+                        let fresh: Vec<EventKey> = seen
+                            .iter()
+                            .filter(|k| !answered.contains(k))
+                            .copied()
+                            .collect();
+                        if !fresh.is_empty() {
+                            seen = fresh;
+                        }
+                    }
+                    let bytes = Bytes::from(format!("{{\"hostile\":{op}}}"));
+                    match seen.get(rng.random_range(0..seen.len().max(1))) {
+                        None => trace.push(format!("{op}: nothing stored to attack")),
+                        Some(&key) => {
+                            let (key, what) = if key.is_generated() && rng.random_bool(0.3) {
+                                (ahead(key), "ahead of")
+                            } else {
+                                (key, "at")
+                            };
+                            trace.push(format!("{op}: hostile put {what} {key} at n{node} {lvl}"));
+                            tasks.spawn(put(&c, &log, op, node, key, bytes, lvl));
+                        }
+                    }
+                }
+                16..=17 => {
                     let key = if rng.random_bool(0.5) {
                         pool[rng.random_range(0..pool.len())]
                     } else {
@@ -466,7 +671,7 @@ fn run_schedule(seed: u64) -> Result<Tally, String> {
                             .puts
                             .iter()
                             .any(|p| p.key == key && matches!(p.told, Told::Acked(_)));
-                        let outcome = c.nodes[node].get(key).await;
+                        let outcome = c.node(node).get(key).await;
                         log.lock().unwrap().reads.push(ReadRecord {
                             op,
                             key,
@@ -489,12 +694,15 @@ fn run_schedule(seed: u64) -> Result<Tally, String> {
         heal(&c);
         trace.push("heal; drain".to_owned());
         while tasks.join_next().await.is_some() {}
-        for n in &c.nodes {
+        let all = c.all.lock().unwrap().clone();
+        for n in &all {
             n.drain().await;
         }
         let log = log.lock().unwrap();
         check(&c, &log).map_err(|e| format!("{e}\ntrace:\n  {}", trace.join("\n  ")))?;
-        Ok(Tally::of(&log))
+        let mut tally = Tally::of(&log);
+        tally.restarts = c.all.lock().unwrap().len() - NODES.len();
+        Ok(tally)
     })
 }
 
@@ -536,4 +744,5 @@ fn one_value_per_key_under_concurrent_writers_and_faults() {
         total.conflicting_keys > 0 && total.reads_found > 0,
         "{total:?}"
     );
+    assert!(total.hostile_refused > 0 && total.restarts > 0, "{total:?}");
 }

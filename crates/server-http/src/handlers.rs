@@ -108,38 +108,51 @@ async fn store(
     event: Bytes,
     level: Option<CommitLevel>,
 ) -> Result<(EventKey, bool), ApiError> {
-    let key = key.unwrap_or_else(|| state.inner.coordinator.keys().generate());
-    store_many(state, vec![(key, event)], level)
+    let events = match key {
+        Some(key) => Events::Keyed(vec![(key, event)]),
+        None => Events::New(vec![event]),
+    };
+    store_many(state, events, level)
         .await
         .pop()
         .unwrap_or(Err(ApiError::ShuttingDown))
 }
 
-/// Stores events (already validated) under their keys with one coordinator
-/// call and records each outcome in the metrics. One result per event, in
-/// order: the key and whether any replica stored it now.
+/// Events to store: under keys a client chose (`PUT`), or under new keys of
+/// this node (`POST`: `Coordinator::append_many_keyed`, the fast path).
+enum Events {
+    Keyed(Vec<(EventKey, Bytes)>),
+    New(Vec<Bytes>),
+}
+
+/// Stores events (already validated) with one coordinator call and records
+/// each outcome in the metrics. One result per event, in order: the key and
+/// whether any replica stored it now.
 async fn store_many(
     state: &ApiState,
-    events: Vec<(EventKey, Bytes)>,
+    events: Events,
     level: Option<CommitLevel>,
 ) -> Vec<Result<(EventKey, bool), ApiError>> {
     let coordinator = &state.inner.coordinator;
     let effective = level.unwrap_or(coordinator.options().commit_level);
-    let keys: Vec<EventKey> = events.iter().map(|(k, _)| *k).collect();
+    let options = PutOptions {
+        commit_level: level,
+    };
     let started = Instant::now();
-    let results = coordinator
-        .put_many(
-            events,
-            PutOptions {
-                commit_level: level,
-            },
-        )
-        .await;
+    let results: Vec<(EventKey, Result<_, _>)> = match events {
+        Events::Keyed(events) => {
+            let keys: Vec<EventKey> = events.iter().map(|(k, _)| *k).collect();
+            keys.into_iter()
+                .zip(coordinator.put_many(events, options).await)
+                .collect()
+        }
+        Events::New(events) => coordinator.append_many_keyed(events, options).await,
+    };
     let elapsed = started.elapsed();
     let metrics = &state.inner.metrics;
     let local = coordinator.topology().local().clone();
-    keys.into_iter()
-        .zip(results)
+    results
+        .into_iter()
         .map(|(key, result)| match result {
             Ok(ack) => {
                 let outcome = if ack.created {
@@ -287,12 +300,8 @@ pub(crate) async fn batch(
         .map(|group| {
             let state = &state;
             async move {
-                let coordinator = &state.inner.coordinator;
-                let (slots, events): (Vec<usize>, Vec<(EventKey, Bytes)>) = group
-                    .into_iter()
-                    .map(|(slot, event)| (slot, (coordinator.keys().generate(), event)))
-                    .unzip();
-                let stored = store_many(state, events, level).await;
+                let (slots, events): (Vec<usize>, Vec<Bytes>) = group.into_iter().unzip();
+                let stored = store_many(state, Events::New(events), level).await;
                 (slots, stored.into_iter().map(|r| r.map(|(key, _)| key)))
             }
         })
