@@ -249,7 +249,11 @@ impl Batch {
             }
             let failed = result.is_err();
             if slot.settles_reservation(&node) {
-                self.coordinator.inner.guard.written(slot.key, !failed);
+                let after = self.coordinator.options().replica_timeout;
+                self.coordinator
+                    .inner
+                    .guard
+                    .written(slot.key, !failed, after);
             }
             slot.record(&node, result, stats);
             for target in slot.decide(&node, !failed, &self.local) {

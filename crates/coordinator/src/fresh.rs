@@ -32,6 +32,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use alldata_keygen::{EventKey, KeyGenerator};
 use async_trait::async_trait;
@@ -44,6 +45,9 @@ use crate::storage::{EventStream, PutStatus, ScanRange, Storage};
 
 /// Peers asked at once when the bytes of an unsettled key are confirmed.
 const CONFIRM_READS: usize = 8;
+
+/// How often a failed local write is looked for in the storage.
+const SETTLE_LOOKS: u32 = 4;
 
 /// What the guard knows of one key of this node's origin.
 enum Fresh {
@@ -132,13 +136,41 @@ impl Guarded {
     }
 
     /// A fast append's local write of `key` ended: stored (`ok`), the storage
-    /// decides from now on; failed, the key stays unsettled.
-    pub(crate) fn written(&self, key: EventKey, ok: bool) {
+    /// decides from now on; failed, the key stays unsettled until a write of
+    /// its bytes passes (a retry, a repair) or the storage is seen to hold it
+    /// (a write that timed out may still land: looked at a few times, after
+    /// `after`, then twice as long, and so on).
+    pub(crate) fn written(self: &Arc<Self>, key: EventKey, ok: bool, after: Duration) {
         let mut fresh = self.lock();
         if ok {
             fresh.remove(&key);
-        } else if let Some(entry) = fresh.get_mut(&key) {
-            *entry = Fresh::Unsettled;
+            return;
+        }
+        let Some(entry) = fresh.get_mut(&key) else {
+            return;
+        };
+        *entry = Fresh::Unsettled;
+        drop(fresh);
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut wait = after;
+            for _ in 0..SETTLE_LOOKS {
+                tokio::time::sleep(wait).await;
+                if let Ok(Some(_)) = me.inner.get(key).await {
+                    me.settle(key);
+                    return;
+                }
+                wait *= 2;
+            }
+        });
+    }
+
+    /// An unsettled key's local copy is known to be stored: the storage
+    /// decides from now on.
+    fn settle(&self, key: EventKey) {
+        let mut fresh = self.lock();
+        if matches!(fresh.get(&key), Some(Fresh::Unsettled)) {
+            fresh.remove(&key);
         }
     }
 
@@ -158,7 +190,12 @@ impl Guarded {
         }
         let fresh = self.lock();
         match fresh.get(&key) {
-            Some(Fresh::Writing(reserved)) if reserved == event => Check::Pass,
+            Some(Fresh::Writing(reserved))
+                if (reserved.as_ptr() == event.as_ptr() && reserved.len() == event.len())
+                    || reserved == event =>
+            {
+                Check::Pass
+            }
             Some(Fresh::Writing(_)) => Check::Refuse,
             Some(Fresh::Unsettled) => Check::Confirm,
             // Made (or skipped) by this run's generator, and not reserved: the
@@ -181,10 +218,7 @@ impl Guarded {
                 }
                 let result = self.inner.put(key, event).await;
                 if result.is_ok() {
-                    let mut fresh = self.lock();
-                    if matches!(fresh.get(&key), Some(Fresh::Unsettled)) {
-                        fresh.remove(&key);
-                    }
+                    self.settle(key);
                 }
                 result
             }
@@ -209,9 +243,16 @@ impl Guarded {
             )));
         };
         let timeout = coordinator.options().read_timeout;
+        let permits = Arc::clone(coordinator.read_permits());
         let mut reads = futures::stream::iter(topology.peers().cloned().map(|peer| {
             let reader = Arc::clone(&reader);
+            let permits = Arc::clone(&permits);
             async move {
+                // Within the node's bound on peer reads, like `get`.
+                let Ok(Ok(_permit)) = tokio::time::timeout(timeout, permits.acquire_owned()).await
+                else {
+                    return Err(TransportError::Timeout);
+                };
                 tokio::time::timeout(timeout, reader.get(&peer, key))
                     .await
                     .unwrap_or(Err(TransportError::Timeout))

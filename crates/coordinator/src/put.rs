@@ -133,6 +133,13 @@ impl Coordinator {
             match topology.decider(&key) {
                 Some(decider) => {
                     refused.push(None);
+                    // A reserved key is this node's own; should the members
+                    // say otherwise, it goes decider first.
+                    let fast = fast
+                        && (decider == *topology.local() || {
+                            self.inner.guard.release(key);
+                            false
+                        });
                     placeable.push((key, event, decider, fast));
                 }
                 None => refused.push(Some(PutError::UnknownOrigin {

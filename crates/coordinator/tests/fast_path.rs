@@ -45,11 +45,21 @@ fn options() -> Options {
 
 /// Starts (or restarts: a new process on the same storage) node `id`.
 fn start(net: &SimNetwork, id: &str, options: Options) -> Coordinator {
+    start_on(net, id, options, net.storage(id))
+}
+
+/// [`start`] over `storage` (which writes into `id`'s storage).
+fn start_on(
+    net: &SimNetwork,
+    id: &str,
+    options: Options,
+    storage: Arc<dyn Storage>,
+) -> Coordinator {
     let c = Coordinator::new(
         id.into(),
         Location::new("r", "z"),
         options,
-        net.storage(id),
+        storage,
         net.transport(id),
     )
     .unwrap()
@@ -305,4 +315,51 @@ async fn a_batch_of_appends_takes_the_fast_path_and_each_answer_includes_the_dec
         assert!(ack.acked.iter().any(|n| n.as_str() == "a"));
     }
     assert_eq!(c.nodes[0].fresh_keys(), 0);
+}
+
+/// A storage whose writes run on a task of their own: a write the caller
+/// gave up on (a timeout) still lands, as one already in the disk's hands.
+struct Detached(Arc<MemStorage>);
+
+#[async_trait::async_trait]
+impl Storage for Detached {
+    async fn put(
+        &self,
+        key: EventKey,
+        event: Bytes,
+    ) -> Result<alldata_coordinator::PutStatus, alldata_coordinator::StorageError> {
+        let storage = Arc::clone(&self.0);
+        tokio::spawn(async move { storage.put(key, event).await })
+            .await
+            .unwrap()
+    }
+
+    async fn get(&self, key: EventKey) -> Result<Option<Bytes>, alldata_coordinator::StorageError> {
+        self.0.get(key).await
+    }
+
+    fn scan(&self, range: ScanRange, limit: usize) -> alldata_coordinator::EventStream {
+        self.0.scan(range, limit)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_local_write_that_lands_later_settles_its_key() {
+    let c = cluster(options());
+    let a = start_on(
+        &c.net,
+        "a",
+        options(),
+        Arc::new(Detached(Arc::clone(&c.storages[0]))),
+    );
+    // Longer than the replica timeout (500 ms): the write times out, then lands.
+    c.storages[0].set_fault(Some(StorageFault::Delay(Duration::from_millis(700))));
+    let r = a.append(x()).await;
+    assert!(r.as_ref().is_err_and(|e| e.may_have_written()), "{r:?}");
+    assert_eq!(a.fresh_keys(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.storages[0].len(), 1, "the local copy landed");
+    assert_eq!(a.fresh_keys(), 1, "not looked at yet");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(a.fresh_keys(), 0, "the key was settled");
 }
