@@ -10,7 +10,10 @@
 //! Events are write-once across the cluster: every key has a decider node
 //! ([`topology::Topology::decider`]) whose write goes first, and the other
 //! writes start only once it stored (or already held) the same bytes, so at most
-//! one value per key is ever acknowledged or stored anywhere.
+//! one value per key is ever acknowledged or stored anywhere. An append's new key
+//! is this node's own: its local and peer writes start at once, and the guard in
+//! front of the local storage ([`Coordinator::storage`]) keeps the decider's word
+//! final (see the README's write contract).
 //!
 //! The crate does no I/O of its own: storage and transport are trait objects, and
 //! placement ([`placement`]) and commit counting ([`Tracker`]) are pure functions
@@ -60,6 +63,8 @@
 //!   storage health; `put`: puts, admission and the placement of a batch.
 //! - `driver`: the async driver of a batch's writes (grouped writes,
 //!   replacements, the deadline, answers); `slot`: one event's state in it.
+//! - `fresh`: the fast path of appends: the guard in front of the local
+//!   storage, its reservations of fresh keys and confirmations with peers.
 //! - `read`: [`Coordinator::get`], local storage first, then the peers.
 //! - `storage`, `transport`: the [`Storage`], [`PeerTransport`] and
 //!   [`PeerReader`] traits, [`MemStorage`].
