@@ -52,6 +52,9 @@ use tokio::time::Instant;
 
 mod wire;
 
+/// The SWIM library, for its [`foca::Config`].
+pub use foca;
+
 /// Most ids remembered as removed (older ones are forgotten first).
 pub const MAX_REMOVED: usize = 1024;
 
@@ -235,10 +238,10 @@ impl MembershipConfig {
     }
 }
 
-/// foca's LAN settings with periodic gossip to keep state fresh; a down
-/// member is remembered (foca would forget it after a while, and its
-/// address could then be re-announced by stale gossip).
-fn default_foca_config() -> foca::Config {
+/// The default gossip settings: foca's LAN settings for about 32 nodes (a
+/// probe a second, 500 ms to answer, a suspect declared down after about
+/// 6 s, gossip every 200 ms, datagrams of at most 1400 bytes).
+pub fn default_foca_config() -> foca::Config {
     let mut c = foca::Config::new_lan(NonZeroU32::new(32).unwrap_or(NonZeroU32::MIN));
     c.max_packet_size = NonZeroUsize::new(1400).unwrap_or(NonZeroUsize::MIN);
     c
@@ -274,7 +277,7 @@ struct Shared {
 pub struct Membership {
     commands: mpsc::Sender<Command>,
     shared: Arc<Mutex<Shared>>,
-    task: JoinHandle<()>,
+    task: Mutex<Option<JoinHandle<()>>>,
     local_addr: Option<SocketAddr>,
     id: String,
 }
@@ -326,7 +329,7 @@ impl Membership {
         Self {
             commands,
             shared,
-            task,
+            task: Mutex::new(Some(task)),
             local_addr,
             id,
         }
@@ -378,21 +381,38 @@ impl Membership {
     }
 
     /// Leaves the cluster (a clean stop): tells foca, sends a goodbye to
-    /// every member, and stops the task (within `timeout`).
-    pub async fn leave(self, timeout: Duration) {
+    /// every member, and stops the task (waits at most `timeout`). Later
+    /// calls do nothing.
+    pub async fn leave(&self, timeout: Duration) {
+        let Some(mut task) = self.take_task() else {
+            return;
+        };
         let (tx, rx) = oneshot::channel();
-        let mut task = self.task;
         if self.commands.send(Command::Leave(tx)).await.is_ok() {
             let _ = tokio::time::timeout(timeout, rx).await;
         }
+        // The task ends after the goodbye; it holds the listener until then.
         if tokio::time::timeout(timeout, &mut task).await.is_err() {
             task.abort();
+            let _ = task.await;
         }
     }
 
     /// Stops the task without a goodbye (as a crash would look to others).
-    pub fn abort(self) {
-        self.task.abort();
+    pub fn abort(&self) {
+        if let Some(task) = self.take_task() {
+            task.abort();
+        }
+    }
+
+    fn take_task(&self) -> Option<JoinHandle<()>> {
+        self.task.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.abort();
     }
 }
 
