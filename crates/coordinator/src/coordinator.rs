@@ -195,6 +195,14 @@ impl Coordinator {
         })
     }
 
+    /// Removes member `id` for good ([`Topology::retire`]): it is dropped,
+    /// and the keys it generated are decided by the client-key deciders
+    /// from then on, so repair restores RF for them. Returns whether it was
+    /// a known peer.
+    pub fn remove_member(&self, id: &NodeId) -> bool {
+        self.update_topology(|t| t.retire(id))
+    }
+
     /// Sets whether this node itself decides client keys (a node that joins
     /// by seed does not; set before it serves).
     pub fn set_local_decides_client_keys(&self, decides: bool) {

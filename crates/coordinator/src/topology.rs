@@ -209,6 +209,9 @@ pub struct Topology {
     not_deciders: BTreeSet<NodeId>,
     /// Peers detected down or gone.
     down: BTreeSet<NodeId>,
+    /// Origin tags of members removed for good: their generated keys are
+    /// decided like client keys from then on.
+    retired: BTreeSet<u16>,
 }
 
 impl Topology {
@@ -220,6 +223,7 @@ impl Topology {
             peers: BTreeMap::new(),
             not_deciders: BTreeSet::new(),
             down: BTreeSet::new(),
+            retired: BTreeSet::new(),
         }
     }
 
@@ -325,6 +329,18 @@ impl Topology {
         self.peers.remove(id).is_some()
     }
 
+    /// Removes member `id` for good (it need not be known): its peer entry
+    /// goes, and the keys its generator made are decided like client keys
+    /// (by rendezvous over the client-key deciders) from then on, so repair
+    /// brings them back to RF. Every node must retire the same ids.
+    /// Returns whether the peer was known.
+    pub fn retire(&mut self, id: &NodeId) -> bool {
+        if *id != self.local {
+            self.retired.insert(origin_tag(id.as_str()));
+        }
+        self.drop_peer(id)
+    }
+
     /// A known peer by id.
     pub fn peer(&self, id: &NodeId) -> Option<&Peer> {
         self.peers.get(id)
@@ -354,7 +370,9 @@ impl Topology {
     /// goes to it first, and its write-once storage accepts one value only.
     ///
     /// For a generated key, the node whose generator made it (its
-    /// [`EventKey::origin`] tag); `None` when no member has that tag. For a
+    /// [`EventKey::origin`] tag); when that node was removed for good
+    /// ([`Topology::retire`]), the client-key decider of the key; `None`
+    /// when no member has that tag otherwise. For a
     /// client key, the member that ranks highest for the key by rendezvous
     /// hashing among the members that decide client keys (the same on every
     /// node that knows the same deciders); `None` when there is none.
@@ -365,13 +383,23 @@ impl Topology {
             Some(tag) => self
                 .members()
                 .find(|m| origin_tag(m.as_str()) == tag)
+                .or_else(|| {
+                    self.retired
+                        .contains(&tag)
+                        .then(|| self.client_decider(key))
+                        .flatten()
+                })
                 .cloned(),
-            None => self
-                .members()
-                .filter(|m| !self.not_deciders.contains(*m))
-                .max_by_key(|m| (rendezvous(key, m), *m))
-                .cloned(),
+            None => self.client_decider(key).cloned(),
         }
+    }
+
+    /// The client-key decider of `key`: the highest rendezvous score among
+    /// the members that decide client keys.
+    fn client_decider(&self, key: &EventKey) -> Option<&NodeId> {
+        self.members()
+            .filter(|m| !self.not_deciders.contains(*m))
+            .max_by_key(|m| (rendezvous(key, m), *m))
     }
 
     /// Peers of one category grouped by zone (other zones) or region (other
@@ -528,6 +556,12 @@ mod tests {
         // A local node that does not decide: only the others do.
         t.set_decides_client_keys(&"a".into(), false);
         assert!(keys.iter().all(|k| t.decider(k) != Some("a".into())));
+        // A retired member's generated keys go to the client-key deciders.
+        let mut retired = t.clone();
+        assert!(retired.retire(&"joiner".into()));
+        assert!(!retired.retire(&"joiner".into()));
+        let d = retired.decider(&made).expect("decided after retirement");
+        assert!(retired.decides_client_keys(&d) && d != "joiner".into());
         // Dropping a peer forgets its marks.
         assert!(t.drop_peer(&"b".into()));
         assert!(!t.is_down(&"b".into()));

@@ -297,6 +297,9 @@ impl Node {
                 }
             }
         }
+        for id in &removed {
+            coordinator.remove_member(&alldata_coordinator::NodeId::new(id));
+        }
         let local_decides = deciders.contains_key(&config.id);
         coordinator.set_local_decides_client_keys(local_decides);
         for d in deciders

@@ -236,7 +236,7 @@ impl Listener for Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        let dropped = self.coordinator.drop_peer(&NodeId::new(id));
+        let dropped = self.coordinator.remove_member(&NodeId::new(id));
         tracing::warn!(%id, dropped, "topology: member removed for good");
         if inserted {
             self.save_removed();
