@@ -30,17 +30,26 @@ where
 async fn a_node_started_with_only_a_seed_is_known_everywhere_and_receives_replicas() {
     let mut c = Cluster::start_with(3, 2, &["--repair-interval-ms", "0"]).await;
     let j = c.add_joiner(0, &[]).await;
-    let took = until("every member lists the joiner alive", Duration::from_secs(10), || {
-        let c = &c;
-        async move {
-            for i in 0..3 {
-                if c.member_states(i).await.get("n4").map(String::as_str) != Some("alive") {
-                    return false;
+    let took = until(
+        "every member lists the joiner alive",
+        Duration::from_secs(10),
+        || {
+            let c = &c;
+            async move {
+                for i in 0..3 {
+                    if c.member_states(i).await.get("n4").map(String::as_str) != Some("alive") {
+                        return false;
+                    }
                 }
+                c.member_states(j)
+                    .await
+                    .values()
+                    .filter(|s| *s == "alive")
+                    .count()
+                    == 4
             }
-            c.member_states(j).await.values().filter(|s| *s == "alive").count() == 4
-        }
-    })
+        },
+    )
     .await;
     println!("joiner known to every member after {took:?}");
     // Writes through the static nodes place replicas on the joiner.
@@ -51,7 +60,10 @@ async fn a_node_started_with_only_a_seed_is_known_everywhere_and_receives_replic
         acked.push(answer["key"].as_str().unwrap().to_owned());
     }
     let on_joiner = c.local_keys(j).await;
-    println!("joiner holds {} of 60 events (RF 2 over 4 nodes)", on_joiner.len());
+    println!(
+        "joiner holds {} of 60 events (RF 2 over 4 nodes)",
+        on_joiner.len()
+    );
     assert!(!on_joiner.is_empty(), "the joiner received no replica");
     // The joiner takes writes of its own and decides its own keys; client
     // keys are decided by the static members.
@@ -112,15 +124,23 @@ async fn a_removed_nodes_events_return_to_rf_on_the_others() {
         }
     })
     .await;
-    let took = until("every event on all 3 remaining nodes", Duration::from_secs(30), || {
-        let (c, acked) = (&c, &acked);
-        async move {
-            let counts = c.replica_counts(&[0, 1, 2]).await;
-            acked.keys().all(|k| counts.get(k).copied().unwrap_or(0) == 3)
-        }
-    })
+    let took = until(
+        "every event on all 3 remaining nodes",
+        Duration::from_secs(30),
+        || {
+            let (c, acked) = (&c, &acked);
+            async move {
+                let counts = c.replica_counts(&[0, 1, 2]).await;
+                acked
+                    .keys()
+                    .all(|k| counts.get(k).copied().unwrap_or(0) == 3)
+            }
+        },
+    )
     .await;
-    println!("n4 held {held_by_n4} of 80 events; back to RF 3 on n1..n3 {took:?} after the removal");
+    println!(
+        "n4 held {held_by_n4} of 80 events; back to RF 3 on n1..n3 {took:?} after the removal"
+    );
     let (ok, out) = c.admin(2, &["members"]);
     assert!(ok, "{out}");
     assert!(!out.lines().any(|l| l.starts_with("n4 ")), "{out}");

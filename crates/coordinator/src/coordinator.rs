@@ -203,6 +203,13 @@ impl Coordinator {
         self.update_topology(|t| t.retire(id))
     }
 
+    /// Sets whether member `id` (a peer or this node) decides client keys.
+    /// This moves the deciders of some client keys: only for a member
+    /// configured statically on every node (a `--peer` added after the start).
+    pub fn set_decides_client_keys(&self, id: &NodeId, decides: bool) {
+        self.update_topology(|t| t.set_decides_client_keys(id, decides));
+    }
+
     /// Sets whether this node itself decides client keys (a node that joins
     /// by seed does not; set before it serves).
     pub fn set_local_decides_client_keys(&self, decides: bool) {

@@ -262,6 +262,7 @@ pub enum MembershipError {
 }
 
 enum Command {
+    Announce(SocketAddr),
     Remove(String, oneshot::Sender<()>),
     Leave(oneshot::Sender<()>),
 }
@@ -351,6 +352,16 @@ impl Membership {
         me.into_iter()
             .chain(shared.members.values().cloned())
             .collect()
+    }
+
+    /// Announces this node to the member at gossip address `to` (a peer
+    /// added after the start); it is also announced to until some member
+    /// answers, like the seeds.
+    pub async fn announce(&self, to: SocketAddr) -> Result<(), MembershipError> {
+        self.commands
+            .send(Command::Announce(to))
+            .await
+            .map_err(|_| MembershipError::Stopped)
     }
 
     /// The ids removed for good.
@@ -451,6 +462,14 @@ impl Driver {
                 _ = tick.tick() => self.on_tick(),
                 cmd = commands.recv() => match cmd {
                     None => return,
+                    Some(Command::Announce(to)) => {
+                        if !self.seeds.contains(&to) && self.seeds.len() < 1024 {
+                            self.seeds.push(to);
+                        }
+                        if let Err(error) = self.foca.announce(MemberInfo::seed(to), &mut self.runtime) {
+                            tracing::debug!(%to, %error, "membership: announce");
+                        }
+                    }
                     Some(Command::Remove(id, done)) => {
                         self.remove(id, true);
                         self.send_removed_to_all().await;

@@ -318,6 +318,12 @@ impl Node {
                     source,
                 })?;
         }
+        // Members the seed sees down or gone: not placed on until gossip
+        // says they are up (gossip never reports a member down that it
+        // never saw up).
+        for m in joined.iter().flat_map(|l| l.down_members()) {
+            coordinator.set_peer_down(&alldata_coordinator::NodeId::new(m), true);
+        }
         for p in &config.peers {
             if removed.contains(&p.id) {
                 tracing::warn!(peer = %p, "configured peer was removed from the cluster; left out");
@@ -472,6 +478,39 @@ impl Node {
     /// `/health`'s `members`): gossip's view with each member's state.
     pub fn members(&self) -> serde_json::Value {
         serde_json::to_value(self.cluster.list()).unwrap_or_default()
+    }
+
+    /// Adds a static peer after the start, as a `--peer` flag would have:
+    /// it decides client keys (every node must list the same static peers)
+    /// and is announced to by gossip. For a node that joins a running
+    /// cluster, use [`NodeConfig::seeds`] instead.
+    pub async fn add_peer(&self, peer: &PeerSpec) -> Result<(), NodeError> {
+        self.coordinator
+            .add_member_at(
+                peer.id.as_str(),
+                peer.address.as_str(),
+                &peer.location,
+                true,
+            )
+            .map_err(|source| NodeError::Peer {
+                peer: peer.to_string(),
+                source,
+            })?;
+        self.coordinator
+            .set_decides_client_keys(&alldata_coordinator::NodeId::new(&peer.id), true);
+        self.cluster.add_decider(members::Decider {
+            id: peer.id.clone(),
+            peer_address: peer.address.clone(),
+            region: peer.location.region.clone(),
+            zone: peer.location.zone.clone(),
+        });
+        if let Some(m) = self.cluster.membership()
+            && let Ok(mut addrs) = tokio::net::lookup_host(peer.address.as_str()).await
+            && let Some(addr) = addrs.next()
+        {
+            let _ = m.announce(addr).await;
+        }
+        Ok(())
     }
 
     /// Removes member `id` for good (as `alldata admin remove` does).

@@ -64,6 +64,16 @@ pub(crate) struct MemberList {
     pub(crate) removed: Vec<String>,
 }
 
+impl MemberList {
+    /// The ids of members listed as down or left.
+    pub(crate) fn down_members(&self) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(|m| m.state == "down" || m.state == "left")
+            .map(|m| m.id.as_str())
+    }
+}
+
 /// The node's side of membership: it turns gossip's news into topology
 /// changes and answers the member routes.
 pub(crate) struct Cluster {
@@ -100,6 +110,15 @@ impl Cluster {
 
     pub(crate) fn membership(&self) -> Option<&Arc<Membership>> {
         self.membership.get()
+    }
+
+    /// Adds `d` to the client-key decider set (a static peer added after
+    /// the start).
+    pub(crate) fn add_decider(&self, d: Decider) {
+        self.deciders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(d.id.clone(), d);
     }
 
     fn decides(&self, id: &str) -> bool {
