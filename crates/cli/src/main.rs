@@ -84,8 +84,9 @@ struct NodeArgs {
     /// Turn live membership off (no gossip socket; members are the --peer list).
     #[arg(long, env = "ALLDATA_NO_GOSSIP")]
     no_gossip: bool,
-    /// Gossip probe period in milliseconds (a member that does not answer is
-    /// suspected, then declared down after a few periods).
+    /// Gossip probe period in milliseconds: a member that does not answer a
+    /// probe within half of it is suspected, and declared down (no longer
+    /// placed on) four periods later unless it refutes.
     #[arg(long, env = "ALLDATA_GOSSIP_PROBE_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(50..))]
     gossip_probe_ms: u64,
@@ -226,11 +227,9 @@ impl NodeArgs {
         config.seeds = self.seeds;
         config.advertise_peer = self.advertise_peer;
         config.gossip = !self.no_gossip;
-        if self.gossip_probe_ms != 1000 {
-            config.gossip_timers = Some(alldata_node::gossip_timers(Duration::from_millis(
-                self.gossip_probe_ms,
-            )));
-        }
+        config.gossip_timers = Some(alldata_node::gossip_timers(Duration::from_millis(
+            self.gossip_probe_ms,
+        )));
         config.options = Options {
             replication_factor: self.replication_factor,
             commit_level: self.commit_level,

@@ -87,6 +87,40 @@ async fn a_node_started_with_only_a_seed_is_known_everywhere_and_receives_replic
     assert!(ok, "{out}");
     let line = out.lines().find(|l| l.starts_with("n4 ")).expect(&out);
     assert!(line.contains("alive") && line.ends_with("no"), "{out}");
+
+    // A node killed without a goodbye is declared down by failure detection
+    // (default timers) and then takes no replica write.
+    c.kill(2);
+    let took = until("n1 and n2 see n3 down", Duration::from_secs(15), || {
+        let c = &c;
+        async move {
+            for i in [0, 1] {
+                if c.member_states(i).await.get("n3").map(String::as_str) != Some("down") {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    println!("killed n3 declared down after {took:?}");
+    let replacements = metric(&c, 0, "alldata_coordinator_replacements_total").await;
+    for i in 0..40 {
+        let (status, answer) = c.post(0, "all", &format!(r#"{{"after":{i}}}"#)).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    assert_eq!(
+        metric(&c, 0, "alldata_coordinator_replacements_total").await,
+        replacements,
+        "a replica write was still aimed at the down node"
+    );
+}
+
+async fn metric(c: &Cluster, i: usize, name: &str) -> u64 {
+    let (_, text) = c.get_text(i, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
