@@ -348,7 +348,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "\nn4 said goodbye on its clean stop, so the others placed nothing on it while it was down ({replacements} replica writes moved to another peer)."
+        "\nn4 said goodbye on its clean stop, so the others stopped placing on it at once (replica writes moved to another peer meanwhile: {replacements})."
     );
     println!(
         "n7 joined by seed: it holds replicas of events written after it was known (column \"on n7\"), and decides only the keys it generates."
