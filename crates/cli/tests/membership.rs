@@ -114,6 +114,27 @@ async fn a_node_started_with_only_a_seed_is_known_everywhere_and_receives_replic
         replacements,
         "a replica write was still aimed at the down node"
     );
+    // A node restarted while n3 is down learns it from a peer at its start.
+    c.kill(1);
+    c.spawn(1);
+    c.wait_healthy(1).await;
+    until(
+        "the restarted n2 has n3 marked down",
+        Duration::from_secs(10),
+        || {
+            let c = &c;
+            async move {
+                let (_, health) = c.get_text(1, "/health").await;
+                let health: serde_json::Value = serde_json::from_str(&health).unwrap_or_default();
+                health["peers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["id"] == "n3" && p["down"] == true)
+            }
+        },
+    )
+    .await;
 }
 
 async fn metric(c: &Cluster, i: usize, name: &str) -> u64 {

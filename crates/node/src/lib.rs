@@ -376,6 +376,14 @@ impl Node {
             }
             let membership = alldata_membership::Membership::start(mc, socket, cluster.clone());
             cluster.set_membership(Arc::new(membership));
+            if joined.is_none() && !config.peers.is_empty() {
+                tokio::spawn(members::learn_down_from_peers(
+                    cluster.clone(),
+                    transport.clone(),
+                    config.peers.iter().map(|p| p.address.clone()).collect(),
+                    config.join_timeout,
+                ));
+            }
         }
 
         // The storage's own window check, so a PUT with an unacceptable key is a

@@ -310,6 +310,34 @@ impl MembersAdmin for Admin {
     }
 }
 
+/// At a start with static peers: takes the member list from the first peer
+/// that answers (trying for `within`) and marks down the members it sees down
+/// or gone that gossip has not reported on here yet (gossip only reports a
+/// member down after it saw it up, so a peer already down at this node's
+/// start would otherwise look up).
+pub(crate) async fn learn_down_from_peers(
+    cluster: Arc<Cluster>,
+    transport: HttpTransport,
+    peers: Vec<String>,
+    within: Duration,
+) {
+    let Ok(list) = fetch_from_seeds(&transport, &peers, within).await else {
+        return;
+    };
+    let heard: BTreeSet<String> = cluster
+        .membership()
+        .map(|m| m.members().into_iter().map(|v| v.info.id).collect())
+        .unwrap_or_default();
+    for id in list.down_members() {
+        if id != cluster.local
+            && !heard.contains(id)
+            && cluster.coordinator.set_peer_down(&NodeId::new(id), true)
+        {
+            tracing::info!(%id, from = %list.node, "member down at start (as a peer sees it)");
+        }
+    }
+}
+
 /// The removed ids kept in `file` (none when it does not exist).
 pub(crate) fn load_removed(file: &std::path::Path) -> BTreeSet<String> {
     match std::fs::read_to_string(file) {
