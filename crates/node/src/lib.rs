@@ -376,14 +376,6 @@ impl Node {
             }
             let membership = alldata_membership::Membership::start(mc, socket, cluster.clone());
             cluster.set_membership(Arc::new(membership));
-            if joined.is_none() && !config.peers.is_empty() {
-                tokio::spawn(members::learn_down_from_peers(
-                    cluster.clone(),
-                    transport.clone(),
-                    config.peers.iter().map(|p| p.address.clone()).collect(),
-                    config.join_timeout,
-                ));
-            }
         }
 
         // The storage's own window check, so a PUT with an unacceptable key is a
@@ -449,6 +441,15 @@ impl Node {
                 signal(stopped),
             )),
         ];
+        if cluster.membership().is_some() && joined.is_none() && !config.peers.is_empty() {
+            tokio::spawn(members::learn_down_from_peers(
+                Arc::downgrade(&cluster),
+                transport.clone(),
+                config.peers.iter().map(|p| p.address.clone()).collect(),
+                config.join_timeout,
+                stop.subscribe(),
+            ));
+        }
         let repair = (!config.repair_interval.is_zero()).then(|| {
             let store = Arc::downgrade(&storage);
             // Writes older than the storage's acceptance window are refused,

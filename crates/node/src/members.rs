@@ -316,12 +316,18 @@ impl MembersAdmin for Admin {
 /// member down after it saw it up, so a peer already down at this node's
 /// start would otherwise look up).
 pub(crate) async fn learn_down_from_peers(
-    cluster: Arc<Cluster>,
+    cluster: std::sync::Weak<Cluster>,
     transport: HttpTransport,
     peers: Vec<String>,
     within: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let Ok(list) = fetch_from_seeds(&transport, &peers, within).await else {
+    // Holds no reference to the node while it waits, and ends with it.
+    let list = tokio::select! {
+        _ = stop.wait_for(|s| *s) => return,
+        list = fetch_from_seeds(&transport, &peers, within) => list,
+    };
+    let (Ok(list), Some(cluster)) = (list, cluster.upgrade()) else {
         return;
     };
     let heard: BTreeSet<String> = cluster
