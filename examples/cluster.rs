@@ -1,9 +1,11 @@
 //! A local AllData cluster doing real work: six nodes over two regions and three
 //! zones, real HTTP between them, real LevelDB in a temporary directory.
 //!
-//! It ingests events over the client API at each commit level, stops one node,
-//! keeps ingesting (failed replica writes move to unused peers), and prints where
-//! the replicas landed, what each level acknowledged, and the latency. A speed
+//! It ingests events over the client API at each commit level, stops one node
+//! (it says goodbye by gossip, so the others stop placing on it at once),
+//! keeps ingesting, starts a seventh node that joins by seed while writes
+//! flow, and prints where the replicas landed (the seventh node's share in
+//! its own column), what each level acknowledged, and the latency. A speed
 //! layer tails the whole cluster from n1 (`Coordinator::tail`, the Rust side of
 //! `GET /events/tail`) while the writes flow and counts what it saw; at the
 //! end a batch layer exports the run's time range from n1 as Parquet
@@ -19,21 +21,23 @@ use std::time::{Duration, Instant};
 
 use alldata::coordinator::{Location, Options, Storage};
 use alldata::keygen::EventKey;
-use alldata::node::{Node, NodeConfig};
+use alldata::node::{Node, NodeConfig, PeerSpec};
 use alldata::storage_leveldb::Durability;
 use anyhow::Context;
 use futures::StreamExt;
 
-/// (id, region, zone)
-const NODES: [(&str, &str, &str); 6] = [
+/// (id, region, zone); the last one joins later by seed.
+const NODES: [(&str, &str, &str); 7] = [
     ("n1", "eu", "eu-a"),
     ("n2", "eu", "eu-a"),
     ("n3", "eu", "eu-b"),
     ("n4", "eu", "eu-b"),
     ("n5", "us", "us-a"),
     ("n6", "us", "us-a"),
+    ("n7", "eu", "eu-b"),
 ];
 const STOPPED: usize = 3; // n4
+const JOINER: usize = 6; // n7
 const CONCURRENCY: usize = 16;
 
 struct Phase {
@@ -145,7 +149,9 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
     let tmp = tempfile::tempdir().context("temporary directory")?;
-    println!("AllData local cluster: 6 nodes, 2 regions (eu, us), 3 zones (eu-a, eu-b, us-a)");
+    println!(
+        "AllData local cluster: 6 nodes, 2 regions (eu, us), 3 zones (eu-a, eu-b, us-a); a 7th joins later"
+    );
     println!(
         "RF 3 = local + 1 other zone + 1 other region; HTTP between nodes; LevelDB (sync, group commit) in {}\n",
         tmp.path().display()
@@ -161,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut nodes: Vec<Option<Node>> = Vec::new();
     let mut storages: Vec<Arc<dyn Storage>> = Vec::new();
-    for (id, region, zone) in NODES {
+    for (id, region, zone) in NODES.into_iter().take(JOINER) {
         let any: SocketAddr = "127.0.0.1:0".parse()?;
         let mut config = NodeConfig::new(id, any, any, tmp.path().join(id));
         config.location = Location::new(region, zone);
@@ -174,17 +180,22 @@ async fn main() -> anyhow::Result<()> {
         storages.push(Arc::clone(node.coordinator().storage()));
         nodes.push(Some(node));
     }
-    // Every node learns every other node's replica endpoint and location.
-    let peers: Vec<(String, SocketAddr, Location)> = nodes
+    // Every node learns every other node's replica endpoint and location,
+    // as `--peer` flags would give them (static members: they decide client
+    // keys); gossip then watches them.
+    let peers: Vec<PeerSpec> = nodes
         .iter()
         .flatten()
         .zip(NODES)
-        .map(|(n, (_, r, z))| (n.id().to_owned(), n.peer_addr(), Location::new(r, z)))
+        .map(|(n, (id, r, z))| PeerSpec {
+            id: id.to_owned(),
+            address: n.peer_addr().to_string(),
+            location: Location::new(r, z),
+        })
         .collect();
     for node in nodes.iter().flatten() {
-        for (id, addr, loc) in peers.iter().filter(|p| p.0 != node.id()) {
-            node.coordinator()
-                .add_peer_at(id.as_str(), addr.to_string(), loc)?;
+        for p in peers.iter().filter(|p| p.id != node.id()) {
+            node.add_peer(p).await?;
         }
     }
     for (n, (id, r, z)) in nodes.iter().flatten().zip(NODES) {
@@ -246,21 +257,69 @@ async fn main() -> anyhow::Result<()> {
         .sum::<u64>()
         - replacements_before;
 
+    // A seventh node joins by seed (n1's peer endpoint) while writes flow.
+    let (id, region, zone) = NODES[JOINER];
     println!(
-        "\n{:<8} {:<7} {:>6} {:>7} {:>9} {:>10} {:>10}  replicas per event  replicas by region/zone",
-        "phase", "level", "acked", "failed", "events/s", "p50", "p99"
+        "\nstarting {id} ({region}/{zone}) with only a seed (n1) while QUORUM writes flow ..."
+    );
+    let flowing = {
+        let apis: Vec<SocketAddr> = nodes.iter().flatten().map(|n| n.api_addr()).collect();
+        let client = client.clone();
+        tokio::spawn(async move { ingest(&client, &apis, "n7 joins", "quorum", events).await })
+    };
+    let joined_at = Instant::now();
+    let any: SocketAddr = "127.0.0.1:0".parse()?;
+    let mut config = NodeConfig::new(id, any, any, tmp.path().join(id));
+    config.location = Location::new(region, zone);
+    config.options = options.clone();
+    config.durability = Durability::Sync;
+    config.cluster_secret = "example-cluster-secret".into();
+    config.seeds = vec![nodes[0].as_ref().context("n1")?.peer_addr().to_string()];
+    let n7 = Node::start(config).await.context("starting n7")?;
+    storages.push(Arc::clone(n7.coordinator().storage()));
+    let n7_id = alldata::coordinator::NodeId::new(id);
+    while !nodes
+        .iter()
+        .flatten()
+        .all(|n| n.coordinator().topology().peer(&n7_id).is_some())
+    {
+        anyhow::ensure!(
+            joined_at.elapsed() < Duration::from_secs(10),
+            "n7 not known to every node after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "{id} known to all five running nodes {:.0} ms after its start began",
+        joined_at.elapsed().as_secs_f64() * 1e3
+    );
+    nodes.push(Some(n7));
+    phases.push(flowing.await?);
+    let apis: Vec<SocketAddr> = nodes.iter().flatten().map(|n| n.api_addr()).collect();
+    phases.push(ingest(&client, &apis, "with n7", "quorum", events).await);
+    for n in nodes.iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), n.coordinator().drain()).await;
+    }
+
+    println!(
+        "\n{:<8} {:<7} {:>6} {:>7} {:>9} {:>10} {:>10} {:>6}  replicas per event  replicas by region/zone",
+        "phase", "level", "acked", "failed", "events/s", "p50", "p99", "on n7"
     );
     for p in &phases {
         let mut per_event: BTreeMap<usize, usize> = BTreeMap::new();
         let mut by_place: BTreeMap<String, usize> = BTreeMap::new();
+        let mut on_n7 = 0;
         for key in &p.keys {
             let mut holders = 0;
             for (i, s) in storages.iter().enumerate() {
-                if i == STOPPED && p.name == "n4 down" {
+                if i == STOPPED && p.name != "all up" {
                     continue;
                 }
                 if matches!(s.get(*key).await, Ok(Some(_))) {
                     holders += 1;
+                    if i == JOINER {
+                        on_n7 += 1;
+                    }
                     *by_place
                         .entry(format!("{}/{}", NODES[i].1, NODES[i].2))
                         .or_default() += 1;
@@ -272,7 +331,7 @@ async fn main() -> anyhow::Result<()> {
         let per_event: Vec<String> = per_event.iter().map(|(r, n)| format!("{r}x:{n}")).collect();
         let by_place: Vec<String> = by_place.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
-            "{:<8} {:<7} {:>6} {:>7} {:>9.0} {:>10} {:>10}  {:<18}  {}",
+            "{:<8} {:<7} {:>6} {:>7} {:>9.0} {:>10} {:>10} {:>6}  {:<18}  {}",
             p.name,
             p.level.to_uppercase(),
             p.ok,
@@ -280,6 +339,7 @@ async fn main() -> anyhow::Result<()> {
             p.ok as f64 / p.elapsed.as_secs_f64(),
             pct(&p.latencies, 0.5),
             pct(&p.latencies, 0.99),
+            on_n7,
             per_event.join(" "),
             by_place.join(" ")
         );
@@ -288,7 +348,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "\nWhile n4 was down, {replacements} replica writes aimed at it moved to unused peers."
+        "\nn4 said goodbye on its clean stop, so the others stopped placing on it at once (replica writes moved to another peer meanwhile: {replacements})."
+    );
+    println!(
+        "n7 joined by seed: it holds replicas of events written after it was known (column \"on n7\"), and decides only the keys it generates."
     );
     println!("Every acknowledged event above is on 3 live nodes unless the table says otherwise.");
     let acked: HashSet<EventKey> = phases.iter().flat_map(|p| p.keys.iter().copied()).collect();
@@ -300,7 +363,7 @@ async fn main() -> anyhow::Result<()> {
         acked.len()
     );
     // Batch layer: the run's range from n1, cluster-wide (n4 is down: the
-    // other five nodes suffice for completeness), as Parquet.
+    // other six nodes suffice for completeness), as Parquet.
     let n1_api = nodes[0].as_ref().context("n1")?.api_addr();
     let parquet = client
         .get(format!(

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks the dependency arrows that must never exist (see README, "Crates"):
 #   the coordinator on any I/O crate, the peer client on the peer server (or
-#   axum), the client API on the peer client, and a facade without default
-#   features pulling anything but keygen and the coordinator.
+#   axum), the client API on the peer client, the coordinator and the
+#   membership crate on each other, and a facade without default features
+#   pulling anything but keygen and the coordinator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail=0
@@ -37,6 +38,9 @@ absent alldata-peer-server-http alldata-peer-client-http
 absent alldata-server-http alldata-peer-client-http
 absent alldata-server-http alldata-peer-wire
 absent alldata-storage-leveldb hyper
+absent alldata-coordinator alldata-membership
+absent alldata-membership alldata-coordinator
+absent alldata-membership hyper
 
 # The facade without default features: keygen and the coordinator only.
 direct=$(cargo tree -q -e normal -p alldata --no-default-features --depth 1 --prefix none |

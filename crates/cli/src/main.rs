@@ -1,6 +1,7 @@
 //! The `alldata` command: `alldata node` runs one node of a cluster,
 //! `alldata bench` load-tests a local cluster against baselines, `alldata
-//! export` writes a range or a closed interval to an NDJSON or Parquet file.
+//! export` writes a range or a closed interval to an NDJSON or Parquet file,
+//! `alldata admin` lists and removes members.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use alldata_storage_leveldb::{Durability, IntervalLength};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod admin;
 mod bench;
 mod export;
 
@@ -32,6 +34,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Export a range or a closed interval (cluster-wide by default) to an NDJSON or Parquet file.
     Export(export::ExportArgs),
+    /// Cluster administration: list members, remove a member for good.
+    Admin(admin::AdminArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -66,6 +70,26 @@ struct NodeArgs {
     /// Repeatable; in the environment, separate peers with commas.
     #[arg(long = "peer", env = "ALLDATA_PEERS", value_delimiter = ',')]
     peers: Vec<PeerSpec>,
+    /// HOST:PORT of a running member's peer endpoint to join through (the
+    /// member list and gossip). Repeatable; in the environment, separate
+    /// seeds with commas. A node with seeds and no --peer holds replicas but
+    /// does not decide client keys (see README, "Membership").
+    #[arg(long = "seed", env = "ALLDATA_SEEDS", value_delimiter = ',')]
+    seeds: Vec<String>,
+    /// HOST:PORT other nodes reach this node's peer endpoint (and gossip
+    /// socket, UDP on the same port) at; default: --peer-listen. Needed when
+    /// --peer-listen is 0.0.0.0.
+    #[arg(long, env = "ALLDATA_ADVERTISE_PEER")]
+    advertise_peer: Option<SocketAddr>,
+    /// Turn live membership off (no gossip socket; members are the --peer list).
+    #[arg(long, env = "ALLDATA_NO_GOSSIP")]
+    no_gossip: bool,
+    /// Gossip probe period in milliseconds: a member that does not answer a
+    /// probe within half of it is suspected, and declared down (no longer
+    /// placed on) four periods later unless it refutes.
+    #[arg(long, env = "ALLDATA_GOSSIP_PROBE_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(50..))]
+    gossip_probe_ms: u64,
     /// Replicas per event, the local one included.
     #[arg(long, env = "ALLDATA_REPLICATION_FACTOR", default_value_t = 1)]
     replication_factor: usize,
@@ -192,7 +216,7 @@ impl NodeArgs {
         let mut config = NodeConfig::new(self.id, self.listen, self.peer_listen, self.data_dir);
         config.location = Location::new(self.region, self.zone);
         anyhow::ensure!(
-            self.replication_factor <= self.peers.len() + 1,
+            !self.seeds.is_empty() || self.replication_factor <= self.peers.len() + 1,
             "--replication-factor {} needs {} nodes, only {} configured (this node and {} --peer)",
             self.replication_factor,
             self.replication_factor,
@@ -200,6 +224,12 @@ impl NodeArgs {
             self.peers.len()
         );
         config.peers = self.peers;
+        config.seeds = self.seeds;
+        config.advertise_peer = self.advertise_peer;
+        config.gossip = !self.no_gossip;
+        config.gossip_timers = Some(alldata_node::gossip_timers(Duration::from_millis(
+            self.gossip_probe_ms,
+        )));
         config.options = Options {
             replication_factor: self.replication_factor,
             commit_level: self.commit_level,
@@ -330,6 +360,7 @@ fn main() -> ExitCode {
             Command::Node(args) => run_node(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Export(args) => export::run(args).await,
+            Command::Admin(args) => admin::run(args).await,
         }
     });
     match result {

@@ -200,6 +200,63 @@ impl Coordinator {
         self.update_topology(|t| t.drop_peer(id))
     }
 
+    /// Adds a member learned at run time (by gossip, or from a seed) at an
+    /// absolute location, in one topology change: `decides_client_keys`
+    /// false keeps it out of the client-key decider set (see
+    /// [`Topology::decider`]), so no put ever sees it as a decider. A known
+    /// member keeps its decider mark (the set changes only by removal).
+    pub fn add_member_at(
+        &self,
+        id: impl Into<NodeId>,
+        address: impl Into<String>,
+        location: &Location,
+        decides_client_keys: bool,
+    ) -> Result<PeerChange, TopologyError> {
+        let id = id.into();
+        let address = address.into();
+        self.update_topology(|t| {
+            let change = t.add_peer_at(id.clone(), address, location)?;
+            if change == PeerChange::Added {
+                t.set_decides_client_keys(&id, decides_client_keys);
+            }
+            Ok(change)
+        })
+    }
+
+    /// Removes member `id` for good ([`Topology::retire`]): it is dropped,
+    /// and the keys it generated are decided by the client-key deciders
+    /// from then on, so repair restores RF for them. Returns whether it was
+    /// a known peer.
+    pub fn remove_member(&self, id: &NodeId) -> bool {
+        self.update_topology(|t| t.retire(id))
+    }
+
+    /// Sets whether member `id` (a peer or this node) decides client keys.
+    /// This moves the deciders of some client keys: only for a member
+    /// configured statically on every node (a `--peer` added after the start).
+    pub fn set_decides_client_keys(&self, id: &NodeId, decides: bool) {
+        self.update_topology(|t| t.set_decides_client_keys(id, decides));
+    }
+
+    /// Sets whether this node itself decides client keys (a node that joins
+    /// by seed does not; set before it serves).
+    pub fn set_local_decides_client_keys(&self, decides: bool) {
+        self.update_topology(|t| {
+            let local = t.local().clone();
+            t.set_decides_client_keys(&local, decides);
+        });
+    }
+
+    /// Marks peer `id` down (failure detection said so, or it left) or up
+    /// again: placement avoids a down peer while enough other nodes exist,
+    /// and repair does not target it. Returns whether the mark changed.
+    pub fn set_peer_down(&self, id: &NodeId, down: bool) -> bool {
+        if self.topology().is_down(id) == down {
+            return false;
+        }
+        self.update_topology(|t| t.set_down(id, down))
+    }
+
     /// The counters of this node's repair rounds
     /// ([`Coordinator::repair_round`] records each).
     pub fn repair_stats(&self) -> &crate::repair::RepairStats {

@@ -292,6 +292,8 @@ impl Coordinator {
             mut avoid,
             mut probe_ready,
         } = self.inner.scores.for_placement();
+        // Members detected down (or gone) are avoided the same way.
+        avoid.extend(topology.down_peers().cloned());
         self.with_rng(|rng| {
             for (i, (key, event, decider, fast)) in events.into_iter().enumerate() {
                 let (peers, mut chosen) = placement::place_avoiding(

@@ -463,7 +463,14 @@ impl Coordinator {
             }
         };
         let reader = self.peer_reader();
-        let peers: Vec<_> = topo.peers().cloned().collect();
+        // A member detected down is neither asked nor targeted (as if it did
+        // not answer).
+        report.unreachable.extend(topo.down_peers().cloned());
+        let peers: Vec<_> = topo
+            .peers()
+            .filter(|p| !topo.is_down(&p.id))
+            .cloned()
+            .collect();
         // Boxed: a `Send` future whatever the closures borrow.
         let calls: Vec<BoxFuture<'_, Result<Vec<BucketDigest>, TransportError>>> = peers
             .iter()

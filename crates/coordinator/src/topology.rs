@@ -1,6 +1,6 @@
 //! Who the coordinator can place replicas on, and where they are.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -191,11 +191,27 @@ pub enum TopologyError {
 
 /// The local node and its known peers. Cheap to clone via `Arc`; the coordinator
 /// swaps in a new snapshot on every change, so puts in flight keep a consistent view.
+///
+/// Two marks ride on members besides their address and place:
+/// - *down* (failure detection said so, or the member left): placement
+///   avoids it while enough other nodes exist, repair does not target it;
+///   it stays a member (its keys keep their decider).
+/// - *not a client-key decider* (a member that joined by gossip without
+///   being configured statically): it holds replicas and decides the keys
+///   its own generator made, but rendezvous hashing for client keys skips
+///   it, so a join never moves a client key's decider.
 #[derive(Debug, Clone)]
 pub struct Topology {
     local: NodeId,
     location: Location,
     peers: BTreeMap<NodeId, Peer>,
+    /// Members (the local node included) that do not decide client keys.
+    not_deciders: BTreeSet<NodeId>,
+    /// Peers detected down or gone.
+    down: BTreeSet<NodeId>,
+    /// Origin tags of members removed for good: their generated keys are
+    /// decided like client keys from then on.
+    retired: BTreeSet<u16>,
 }
 
 impl Topology {
@@ -205,7 +221,48 @@ impl Topology {
             local,
             location,
             peers: BTreeMap::new(),
+            not_deciders: BTreeSet::new(),
+            down: BTreeSet::new(),
+            retired: BTreeSet::new(),
         }
+    }
+
+    /// Whether member `id` (a peer or the local node) decides client keys
+    /// (see [`Topology::decider`]); every member does unless set otherwise.
+    pub fn decides_client_keys(&self, id: &NodeId) -> bool {
+        !self.not_deciders.contains(id)
+    }
+
+    /// Sets whether member `id` (a peer or the local node) decides client
+    /// keys. Changing it moves the deciders of some client keys: only do it
+    /// when a member is added (before any put sees it) or removed for good.
+    pub fn set_decides_client_keys(&mut self, id: &NodeId, decides: bool) {
+        if decides {
+            self.not_deciders.remove(id);
+        } else {
+            self.not_deciders.insert(id.clone());
+        }
+    }
+
+    /// Marks peer `id` down (`true`) or up again. Placement avoids a down
+    /// peer while enough other nodes exist, and repair does not target it.
+    /// Returns whether the mark changed; unknown ids are ignored.
+    pub fn set_down(&mut self, id: &NodeId, down: bool) -> bool {
+        if down {
+            self.peers.contains_key(id) && self.down.insert(id.clone())
+        } else {
+            self.down.remove(id)
+        }
+    }
+
+    /// Whether peer `id` is marked down.
+    pub fn is_down(&self, id: &NodeId) -> bool {
+        self.down.contains(id)
+    }
+
+    /// The peers marked down, by id.
+    pub fn down_peers(&self) -> impl Iterator<Item = &NodeId> {
+        self.down.iter()
     }
 
     /// The local node's id.
@@ -265,9 +322,23 @@ impl Topology {
         })
     }
 
-    /// Removes a peer; returns whether it was known.
+    /// Removes a peer (and its marks); returns whether it was known.
     pub fn drop_peer(&mut self, id: &NodeId) -> bool {
+        self.down.remove(id);
+        self.not_deciders.remove(id);
         self.peers.remove(id).is_some()
+    }
+
+    /// Removes member `id` for good (it need not be known): its peer entry
+    /// goes, and the keys its generator made are decided like client keys
+    /// (by rendezvous over the client-key deciders) from then on, so repair
+    /// brings them back to RF. Every node must retire the same ids.
+    /// Returns whether the peer was known.
+    pub fn retire(&mut self, id: &NodeId) -> bool {
+        if *id != self.local {
+            self.retired.insert(origin_tag(id.as_str()));
+        }
+        self.drop_peer(id)
     }
 
     /// A known peer by id.
@@ -299,23 +370,41 @@ impl Topology {
     /// goes to it first, and its write-once storage accepts one value only.
     ///
     /// For a generated key, the node whose generator made it (its
-    /// [`EventKey::origin`] tag); `None` when no member has that tag. For a
+    /// [`EventKey::origin`] tag); when that node was removed for good
+    /// ([`Topology::retire`]), the client-key decider of the key; `None`
+    /// when no member has that tag otherwise. For a
     /// client key, the member that ranks highest for the key by rendezvous
-    /// hashing (the same on every node that knows the same members).
+    /// hashing among the members that decide client keys (the same on every
+    /// node that knows the same deciders); `None` when there is none.
+    /// Whether a member is down does not matter here: a key's decider
+    /// changes only when the decider set does.
     pub fn decider(&self, key: &EventKey) -> Option<NodeId> {
         match key.origin() {
             Some(tag) => self
                 .members()
                 .find(|m| origin_tag(m.as_str()) == tag)
+                .or_else(|| {
+                    self.retired
+                        .contains(&tag)
+                        .then(|| self.client_decider(key))
+                        .flatten()
+                })
                 .cloned(),
-            None => self
-                .members()
-                .max_by_key(|m| (rendezvous(key, m), *m))
-                .cloned(),
+            None => self.client_decider(key).cloned(),
         }
     }
 
-    /// Peers of one category grouped by zone (other zones) or region (other regions).
+    /// The client-key decider of `key`: the highest rendezvous score among
+    /// the members that decide client keys.
+    fn client_decider(&self, key: &EventKey) -> Option<&NodeId> {
+        self.members()
+            .filter(|m| !self.not_deciders.contains(*m))
+            .max_by_key(|m| (rendezvous(key, m), *m))
+    }
+
+    /// Peers of one category grouped by zone (other zones) or region (other
+    /// regions), down peers included (placement avoids those by marking them
+    /// used, see `placement::place_avoiding`).
     pub(crate) fn groups(&self, category: Category) -> BTreeMap<&str, Vec<&Peer>> {
         let mut groups: BTreeMap<&str, Vec<&Peer>> = BTreeMap::new();
         for p in self
@@ -436,6 +525,46 @@ mod tests {
             .with_origin(origin_tag("zz"))
             .generate();
         assert_eq!(views[0].decider(&stranger), None);
+    }
+
+    #[test]
+    fn members_that_do_not_decide_client_keys_never_become_deciders() {
+        let mut t = Topology::new("a".into(), Location::default());
+        for id in ["b", "c"] {
+            t.add_peer(peer(id, Locality::LocalZone)).unwrap();
+        }
+        let client = alldata_keygen::KeyGenerator::new();
+        let keys: Vec<EventKey> = (0..500).map(|_| client.generate()).collect();
+        let before: Vec<_> = keys.iter().map(|k| t.decider(k)).collect();
+        // A joiner that does not decide client keys changes no decider.
+        t.add_peer(peer("joiner", Locality::LocalZone)).unwrap();
+        t.set_decides_client_keys(&"joiner".into(), false);
+        let after: Vec<_> = keys.iter().map(|k| t.decider(k)).collect();
+        assert_eq!(before, after);
+        // It still decides the keys its own generator made.
+        let made = alldata_keygen::KeyGenerator::new()
+            .with_origin(origin_tag("joiner"))
+            .generate();
+        assert_eq!(t.decider(&made), Some("joiner".into()));
+        // Down marks change no decider either.
+        assert!(t.set_down(&"b".into(), true));
+        assert!(!t.set_down(&"b".into(), true));
+        assert!(!t.set_down(&"nobody".into(), true));
+        let down: Vec<_> = keys.iter().map(|k| t.decider(k)).collect();
+        assert_eq!(before, down);
+        assert!(t.is_down(&"b".into()));
+        // A local node that does not decide: only the others do.
+        t.set_decides_client_keys(&"a".into(), false);
+        assert!(keys.iter().all(|k| t.decider(k) != Some("a".into())));
+        // A retired member's generated keys go to the client-key deciders.
+        let mut retired = t.clone();
+        assert!(retired.retire(&"joiner".into()));
+        assert!(!retired.retire(&"joiner".into()));
+        let d = retired.decider(&made).expect("decided after retirement");
+        assert!(retired.decides_client_keys(&d) && d != "joiner".into());
+        // Dropping a peer forgets its marks.
+        assert!(t.drop_peer(&"b".into()));
+        assert!(!t.is_down(&"b".into()));
     }
 
     #[test]

@@ -185,6 +185,22 @@ pub struct NodeConfig {
     pub repair_interval: std::time::Duration,
     /// What a repair round covers and how fast it copies.
     pub repair: RepairOptions,
+    /// `HOST:PORT` peer endpoints of running members to join through
+    /// (gossip and the member list). A node with seeds and no `peers` joins
+    /// as a member that does not decide client keys (see the README).
+    pub seeds: Vec<String>,
+    /// Live membership by gossip on a UDP socket at the peer endpoint's
+    /// address and port (default on).
+    pub gossip: bool,
+    /// The peer endpoint address other nodes reach this node at, announced
+    /// by gossip (default: the bound `peer_listen`).
+    pub advertise_peer: Option<SocketAddr>,
+    /// How long a node with seeds only waits for a seed's member list
+    /// before giving up its start (default 10 s).
+    pub join_timeout: Duration,
+    /// foca's gossip timers (default: `alldata_membership`'s LAN settings:
+    /// a probe a second, a silent member down after about 6 s).
+    pub gossip_timers: Option<alldata_membership::foca::Config>,
 }
 
 /// The node's default LevelDB memtable size (64 MiB).
@@ -222,6 +238,11 @@ impl NodeConfig {
             tail_stall_timeout: Duration::from_secs(10),
             repair_interval: std::time::Duration::from_secs(30),
             repair: RepairOptions::default(),
+            seeds: Vec::new(),
+            gossip: true,
+            advertise_peer: None,
+            join_timeout: Duration::from_secs(10),
+            gossip_timers: None,
         }
     }
 }

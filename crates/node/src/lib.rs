@@ -48,6 +48,7 @@ pub use alldata_server_http::Limits;
 pub use config::{DEFAULT_WRITE_BUFFER_BYTES, NodeConfig, PeerSpec, parse_commit_level};
 
 mod config;
+mod members;
 
 use config::check_peers;
 
@@ -105,6 +106,10 @@ pub enum NodeError {
     /// on this node and count twice).
     #[error("the peer list would fake replicas: {0}")]
     FakeReplicas(String),
+    /// A node with seeds only could not get the member list from any seed
+    /// (it needs the client-key decider set before it serves).
+    #[error("cannot join through the seeds: {0}")]
+    Join(String),
     /// Fewer nodes are configured than the replication factor: every put would
     /// fail.
     #[error(
@@ -131,6 +136,7 @@ pub struct Node {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<std::io::Result<()>>>,
     repair: Option<JoinHandle<()>>,
+    cluster: Arc<members::Cluster>,
 }
 
 impl fmt::Debug for Node {
@@ -176,6 +182,18 @@ impl Node {
             });
         }
         check_peers(&config)?;
+        // A node with seeds only takes the client-key decider set from a
+        // seed before anything else (see `members`).
+        let joined = if config.peers.is_empty() && !config.seeds.is_empty() {
+            let probe = HttpTransport::new(ClientConfig::new(config.cluster_secret.clone()))?;
+            let list = members::fetch_from_seeds(&probe, &config.seeds, config.join_timeout)
+                .await
+                .map_err(NodeError::Join)?;
+            tracing::info!(seed_node = %list.node, members = list.members.len(), deciders = list.deciders.len(), "member list taken from a seed");
+            Some(list)
+        } else {
+            None
+        };
         // The storage first: after a crash its open recounts the open
         // intervals, and until the ports are bound peers see a refused
         // connection (a clear "not here"), not one that never answers.
@@ -192,9 +210,22 @@ impl Node {
         let bound = async {
             let api = bind(config.listen, "client API").await?;
             let peer = bind(config.peer_listen, "peer endpoint").await?;
-            Ok::<_, NodeError>((api, peer))
+            // Gossip: UDP at the peer endpoint's own address and port.
+            let udp = if config.gossip {
+                let socket = tokio::net::UdpSocket::bind(peer.1)
+                    .await
+                    .map_err(|source| NodeError::Bind {
+                        what: "gossip socket (UDP)",
+                        addr: peer.1,
+                        source,
+                    })?;
+                Some(socket)
+            } else {
+                None
+            };
+            Ok::<_, NodeError>((api, peer, udp))
         };
-        let ((api_listener, api_addr), (peer_listener, peer_addr)) = match bound.await {
+        let ((api_listener, api_addr), (peer_listener, peer_addr), udp) = match bound.await {
             Ok(bound) => bound,
             Err(e) => {
                 storage.close().await;
@@ -231,13 +262,120 @@ impl Node {
             Arc::new(transport.clone()),
         )?
         .with_peer_reader(Arc::new(transport.clone()));
+        let removed_file = config.data_dir.join(members::REMOVED_FILE);
+        let mut removed = members::load_removed(&removed_file);
+        let mut deciders = std::collections::BTreeMap::new();
+        match &joined {
+            Some(list) => {
+                removed.extend(list.removed.iter().cloned());
+                for d in &list.deciders {
+                    if !removed.contains(&d.id) {
+                        deciders.insert(d.id.clone(), d.clone());
+                    }
+                }
+            }
+            None => {
+                deciders.insert(
+                    config.id.clone(),
+                    members::Decider {
+                        id: config.id.clone(),
+                        peer_address: peer_addr.to_string(),
+                        region: config.location.region.clone(),
+                        zone: config.location.zone.clone(),
+                    },
+                );
+                for p in config.peers.iter().filter(|p| !removed.contains(&p.id)) {
+                    deciders.insert(
+                        p.id.clone(),
+                        members::Decider {
+                            id: p.id.clone(),
+                            peer_address: p.address.clone(),
+                            region: p.location.region.clone(),
+                            zone: p.location.zone.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        for id in &removed {
+            coordinator.remove_member(&alldata_coordinator::NodeId::new(id));
+        }
+        let local_decides = deciders.contains_key(&config.id);
+        coordinator.set_local_decides_client_keys(local_decides);
+        for d in deciders
+            .values()
+            .filter(|d| d.id != config.id && joined.is_some())
+        {
+            coordinator
+                .add_member_at(
+                    d.id.as_str(),
+                    d.peer_address.as_str(),
+                    &alldata_coordinator::Location::new(&d.region, &d.zone),
+                    true,
+                )
+                .map_err(|source| NodeError::Peer {
+                    peer: d.id.clone(),
+                    source,
+                })?;
+        }
+        // Members the seed sees down or gone: not placed on until gossip
+        // says they are up (gossip never reports a member down that it
+        // never saw up).
+        for m in joined.iter().flat_map(|l| l.down_members()) {
+            coordinator.set_peer_down(&alldata_coordinator::NodeId::new(m), true);
+        }
         for p in &config.peers {
+            if removed.contains(&p.id) {
+                tracing::warn!(peer = %p, "configured peer was removed from the cluster; left out");
+                continue;
+            }
             coordinator
                 .add_peer_at(p.id.as_str(), p.address.as_str(), &p.location)
                 .map_err(|source| NodeError::Peer {
                     peer: p.to_string(),
                     source,
                 })?;
+        }
+
+        let cluster = Arc::new(members::Cluster::new(
+            config.id.clone(),
+            coordinator.clone(),
+            deciders,
+            removed.clone(),
+            removed_file,
+        ));
+        if let Some(socket) = udp {
+            let advertise = config.advertise_peer.unwrap_or(peer_addr);
+            let identity = alldata_membership::MemberInfo::new(
+                config.id.clone(),
+                advertise,
+                advertise.to_string(),
+                config.location.region.clone(),
+                config.location.zone.clone(),
+                local_decides,
+            );
+            let mut seeds = Vec::new();
+            for s in config
+                .seeds
+                .iter()
+                .chain(config.peers.iter().map(|p| &p.address))
+            {
+                match tokio::net::lookup_host(s.as_str()).await {
+                    Ok(mut addrs) => seeds.extend(addrs.next()),
+                    Err(error) => {
+                        tracing::warn!(seed = %s, %error, "cannot resolve a seed or peer for gossip")
+                    }
+                }
+            }
+            let mut mc =
+                alldata_membership::MembershipConfig::new(identity, config.cluster_secret.clone());
+            mc.seeds = seeds;
+            mc.removed = removed;
+            if let Some(timers) = &config.gossip_timers {
+                mc.foca = timers.clone();
+            }
+            let membership = alldata_membership::Membership::start(mc, socket, cluster.clone());
+            cluster.set_membership(Arc::new(membership));
         }
 
         // The storage's own window check, so a PUT with an unacceptable key is a
@@ -258,7 +396,8 @@ impl Node {
         .with_topology({
             let coordinator = coordinator.clone();
             Arc::new(move || coordinator.topology())
-        });
+        })
+        .with_members(Arc::new(members::Admin(cluster.clone())));
         let api_config = ApiConfig::default()
             .with_max_event_bytes(config.max_event_bytes)
             .with_durability(wire_durability.as_str())
@@ -280,7 +419,11 @@ impl Node {
                 length: config.interval,
             })
             .with_counters(peer_counters(peer_state.clone(), transport.clone()))
-            .with_counters(repair_counters(coordinator.clone(), transport.clone()));
+            .with_counters(repair_counters(coordinator.clone(), transport.clone()))
+            .with_members({
+                let cluster = cluster.clone();
+                move || serde_json::to_value(cluster.list()).unwrap_or_default()
+            });
         let tail_feed = feed;
         let api_state = ApiState::new(coordinator.clone(), api_config);
 
@@ -300,6 +443,15 @@ impl Node {
                 signal(stopped),
             )),
         ];
+        if cluster.membership().is_some() && joined.is_none() && !config.peers.is_empty() {
+            tokio::spawn(members::learn_down_from_peers(
+                Arc::downgrade(&cluster),
+                transport.clone(),
+                config.peers.iter().map(|p| p.address.clone()).collect(),
+                config.join_timeout,
+                stop.subscribe(),
+            ));
+        }
         let repair = (!config.repair_interval.is_zero()).then(|| {
             let store = Arc::downgrade(&storage);
             // Writes older than the storage's acceptance window are refused,
@@ -329,7 +481,56 @@ impl Node {
             stop,
             servers,
             repair,
+            cluster,
         })
+    }
+
+    /// The member list as this node serves it (`GET /peer/v1/members` and
+    /// `/health`'s `members`): gossip's view with each member's state.
+    pub fn members(&self) -> serde_json::Value {
+        serde_json::to_value(self.cluster.list()).unwrap_or_default()
+    }
+
+    /// Adds a static peer after the start, as a `--peer` flag would have:
+    /// it decides client keys (every node must list the same static peers)
+    /// and is announced to by gossip. For a node that joins a running
+    /// cluster, use [`NodeConfig::seeds`] instead.
+    pub async fn add_peer(&self, peer: &PeerSpec) -> Result<(), NodeError> {
+        self.coordinator
+            .add_member_at(
+                peer.id.as_str(),
+                peer.address.as_str(),
+                &peer.location,
+                true,
+            )
+            .map_err(|source| NodeError::Peer {
+                peer: peer.to_string(),
+                source,
+            })?;
+        self.coordinator
+            .set_decides_client_keys(&alldata_coordinator::NodeId::new(&peer.id), true);
+        self.cluster.add_decider(members::Decider {
+            id: peer.id.clone(),
+            peer_address: peer.address.clone(),
+            region: peer.location.region.clone(),
+            zone: peer.location.zone.clone(),
+        });
+        if let Some(m) = self.cluster.membership()
+            && let Ok(mut addrs) = tokio::net::lookup_host(peer.address.as_str()).await
+            && let Some(addr) = addrs.next()
+        {
+            let _ = m.announce(addr).await;
+        }
+        Ok(())
+    }
+
+    /// Removes member `id` for good (as `alldata admin remove` does).
+    pub async fn remove_member(&self, id: &str) -> Result<(), String> {
+        use alldata_peer_server_http::MembersAdmin;
+        members::Admin(self.cluster.clone())
+            .remove(id.to_owned())
+            .await
+            .map(|_| ())
     }
 
     /// The node id.
@@ -385,8 +586,14 @@ impl Node {
             stop,
             servers,
             repair,
+            cluster,
             ..
         } = self;
+        // Goodbye first: the members stop placing on this node at once.
+        if let Some(m) = cluster.membership() {
+            m.leave(Duration::from_millis(500)).await;
+        }
+        drop(cluster);
         // Tails are endless responses: end them, or they hold the shutdown.
         feed.close();
         let _ = stop.send(true);
@@ -435,6 +642,20 @@ impl Node {
         }
         tracing::info!(%id, "node stopped");
     }
+}
+
+/// Gossip timers scaled to a probe period: probes answered within half of
+/// it, a suspect declared down after four periods, gossip five times per
+/// period.
+pub fn gossip_timers(probe_period: Duration) -> alldata_membership::foca::Config {
+    let mut c = alldata_membership::default_foca_config();
+    c.probe_period = probe_period;
+    c.probe_rtt = probe_period / 2;
+    c.suspect_to_down_after = probe_period * 4;
+    if let Some(g) = c.periodic_gossip.as_mut() {
+        g.frequency = probe_period / 5;
+    }
+    c
 }
 
 /// The storage's consolidation intervals for the client API. A weak handle:

@@ -563,6 +563,35 @@ impl HttpTransport {
             .map_err(|e| TransportError::Network(format!("malformed key list: {e}")))
     }
 
+    /// The member list (JSON) of the node whose peer endpoint is at
+    /// `address` (`HOST:PORT`), as its gossip sees it.
+    pub async fn members(&self, address: &str) -> Result<Bytes, TransportError> {
+        let url = format!("{}{}", base_url(address), alldata_peer_wire::MEMBERS_PATH);
+        match self.shared.get(&url).await? {
+            (StatusCode::OK, body) => Ok(body),
+            (status, body) => Err(status_error(status, body)),
+        }
+    }
+
+    /// Asks the node whose peer endpoint is at `address` to remove member
+    /// `id` for good; its JSON answer.
+    pub async fn remove_member(&self, address: &str, id: &str) -> Result<Bytes, TransportError> {
+        let url = format!(
+            "{}{}",
+            base_url(address),
+            alldata_peer_wire::member_path(id)
+        );
+        let request = self.shared.request(Method::DELETE, &url, Bytes::new())?;
+        match self
+            .shared
+            .exchange(request, self.shared.config.attempt_timeout)
+            .await?
+        {
+            (StatusCode::OK, body) => Ok(body),
+            (status, body) => Err(status_error(status, body)),
+        }
+    }
+
     /// Probes `peer`'s endpoint: what it promises when it answers and accepts
     /// the secret.
     pub async fn health(&self, peer: &Peer) -> Result<Profile, TransportError> {

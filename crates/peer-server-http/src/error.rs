@@ -39,6 +39,10 @@ pub enum PeerError {
         "this node stores with buffered durability (it answers before fsync) and the sender requires sync: it cannot count as a durable copy; give every node the same --durability"
     )]
     DurabilityMismatch,
+    /// An admin request that cannot be carried out (e.g. removing the node
+    /// itself). 400; nothing changed.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The local storage failed while reading. 500.
     #[error("storage failure: {0}")]
     Storage(String),
@@ -53,9 +57,10 @@ impl PeerError {
     pub fn status(&self) -> StatusCode {
         match self {
             PeerError::Unauthorized => StatusCode::UNAUTHORIZED,
-            PeerError::Malformed(_) | PeerError::BadKey(_) | PeerError::Body(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            PeerError::Malformed(_)
+            | PeerError::BadKey(_)
+            | PeerError::Body(_)
+            | PeerError::Refused(_) => StatusCode::BAD_REQUEST,
             PeerError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             PeerError::NotFound => StatusCode::NOT_FOUND,
             PeerError::DurabilityMismatch => StatusCode::PRECONDITION_FAILED,
@@ -72,6 +77,7 @@ impl PeerError {
             PeerError::TooLarge { .. } => "too_large",
             PeerError::NotFound => "not_found",
             PeerError::Body(_) => "body",
+            PeerError::Refused(_) => "refused",
             PeerError::DurabilityMismatch => "durability_mismatch",
             PeerError::Storage(_) => "storage",
             PeerError::Internal(_) => "internal",

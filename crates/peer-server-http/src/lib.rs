@@ -38,6 +38,8 @@
 //!
 //! | `GET /peer/v1/digest?from=KEY&to=KEY&decider=ID&bucket_ms=N` | `200`, per-bucket digests of this node's keys in the range that `ID` decides (anti-entropy repair; see [`PeerState::with_topology`]) |
 //! | `GET /peer/v1/keys?from=KEY&to=KEY&decider=ID&limit=N` | `200`, those keys (at most `N`, at most 2^20) |
+//! | `GET /peer/v1/members` | `200`, the members as gossip sees them (JSON; see [`PeerState::with_members`]) |
+//! | `DELETE /peer/v1/members/{id}` | `200`, member `id` removed for good; `400 refused` when it cannot be |
 //!
 //! A scan streams straight from [`Storage::scan`]: the storage reads the
 //! range chunk by chunk and the body is sent as it is read, so memory stays
@@ -192,10 +194,21 @@ impl PeerStats {
 /// filter needs it).
 pub type TopologySource = Arc<dyn Fn() -> Arc<Topology> + Send + Sync>;
 
+/// Serves the member routes: the list as gossip sees it, and removal for
+/// good (the node implements it with its membership).
+pub trait MembersAdmin: Send + Sync + 'static {
+    /// The member list as a JSON document.
+    fn list(&self) -> Vec<u8>;
+    /// Removes member `id` for good; the answer is a JSON document, the
+    /// error says why nothing was removed.
+    fn remove(&self, id: String) -> futures::future::BoxFuture<'static, Result<Vec<u8>, String>>;
+}
+
 struct Inner {
     storage: Arc<dyn Storage>,
     feed: Option<Feed>,
     topology: Option<TopologySource>,
+    members: Option<Arc<dyn MembersAdmin>>,
     config: ServerConfig,
     stats: PeerStats,
     connections: Arc<ConnectionStats>,
@@ -225,6 +238,7 @@ impl PeerState {
                 storage,
                 feed: None,
                 topology: None,
+                members: None,
                 config,
                 stats: PeerStats::default(),
                 connections: Arc::default(),
@@ -244,6 +258,7 @@ impl PeerState {
                     storage: Arc::clone(&old.storage),
                     feed: Some(feed),
                     topology: old.topology.clone(),
+                    members: old.members.clone(),
                     config: old.config.clone(),
                     stats: PeerStats::default(),
                     connections: Arc::clone(&old.connections),
@@ -265,6 +280,29 @@ impl PeerState {
                     storage: Arc::clone(&old.storage),
                     feed: old.feed.clone(),
                     topology: Some(topology),
+                    members: old.members.clone(),
+                    config: old.config.clone(),
+                    stats: PeerStats::default(),
+                    connections: Arc::clone(&old.connections),
+                });
+            }
+        }
+        self
+    }
+
+    /// The same state, serving the member routes (`GET /peer/v1/members`,
+    /// `DELETE /peer/v1/members/{id}`) with `admin` (without one they are
+    /// `404`). Call before cloning the state.
+    pub fn with_members(mut self, admin: Arc<dyn MembersAdmin>) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.members = Some(admin),
+            None => {
+                let old = &self.inner;
+                self.inner = Arc::new(Inner {
+                    storage: Arc::clone(&old.storage),
+                    feed: old.feed.clone(),
+                    topology: old.topology.clone(),
+                    members: Some(admin),
                     config: old.config.clone(),
                     stats: PeerStats::default(),
                     connections: Arc::clone(&old.connections),
@@ -331,6 +369,8 @@ pub fn router(state: PeerState) -> Router {
         .route(wire::SCAN_PATH, get(scan))
         .route(wire::DIGEST_PATH, get(digest))
         .route(wire::KEYS_PATH, get(keys))
+        .route(wire::MEMBERS_PATH, get(members))
+        .route(wire::MEMBER_ROUTE, axum::routing::delete(remove_member))
         .fallback(not_found)
         .with_state(state)
 }
@@ -459,6 +499,26 @@ async fn get_event(
 async fn health(State(state): State<PeerState>, headers: HeaderMap) -> Result<String, PeerError> {
     state.authorize(&headers)?;
     Ok(state.inner.config.profile().encode())
+}
+
+async fn members(
+    State(state): State<PeerState>,
+    headers: HeaderMap,
+) -> Result<Response, PeerError> {
+    state.authorize(&headers)?;
+    let admin = state.inner.members.as_ref().ok_or(PeerError::NotFound)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], admin.list()).into_response())
+}
+
+async fn remove_member(
+    State(state): State<PeerState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, PeerError> {
+    state.authorize(&headers)?;
+    let admin = state.inner.members.clone().ok_or(PeerError::NotFound)?;
+    let body = admin.remove(id).await.map_err(PeerError::Refused)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// A heartbeat frame goes out after this long without an event.

@@ -428,3 +428,72 @@ async fn an_unknown_durability_value_is_refused() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(storage.is_empty());
 }
+
+/// A fake member list for the member routes.
+struct Members(std::sync::Mutex<Vec<String>>);
+
+impl alldata_peer_server_http::MembersAdmin for Members {
+    fn list(&self) -> Vec<u8> {
+        serde_json::to_vec(&*self.0.lock().unwrap()).unwrap()
+    }
+    fn remove(&self, id: String) -> futures::future::BoxFuture<'static, Result<Vec<u8>, String>> {
+        let mut ids = self.0.lock().unwrap();
+        let result = match ids.iter().position(|m| *m == id) {
+            Some(i) => {
+                ids.remove(i);
+                Ok(b"{}".to_vec())
+            }
+            None => Err(format!("no member {id}")),
+        };
+        Box::pin(async move { result })
+    }
+}
+
+#[tokio::test]
+async fn member_routes_need_the_secret_and_remove_by_id() {
+    let (_, state) = setup();
+    let (status, _) = call(&state, get(wire::MEMBERS_PATH, Some(SECRET))).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no member routes without an admin"
+    );
+    let members = Arc::new(Members(std::sync::Mutex::new(vec![
+        "a".into(),
+        "b c".into(),
+    ])));
+    let state = state.with_members(members.clone());
+    for auth in [None, Some("wrong")] {
+        let (status, _) = call(&state, get(wire::MEMBERS_PATH, auth)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let req = Request::delete(wire::member_path("a"))
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", auth.unwrap_or("")),
+            )
+            .body(Body::empty())
+            .unwrap();
+        let (status, _) = call(&state, req).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        members.0.lock().unwrap().len(),
+        2,
+        "nothing removed without the secret"
+    );
+    let (status, body) = call(&state, get(wire::MEMBERS_PATH, Some(SECRET))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], br#"["a","b c"]"#);
+    let delete = |id: &str| {
+        Request::delete(wire::member_path(id))
+            .header(header::AUTHORIZATION, format!("Bearer {SECRET}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, _) = call(&state, delete("b c")).await;
+    assert_eq!(status, StatusCode::OK, "a percent-encoded id is decoded");
+    let (status, body) = call(&state, delete("nobody")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json_code(&body), "refused");
+    assert_eq!(*members.0.lock().unwrap(), vec!["a".to_owned()]);
+}

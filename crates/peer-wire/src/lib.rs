@@ -39,6 +39,8 @@
 //! | `GET` [`HEALTH_PATH`] | `200` with the node's [`Profile`] (text below) |
 //! | `GET` [`DIGEST_PATH`]`?from=KEY&to=KEY&decider=ID&bucket_ms=N` | `200`, the per-bucket digests of the node's keys in `from..=to` that `ID` decides ([`encode_digests`]); `400` for a bad parameter |
 //! | `GET` [`KEYS_PATH`]`?from=KEY&to=KEY&decider=ID&limit=N` | `200`, at most `N` of those keys in key order ([`encode_keys`]) |
+//! | `GET` [`MEMBERS_PATH`] | `200`, the members as gossip sees them (JSON, see `alldata-membership`); `404` on a node without membership |
+//! | `DELETE` [`member_path`]`(id)` | `200`, removes member `id` for good (JSON answer); `400` when it cannot be removed |
 //! | `GET` [`SCAN_PATH`]`?from=KEY&to=KEY` | `200`, the node's own events with keys in `from..=to` (both inclusive, canonical key text), in key order, streamed (below); `400` for a missing or malformed bound |
 //!
 //! # Tail
@@ -269,6 +271,24 @@ pub fn event_path(key: EventKey) -> String {
     format!("{EVENTS_PATH}/{key}")
 }
 
+/// The path of the member list route.
+pub const MEMBERS_PATH: &str = "/peer/v1/members";
+/// The route pattern of one member (`DELETE` removes it), as axum 0.8 spells it.
+pub const MEMBER_ROUTE: &str = "/peer/v1/members/{id}";
+
+/// The path of member `id` (percent-encoded outside `A-Za-z0-9-._~`).
+pub fn member_path(id: &str) -> String {
+    let mut path = format!("{MEMBERS_PATH}/");
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            path.push(char::from(b));
+        } else {
+            path.push_str(&format!("%{b:02X}"));
+        }
+    }
+    path
+}
+
 /// The authentication scheme's prefix of the `Authorization` header.
 pub const AUTH_SCHEME: &str = "Bearer ";
 
@@ -290,6 +310,12 @@ pub fn authorized(header: Option<&[u8]>, secret: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_paths_are_percent_encoded() {
+        assert_eq!(member_path("n-1_a.b~"), "/peer/v1/members/n-1_a.b~");
+        assert_eq!(member_path("a/b c"), "/peer/v1/members/a%2Fb%20c");
+    }
 
     #[test]
     fn authorization_needs_the_exact_secret_and_scheme() {

@@ -59,6 +59,9 @@ pub trait IntervalSource: Send + Sync + 'static {
     fn lookup(&self, name: &str) -> Option<IntervalRef>;
 }
 
+/// Gives the member list as gossip sees it, for `/health`.
+pub type MembersSource = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 /// Settings of the client API. The default commit level is not here: it is the
 /// coordinator's (`Options::commit_level`); `?commit=` overrides it per request.
 ///
@@ -110,6 +113,9 @@ pub struct ApiConfig {
     /// Counters kept elsewhere in the node (the replica endpoint, the peer
     /// client), rendered by `GET /metrics` after the API's own.
     pub counters: Vec<CounterSource>,
+    /// The member list as gossip sees it, shown in `/health` under
+    /// `members` (`None`: `null`, a node without live membership).
+    pub members: Option<MembersSource>,
     /// When this node's storage answers a write (`sync` or `buffered`), shown
     /// in `/health` and compared with what each peer's probe says. `None`:
     /// not said.
@@ -158,6 +164,7 @@ impl Default for ApiConfig {
             health_probe_interval: Some(Duration::from_secs(10)),
             peer_fresh_for: Duration::from_secs(60),
             counters: Vec::new(),
+            members: None,
             limits: Limits::default(),
             durability: None,
             feed: None,
@@ -279,6 +286,15 @@ impl ApiConfig {
         self
     }
 
+    /// Shows the member list `source` gives in `/health` (`members`).
+    pub fn with_members(
+        mut self,
+        source: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+    ) -> Self {
+        self.members = Some(Arc::new(source));
+        self
+    }
+
     /// Sets the timeout of one peer's health probe.
     pub fn with_health_probe_timeout(mut self, timeout: Duration) -> Self {
         self.health_probe_timeout = timeout;
@@ -302,6 +318,7 @@ impl fmt::Debug for ApiConfig {
             .field("health_probe_interval", &self.health_probe_interval)
             .field("peer_fresh_for", &self.peer_fresh_for)
             .field("counters", &self.counters.len())
+            .field("members", &self.members.is_some())
             .field("limits", &self.limits)
             .field("durability", &self.durability)
             .field("feed", &self.feed.is_some())

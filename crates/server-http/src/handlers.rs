@@ -450,6 +450,8 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
                 "region": region,
                 "zone": zone,
                 "up": up,
+                "down": topology.is_down(&peer.id),
+                "decides_client_keys": topology.decides_client_keys(&peer.id),
                 "last_success_ms_ago": seen.last_ok.and_then(ms_ago),
                 "last_failure_ms_ago": seen.last_err.as_ref().and_then(|(t, _)| ms_ago(*t)),
                 "last_error": seen.last_err.as_ref().map(|(_, e)| e.as_str()),
@@ -503,6 +505,8 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
                 .map(|ms| unix_now_ms().saturating_sub(ms)),
         },
         "peers": peers,
+        "decides_client_keys": topology.decides_client_keys(topology.local()),
+        "members": config.members.as_ref().map(|members| members()),
     });
     json_response(code, body.to_string())
 }

@@ -99,7 +99,9 @@ use axum::Router;
 use axum::routing::{get, post};
 
 pub use alldata_http_serve::{ConnectionStats, Limits};
-pub use config::{ApiConfig, IntervalInfo, IntervalRef, IntervalSource, KeyValidator};
+pub use config::{
+    ApiConfig, IntervalInfo, IntervalRef, IntervalSource, KeyValidator, MembersSource,
+};
 pub use error::ApiError;
 pub use metrics::{Counter, CounterSource};
 pub use state::ApiState;

@@ -23,6 +23,9 @@ pub struct Proc {
     /// Extra flags for this node only (set before `spawn`); a `--durability`
     /// here replaces the harness's `buffered`.
     pub extra: Vec<String>,
+    /// A node that joins by `--seed` (the peer endpoint of node `seed`)
+    /// instead of `--peer` flags; the static nodes do not list it.
+    pub seed: Option<usize>,
 }
 
 pub struct Cluster {
@@ -85,6 +88,7 @@ impl Cluster {
                 dir: tmp.path().join(format!("n{}", i + 1)),
                 child: None,
                 extra: own[i].iter().map(|s| (*s).to_owned()).collect(),
+                seed: None,
             })
             .collect();
         let client = reqwest::Client::builder()
@@ -127,7 +131,15 @@ impl Cluster {
         if !me.extra.iter().any(|a| a == "--durability") {
             cmd.args(["--durability", "buffered"]);
         }
-        for p in self.nodes.iter().filter(|p| p.id != me.id) {
+        if let Some(seed) = me.seed {
+            cmd.arg("--seed")
+                .arg(format!("127.0.0.1:{}", self.nodes[seed].peer));
+        }
+        for p in self
+            .nodes
+            .iter()
+            .filter(|p| p.id != me.id && p.seed.is_none() && me.seed.is_none())
+        {
             cmd.arg("--peer").arg(format!(
                 "{}=127.0.0.1:{}@{}/{}",
                 p.id, p.peer, p.region, p.zone
@@ -138,6 +150,63 @@ impl Cluster {
             .stderr(Stdio::inherit());
         let child = cmd.spawn().expect("start alldata node");
         self.nodes[i].child = Some(child);
+    }
+
+    /// Adds and starts a node that joins by `--seed` through node `seed`
+    /// (zone as the round-robin gives it); its index.
+    pub async fn add_joiner(&mut self, seed: usize, extra: &[&str]) -> usize {
+        let i = self.nodes.len();
+        let places = [("eu", "a"), ("eu", "b"), ("us", "a")];
+        self.nodes.push(Proc {
+            id: format!("n{}", i + 1),
+            api: free_port(),
+            peer: free_port(),
+            region: places[i % 3].0,
+            zone: places[i % 3].1,
+            dir: self._tmp.path().join(format!("n{}", i + 1)),
+            child: None,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            seed: Some(seed),
+        });
+        self.spawn(i);
+        self.wait_healthy(i).await;
+        i
+    }
+
+    /// Runs `alldata admin ARGS --node <node i's peer endpoint>
+    /// --secret-file <secret>`: success and standard output.
+    pub fn admin(&self, i: usize, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_alldata"))
+            .arg("admin")
+            .args(args)
+            .arg("--node")
+            .arg(format!("http://127.0.0.1:{}", self.nodes[i].peer))
+            .arg("--secret-file")
+            .arg(&self.secret_file)
+            .output()
+            .expect("run alldata admin");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
+    /// The members node `i`'s `/health` lists: id to state.
+    pub async fn member_states(&self, i: usize) -> BTreeMap<String, String> {
+        let (_, body) = self.get_text(i, "/health").await;
+        let health: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        health["members"]["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap_or_default().to_owned(),
+                    m["state"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
     }
 
     pub async fn wait_healthy(&self, i: usize) {
