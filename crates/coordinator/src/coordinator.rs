@@ -40,6 +40,8 @@ pub(crate) struct Inner {
     pub(crate) repair: crate::repair::RepairStats,
     /// Bounds the read repairs in flight.
     pub(crate) read_repairs: Arc<tokio::sync::Semaphore>,
+    /// The local storage's repair digests in memory, when kept.
+    pub(crate) digest_index: std::sync::OnceLock<Arc<crate::digest_index::DigestIndex>>,
 }
 
 /// Places replicas, drives replica writes and answers at the commit level.
@@ -96,6 +98,7 @@ impl Coordinator {
                 running: watch::Sender::new(0),
                 repair: crate::repair::RepairStats::default(),
                 read_repairs: Arc::new(tokio::sync::Semaphore::new(crate::read::MAX_READ_REPAIRS)),
+                digest_index: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -176,6 +179,19 @@ impl Coordinator {
     /// ([`Coordinator::repair_round`] records each).
     pub fn repair_stats(&self) -> &crate::repair::RepairStats {
         &self.inner.repair
+    }
+
+    /// Lets repair rounds read this node's own digests from `index` (which
+    /// must index the coordinator's storage, see
+    /// [`DigestIndex::wrap`](crate::digest_index::DigestIndex::wrap)) instead
+    /// of scanning. Set once; later calls are ignored.
+    pub fn set_digest_index(&self, index: Arc<crate::digest_index::DigestIndex>) {
+        let _ = self.inner.digest_index.set(index);
+    }
+
+    /// The digest index, if one was set.
+    pub fn digest_index(&self) -> Option<&Arc<crate::digest_index::DigestIndex>> {
+        self.inner.digest_index.get()
     }
 
     /// Counters since the coordinator was made.

@@ -32,6 +32,7 @@ use futures::{FutureExt, StreamExt};
 use rand::Rng;
 
 use crate::coordinator::Coordinator;
+use crate::digest_index::CELL_MS;
 use crate::error::{StorageError, TransportError};
 use crate::placement::{Chosen, PlacementPolicy, replacement};
 use crate::storage::{PutStatus, ScanRange, Storage};
@@ -98,10 +99,12 @@ fn mix(mut h: u64) -> u64 {
     h ^ (h >> 31)
 }
 
-/// Whether `decider` decides `key` in `topology` (generated keys: by origin
-/// tag; client keys: by rendezvous over the members).
+/// Whether `decider` repairs `key` in `topology`
+/// ([`Topology::repair_decider`]: generated keys by origin tag, falling back
+/// to a member chosen per tag when the tag's node left; client keys by
+/// rendezvous over the members).
 pub fn decided_by(topology: &Topology, key: &EventKey, decider: &NodeId) -> bool {
-    topology.decider(key).as_ref() == Some(decider)
+    topology.repair_decider(key).as_ref() == Some(decider)
 }
 
 /// The first millisecond of the bucket holding `ms`.
@@ -451,10 +454,19 @@ impl Coordinator {
         let bucket_ms = (opts.bucket.as_millis() as u64).max(1);
         let to_ms = now_ms.saturating_sub(opts.settle.as_millis() as u64);
         let from_ms = to_ms.saturating_sub(opts.lookback.as_millis() as u64);
+        // Whole cells of the digest index: the members answer from memory.
+        let from_ms = from_ms.div_ceil(CELL_MS) * CELL_MS;
+        let to_ms = ((to_ms + 1) / CELL_MS * CELL_MS)
+            .saturating_sub(1)
+            .max(from_ms);
         let range = ScanRange::new(EventKey::min_for_ms(from_ms), EventKey::max_for_ms(to_ms));
         let storage = self.storage().as_ref();
 
-        let local = match bucket_digests(storage, &topo, &me, range, bucket_ms).await {
+        let local = match self.digest_index() {
+            Some(index) => index.digests(storage, &topo, &me, range, bucket_ms).await,
+            None => bucket_digests(storage, &topo, &me, range, bucket_ms).await,
+        };
+        let local = match local {
             Ok(d) => d,
             Err(error) => {
                 tracing::warn!(%error, "repair: local digest failed");

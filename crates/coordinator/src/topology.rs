@@ -315,6 +315,47 @@ impl Topology {
         }
     }
 
+    /// The node that repairs `key`: its [`Topology::decider`], or, for a
+    /// generated key whose origin tag belongs to no member (a node that left),
+    /// the member chosen for that tag by [`Topology::tag_decider`]. Every node
+    /// that knows the same members computes the same.
+    pub fn repair_decider(&self, key: &EventKey) -> Option<NodeId> {
+        match key.origin() {
+            Some(tag) => Some(self.tag_decider(tag)),
+            None => self.decider(key),
+        }
+    }
+
+    /// The member that repairs the generated keys of origin `tag`: the member
+    /// whose id has that tag, else the member ranking first for the tag by
+    /// rendezvous hashing (one member per departed tag, so that repair's
+    /// digests stay per tag).
+    pub fn tag_decider(&self, tag: u16) -> NodeId {
+        self.members()
+            .find(|m| origin_tag(m.as_str()) == tag)
+            .or_else(|| {
+                self.members()
+                    .max_by_key(|m| (score(&tag.to_be_bytes(), m), *m))
+            })
+            .cloned()
+            .unwrap_or_else(|| self.local.clone())
+    }
+
+    /// A fingerprint of the member ids (equal member sets, equal
+    /// fingerprints; never 0).
+    pub fn members_fingerprint(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut ids: Vec<&NodeId> = self.members().collect();
+        ids.sort();
+        for id in ids {
+            for b in id.as_str().as_bytes().iter().chain([0xff].iter()) {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        h | 1
+    }
+
     /// Peers of one category grouped by zone (other zones) or region (other regions).
     pub(crate) fn groups(&self, category: Category) -> BTreeMap<&str, Vec<&Peer>> {
         let mut groups: BTreeMap<&str, Vec<&Peer>> = BTreeMap::new();
@@ -332,9 +373,13 @@ impl Topology {
 /// The rendezvous score of `node` for `key`: FNV-1a over both, then a
 /// splitmix64 finalizer (stable across builds and platforms).
 fn rendezvous(key: &EventKey, node: &NodeId) -> u64 {
+    score(key.as_bytes(), node)
+}
+
+/// FNV-1a over `bytes`, a separator and `node`, then a splitmix64 finalizer.
+fn score(bytes: &[u8], node: &NodeId) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key
-        .as_bytes()
+    for b in bytes
         .iter()
         .chain([0xff].iter())
         .chain(node.as_str().as_bytes())

@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alldata_coordinator::digest_index::DigestIndex;
 use alldata_coordinator::feed::{DEFAULT_FEED_CAPACITY, Feed};
 use alldata_coordinator::{Coordinator, OptionsError, Storage, TopologyError};
 use alldata_peer_client_http::{ClientConfig, ClientError, HttpTransport};
@@ -202,10 +203,28 @@ impl Node {
             }
         };
         let storage = Arc::new(storage);
+        // Repair digests in memory: every key stored through the wrapper is
+        // added to its cell; one scan of the lookback fills the index before
+        // anything is written.
+        let digest_index = DigestIndex::new(
+            config.repair.lookback + config.repair.settle + Duration::from_secs(60),
+        );
+        let indexed: Arc<dyn Storage> = digest_index.wrap(storage.clone());
+        let started = std::time::Instant::now();
+        match digest_index.build(storage.as_ref(), now_ms()).await {
+            Ok(events) => tracing::info!(
+                events,
+                took_ms = started.elapsed().as_millis() as u64,
+                "repair digest index built"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "repair digest index not built; digests are computed by scans")
+            }
+        }
         // Every event stored through this wrapper (local writes and peers'
         // replica writes) is published on the live feed `GET /events/tail`
         // and peers' tails read.
-        let (fed, feed) = Feed::wrap(storage.clone(), DEFAULT_FEED_CAPACITY);
+        let (fed, feed) = Feed::wrap(indexed, DEFAULT_FEED_CAPACITY);
         let dyn_storage: Arc<dyn Storage> = fed;
         // Kept for an embedder (`Node::closed_intervals`): one small
         // notification per closed interval queues until it is taken.
@@ -231,6 +250,11 @@ impl Node {
             Arc::new(transport.clone()),
         )?
         .with_peer_reader(Arc::new(transport.clone()));
+        coordinator.set_digest_index(Arc::clone(&digest_index));
+        digest_index.set_topology({
+            let coordinator = coordinator.clone();
+            Arc::new(move || coordinator.topology())
+        });
         for p in &config.peers {
             coordinator
                 .add_peer_at(p.id.as_str(), p.address.as_str(), &p.location)
@@ -253,6 +277,7 @@ impl Node {
                 .with_max_event_bytes(config.max_event_bytes),
         )
         .with_feed(feed.clone())
+        .with_digest_index(Arc::clone(&digest_index))
         .with_topology({
             let coordinator = coordinator.clone();
             Arc::new(move || coordinator.topology())
@@ -629,6 +654,20 @@ fn repair_counters(
                 name: "alldata_repair_last_complete_round_timestamp_seconds",
                 help: "When the last complete repair round ended (Unix seconds; 0 before the first). Age: time() minus this.",
                 value: stats.last_complete_ms().map_or(0, |ms| ms / 1000),
+            },
+            Counter {
+                name: "alldata_repair_digest_scanned_events_total",
+                help: "Events read from storage to answer repair digest requests (this node's and its peers'); the rest is answered from the in-memory digest index.",
+                value: coordinator
+                    .digest_index()
+                    .map_or(0, |i| i.stats().scanned_events()),
+            },
+            Counter {
+                name: "alldata_repair_digest_cached_cells_total",
+                help: "One-second cells of repair digests answered from memory.",
+                value: coordinator
+                    .digest_index()
+                    .map_or(0, |i| i.stats().cached_cells()),
             },
             Counter {
                 name: "alldata_repair_protocol_requests_total",

@@ -36,7 +36,7 @@
 //! | `GET /peer/v1/health` | `200` with the node's durability and event size limit |
 //! | `GET /peer/v1/scan?from=KEY&to=KEY` | `200`, this node's events in `from..=to`, in key order, streamed in the scan framing of `alldata-peer-wire`; `400` for a missing or malformed bound |
 //!
-//! | `GET /peer/v1/digest?from=KEY&to=KEY&decider=ID&bucket_ms=N` | `200`, per-bucket digests of this node's keys in the range that `ID` decides (anti-entropy repair; see [`PeerState::with_topology`]) |
+//! | `GET /peer/v1/digest?from=KEY&to=KEY&decider=ID&bucket_ms=N` | `200`, per-bucket digests of this node's keys in the range that `ID` repairs (anti-entropy repair; see [`PeerState::with_topology`]; from memory with [`PeerState::with_digest_index`]) |
 //! | `GET /peer/v1/keys?from=KEY&to=KEY&decider=ID&limit=N` | `200`, those keys (at most `N`, at most 2^20) |
 //!
 //! A scan streams straight from [`Storage::scan`]: the storage reads the
@@ -63,6 +63,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::convert::Infallible;
 
+use alldata_coordinator::digest_index::DigestIndex;
 use alldata_coordinator::feed::Feed;
 use alldata_coordinator::repair;
 use alldata_coordinator::topology::Topology;
@@ -196,6 +197,7 @@ struct Inner {
     storage: Arc<dyn Storage>,
     feed: Option<Feed>,
     topology: Option<TopologySource>,
+    digest_index: Option<Arc<DigestIndex>>,
     config: ServerConfig,
     stats: PeerStats,
     connections: Arc<ConnectionStats>,
@@ -225,6 +227,7 @@ impl PeerState {
                 storage,
                 feed: None,
                 topology: None,
+                digest_index: None,
                 config,
                 stats: PeerStats::default(),
                 connections: Arc::default(),
@@ -244,6 +247,7 @@ impl PeerState {
                     storage: Arc::clone(&old.storage),
                     feed: Some(feed),
                     topology: old.topology.clone(),
+                    digest_index: old.digest_index.clone(),
                     config: old.config.clone(),
                     stats: PeerStats::default(),
                     connections: Arc::clone(&old.connections),
@@ -265,6 +269,29 @@ impl PeerState {
                     storage: Arc::clone(&old.storage),
                     feed: old.feed.clone(),
                     topology: Some(topology),
+                    digest_index: old.digest_index.clone(),
+                    config: old.config.clone(),
+                    stats: PeerStats::default(),
+                    connections: Arc::clone(&old.connections),
+                });
+            }
+        }
+        self
+    }
+
+    /// The same state, answering `GET /peer/v1/digest` from `index` (which
+    /// must index this state's storage) instead of scanning. Call before
+    /// cloning the state.
+    pub fn with_digest_index(mut self, index: Arc<DigestIndex>) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.digest_index = Some(index),
+            None => {
+                let old = &self.inner;
+                self.inner = Arc::new(Inner {
+                    storage: Arc::clone(&old.storage),
+                    feed: old.feed.clone(),
+                    topology: old.topology.clone(),
+                    digest_index: Some(index),
                     config: old.config.clone(),
                     stats: PeerStats::default(),
                     connections: Arc::clone(&old.connections),
@@ -631,14 +658,15 @@ async fn digest(
             )));
         }
     };
-    let digests = repair::bucket_digests(
-        state.inner.storage.as_ref(),
-        &topology,
-        &decider,
-        range,
-        bucket_ms,
-    )
-    .await
+    let storage = state.inner.storage.as_ref();
+    let digests = match &state.inner.digest_index {
+        Some(index) => {
+            index
+                .digests(storage, &topology, &decider, range, bucket_ms)
+                .await
+        }
+        None => repair::bucket_digests(storage, &topology, &decider, range, bucket_ms).await,
+    }
     .map_err(|e| PeerError::Storage(e.to_string()))?;
     Ok(repair_body(wire::encode_digests(&digests)))
 }
