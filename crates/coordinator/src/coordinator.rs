@@ -42,6 +42,8 @@ pub(crate) struct Inner {
     pub(crate) read_repairs: Arc<tokio::sync::Semaphore>,
     /// The local storage's repair digests in memory, when kept.
     pub(crate) digest_index: std::sync::OnceLock<Arc<crate::digest_index::DigestIndex>>,
+    /// Whether this node is catching up after starting empty.
+    pub(crate) catch_up: crate::catch_up::CatchUp,
 }
 
 /// Places replicas, drives replica writes and answers at the commit level.
@@ -99,6 +101,7 @@ impl Coordinator {
                 repair: crate::repair::RepairStats::default(),
                 read_repairs: Arc::new(tokio::sync::Semaphore::new(crate::read::MAX_READ_REPAIRS)),
                 digest_index: std::sync::OnceLock::new(),
+                catch_up: crate::catch_up::CatchUp::default(),
             }),
         })
     }
@@ -192,6 +195,12 @@ impl Coordinator {
     /// The digest index, if one was set.
     pub fn digest_index(&self) -> Option<&Arc<crate::digest_index::DigestIndex>> {
         self.inner.digest_index.get()
+    }
+
+    /// Whether this node is catching up (see [`crate::catch_up`]); start it
+    /// with [`CatchUp::begin`](crate::catch_up::CatchUp::begin).
+    pub fn catch_up(&self) -> &crate::catch_up::CatchUp {
+        &self.inner.catch_up
     }
 
     /// Counters since the coordinator was made.

@@ -68,6 +68,7 @@
 //! - `sim` (feature `test-util`): `sim::SimNetwork`, an in-memory multi-node
 //!   transport with fault injection.
 
+pub mod catch_up;
 pub mod commit;
 mod coordinator;
 pub mod digest_index;

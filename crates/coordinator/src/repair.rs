@@ -314,6 +314,8 @@ pub struct RoundReport {
     pub conflicts: u64,
     /// Copies or key lists that failed (retried next round).
     pub failures: u64,
+    /// Copies stored on this node (keys it decides and had lost).
+    pub fetched: u64,
     /// Members that did not answer the digest request.
     pub unreachable: Vec<NodeId>,
     /// Whether every bucket was compared and every planned copy attempted
@@ -333,11 +335,34 @@ pub struct RepairStats {
     failures: AtomicU64,
     last_complete_ms: AtomicU64,
     read_repaired: AtomicU64,
+    started: AtomicU64,
+    last_complete_seq: AtomicU64,
 }
 
 impl RepairStats {
-    /// Adds a round's report; `now_ms` is the time the round was run for.
-    pub fn record(&self, report: &RoundReport, now_ms: u64) {
+    /// Numbers a round that starts now (1, 2, …).
+    pub fn start_round(&self) -> u64 {
+        self.started.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Rounds started.
+    pub fn rounds_started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// The number ([`RepairStats::start_round`]) of the last complete round;
+    /// 0 before the first. A member catching up waits for one numbered
+    /// above the rounds started when it first asked.
+    pub fn last_complete_round(&self) -> u64 {
+        self.last_complete_seq.load(Ordering::Relaxed)
+    }
+
+    /// Adds the report of round number `seq`; `now_ms` is the time the round
+    /// was run for.
+    pub fn record(&self, report: &RoundReport, now_ms: u64, seq: u64) {
+        if report.complete {
+            self.last_complete_seq.fetch_max(seq, Ordering::Relaxed);
+        }
         self.rounds.fetch_add(1, Ordering::Relaxed);
         self.repaired.fetch_add(report.repaired, Ordering::Relaxed);
         self.bytes.fetch_add(report.bytes, Ordering::Relaxed);
@@ -445,6 +470,7 @@ impl Coordinator {
     /// member that does not answer is left out of the round (its copies are
     /// neither counted nor targeted) and the round is incomplete.
     pub async fn repair_round(&self, opts: &RepairOptions, now_ms: u64) -> RoundReport {
+        let seq = self.repair_stats().start_round();
         let mut report = RoundReport::default();
         let topo = self.topology();
         let me = topo.local().clone();
@@ -471,6 +497,7 @@ impl Coordinator {
             Err(error) => {
                 tracing::warn!(%error, "repair: local digest failed");
                 report.failures += 1;
+                self.repair_stats().record(&report, now_ms, seq);
                 return report;
             }
         };
@@ -572,8 +599,47 @@ impl Coordinator {
                 .await;
         }
         report.complete = !exhausted && report.unreachable.is_empty() && report.failures == 0;
-        self.repair_stats().record(&report, now_ms);
+        self.repair_stats().record(&report, now_ms, seq);
+        self.catch_up().add_restored(report.fetched);
+        if report.complete {
+            self.catch_up().own_round_complete();
+        }
         report
+    }
+
+    /// Moves this node's catch-up on (see [`crate::catch_up`]): asks every
+    /// peer how far its repair is, and ends the catch-up once this node's
+    /// own round was complete and every peer that answers has completed a
+    /// round that started after this node first asked. Call after each round
+    /// while [`CatchUp::is_catching_up`](crate::catch_up::CatchUp::is_catching_up).
+    pub async fn catch_up_step(&self) -> crate::catch_up::CatchUpPhase {
+        let topo = self.topology();
+        let timeout = self.options().read_timeout;
+        let mut all_done = true;
+        if let Some(reader) = self.peer_reader() {
+            let peers: Vec<_> = topo.peers().cloned().collect();
+            let calls: Vec<BoxFuture<'_, _>> = peers
+                .iter()
+                .map(|p| tokio::time::timeout(timeout, reader.health(p)).boxed())
+                .collect();
+            for (peer, answer) in peers.iter().zip(futures::future::join_all(calls).await) {
+                // A member that does not answer is not live: not waited for.
+                if let Ok(Ok(profile)) = answer {
+                    let progress = profile
+                        .repair_rounds_started
+                        .zip(profile.repair_last_complete_round);
+                    all_done &= self.catch_up().member_progress(&peer.id, progress);
+                }
+            }
+        }
+        if all_done && self.catch_up().phase() == crate::catch_up::CatchUpPhase::Members {
+            self.catch_up().members_done();
+            tracing::info!(
+                restored = self.catch_up().restored(),
+                "caught up: every live member completed a repair round since this node started"
+            );
+        }
+        self.catch_up().phase()
     }
 
     /// Which reachable member holds which key of `range` decided here.
@@ -677,6 +743,7 @@ impl Coordinator {
                             match storage.put(key, event).await {
                                 Ok(PutStatus::Stored) => {
                                     report.repaired += 1;
+                                    report.fetched += 1;
                                     report.bytes += len;
                                 }
                                 Ok(PutStatus::AlreadyPresent) => {}

@@ -157,14 +157,29 @@ pub struct PeerProfile {
     pub durability: Option<String>,
     /// The largest event it accepts, in bytes.
     pub max_event_bytes: Option<u64>,
+    /// Repair rounds it has started ([`crate::repair::RepairStats::rounds_started`]);
+    /// `None` when it runs no repair or does not say.
+    pub repair_rounds_started: Option<u64>,
+    /// The number of its last complete repair round
+    /// ([`crate::repair::RepairStats::last_complete_round`]).
+    pub repair_last_complete_round: Option<u64>,
 }
 
 impl PeerProfile {
+    /// The same profile with the peer's repair progress.
+    pub fn with_repair(mut self, rounds_started: Option<u64>, last_complete: Option<u64>) -> Self {
+        self.repair_rounds_started = rounds_started;
+        self.repair_last_complete_round = last_complete;
+        self
+    }
+
     /// A profile saying `durability` and `max_event_bytes`.
     pub fn new(durability: Option<String>, max_event_bytes: Option<u64>) -> Self {
         Self {
             durability,
             max_event_bytes,
+            repair_rounds_started: None,
+            repair_last_complete_round: None,
         }
     }
 }

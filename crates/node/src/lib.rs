@@ -32,7 +32,7 @@ use alldata_coordinator::digest_index::DigestIndex;
 use alldata_coordinator::feed::{DEFAULT_FEED_CAPACITY, Feed};
 use alldata_coordinator::{Coordinator, OptionsError, Storage, TopologyError};
 use alldata_peer_client_http::{ClientConfig, ClientError, HttpTransport};
-use alldata_peer_server_http::{PeerState, ServerConfig};
+use alldata_peer_server_http::{NodeHooks, PeerState, ServerConfig};
 use alldata_peer_wire::Durability as WireDurability;
 use alldata_server_http::{
     ApiConfig, ApiState, Counter, IntervalInfo, IntervalRef, IntervalSource,
@@ -251,6 +251,24 @@ impl Node {
         )?
         .with_peer_reader(Arc::new(transport.clone()));
         coordinator.set_digest_index(Arc::clone(&digest_index));
+        // An empty storage under an id that may have held events (a replaced
+        // disk): catch up before deciding keys it may have lost or counting
+        // as a holder (see `alldata_coordinator::catch_up`). A fresh cluster
+        // goes through it too, for its first rounds.
+        let empty =
+            futures::StreamExt::next(&mut storage.scan(alldata_coordinator::ScanRange::all(), 1))
+                .await
+                .is_none();
+        if empty && !config.peers.is_empty() {
+            if config.repair_interval.is_zero() {
+                tracing::warn!(
+                    "the storage is empty and repair is disabled: this node will not catch up on what it held before"
+                );
+            } else {
+                coordinator.catch_up().begin(now_ms());
+                tracing::info!("the storage is empty: catching up from the other members");
+            }
+        }
         digest_index.set_topology({
             let coordinator = coordinator.clone();
             Arc::new(move || coordinator.topology())
@@ -278,6 +296,20 @@ impl Node {
         )
         .with_feed(feed.clone())
         .with_digest_index(Arc::clone(&digest_index))
+        .with_node({
+            let progress = coordinator.clone();
+            let catching = coordinator.clone();
+            let guards = coordinator.clone();
+            let repairs = !config.repair_interval.is_zero();
+            NodeHooks {
+                repair_progress: Arc::new(move || {
+                    let stats = progress.repair_stats();
+                    repairs.then(|| (stats.rounds_started(), stats.last_complete_round()))
+                }),
+                catching_up: Arc::new(move || catching.catch_up().is_catching_up()),
+                guards: Arc::new(move |key| guards.catch_up().guards(&guards.topology(), key)),
+            }
+        })
         .with_topology({
             let coordinator = coordinator.clone();
             Arc::new(move || coordinator.topology())
@@ -572,10 +604,20 @@ async fn repair_loop(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut first = true;
     loop {
+        // While catching up, rounds come at once and then every second at
+        // most, so that the node is back to full service soon.
+        let catching_up = coordinator.catch_up().is_catching_up();
+        let wait = match (catching_up, first) {
+            (true, true) => Duration::ZERO,
+            (true, false) => interval.min(Duration::from_secs(1)),
+            (false, _) => interval,
+        };
+        first = false;
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(wait) => {}
         }
         let now = now_ms();
         let mut round = options.clone();
@@ -588,6 +630,17 @@ async fn repair_loop(
             _ = stop.wait_for(|s| *s) => return,
             report = coordinator.repair_round(&round, now) => report,
         };
+        if catching_up {
+            let phase = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                phase = coordinator.catch_up_step() => phase,
+            };
+            tracing::debug!(
+                phase = phase.as_str(),
+                complete = report.complete,
+                "catching up"
+            );
+        }
         if report.repaired > 0 || report.conflicts > 0 || report.mismatches > 0 {
             tracing::info!(
                 buckets = report.buckets,

@@ -742,6 +742,10 @@ impl PeerReader for HttpTransport {
         Ok(PeerProfile::new(
             profile.durability.map(|d| d.as_str().to_owned()),
             profile.max_event_bytes,
+        )
+        .with_repair(
+            profile.repair_rounds_started,
+            profile.repair_last_complete_round,
         ))
     }
 

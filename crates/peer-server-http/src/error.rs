@@ -39,6 +39,12 @@ pub enum PeerError {
         "this node stores with buffered durability (it answers before fsync) and the sender requires sync: it cannot count as a durable copy; give every node the same --durability"
     )]
     DurabilityMismatch,
+    /// This node lacks the key but is catching up after a restart with an
+    /// empty disk: its "not found" does not count. 503.
+    #[error(
+        "this node is catching up after a restart with an empty disk; it cannot say the key is absent"
+    )]
+    CatchingUp,
     /// The local storage failed while reading. 500.
     #[error("storage failure: {0}")]
     Storage(String),
@@ -59,6 +65,7 @@ impl PeerError {
             PeerError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             PeerError::NotFound => StatusCode::NOT_FOUND,
             PeerError::DurabilityMismatch => StatusCode::PRECONDITION_FAILED,
+            PeerError::CatchingUp => StatusCode::SERVICE_UNAVAILABLE,
             PeerError::Storage(_) | PeerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -73,6 +80,7 @@ impl PeerError {
             PeerError::NotFound => "not_found",
             PeerError::Body(_) => "body",
             PeerError::DurabilityMismatch => "durability_mismatch",
+            PeerError::CatchingUp => "catching_up",
             PeerError::Storage(_) => "storage",
             PeerError::Internal(_) => "internal",
         }

@@ -136,6 +136,8 @@ impl ServerConfig {
         wire::Profile {
             durability: Some(self.durability),
             max_event_bytes: self.max_event_bytes.map(|n| n as u64),
+            repair_rounds_started: None,
+            repair_last_complete_round: None,
         }
     }
 
@@ -189,6 +191,21 @@ impl PeerStats {
     }
 }
 
+/// What the endpoint asks its node about repair and catching up (see
+/// [`PeerState::with_node`]).
+#[derive(Clone)]
+pub struct NodeHooks {
+    /// Repair rounds started and the number of the last complete one
+    /// (`None`: this node runs no repair). Said in `GET /peer/v1/health`.
+    pub repair_progress: Arc<dyn Fn() -> Option<(u64, u64)> + Send + Sync>,
+    /// Whether the node is catching up: its "not found" does not count
+    /// (`GET /peer/v1/events/{key}` answers `503 catching_up` instead of 404).
+    pub catching_up: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Whether a replica write of this key must be refused when the key is
+    /// absent here (this node decides it and is catching up).
+    pub guards: Arc<dyn Fn(&EventKey) -> bool + Send + Sync>,
+}
+
 /// Hands the repair routes the node's current member list (the decider
 /// filter needs it).
 pub type TopologySource = Arc<dyn Fn() -> Arc<Topology> + Send + Sync>;
@@ -198,6 +215,7 @@ struct Inner {
     feed: Option<Feed>,
     topology: Option<TopologySource>,
     digest_index: Option<Arc<DigestIndex>>,
+    node: Option<NodeHooks>,
     config: ServerConfig,
     stats: PeerStats,
     connections: Arc<ConnectionStats>,
@@ -228,6 +246,7 @@ impl PeerState {
                 feed: None,
                 topology: None,
                 digest_index: None,
+                node: None,
                 config,
                 stats: PeerStats::default(),
                 connections: Arc::default(),
@@ -248,6 +267,7 @@ impl PeerState {
                     feed: Some(feed),
                     topology: old.topology.clone(),
                     digest_index: old.digest_index.clone(),
+                    node: old.node.clone(),
                     config: old.config.clone(),
                     stats: PeerStats::default(),
                     connections: Arc::clone(&old.connections),
@@ -270,6 +290,7 @@ impl PeerState {
                     feed: old.feed.clone(),
                     topology: Some(topology),
                     digest_index: old.digest_index.clone(),
+                    node: old.node.clone(),
                     config: old.config.clone(),
                     stats: PeerStats::default(),
                     connections: Arc::clone(&old.connections),
@@ -292,6 +313,29 @@ impl PeerState {
                     feed: old.feed.clone(),
                     topology: old.topology.clone(),
                     digest_index: Some(index),
+                    node: old.node.clone(),
+                    config: old.config.clone(),
+                    stats: PeerStats::default(),
+                    connections: Arc::clone(&old.connections),
+                });
+            }
+        }
+        self
+    }
+
+    /// The same state, asking `hooks` about the node's repair and catch-up.
+    /// Call before cloning the state.
+    pub fn with_node(mut self, hooks: NodeHooks) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.node = Some(hooks),
+            None => {
+                let old = &self.inner;
+                self.inner = Arc::new(Inner {
+                    storage: Arc::clone(&old.storage),
+                    feed: old.feed.clone(),
+                    topology: old.topology.clone(),
+                    digest_index: old.digest_index.clone(),
+                    node: Some(hooks),
                     config: old.config.clone(),
                     stats: PeerStats::default(),
                     connections: Arc::clone(&old.connections),
@@ -423,8 +467,23 @@ async fn put_events(
         .partition(|(_, (_, event))| limit.is_none_or(|max| event.len() <= max));
     let n = fit.len() + too_large.len();
     let storage = Arc::clone(&state.inner.storage);
+    let guards = state.inner.node.as_ref().map(|n| Arc::clone(&n.guards));
     let statuses = tokio::spawn(async move {
         let mut statuses: Vec<Option<EventStatus>> = vec![None; n];
+        // This node decides these keys and is catching up: a key it lacks
+        // may have held other bytes before its disk was replaced.
+        let (fit, guarded): (Vec<_>, Vec<_>) = match &guards {
+            Some(guards) => fit.into_iter().partition(|(_, (key, _))| !guards(key)),
+            None => (fit, Vec::new()),
+        };
+        let mut fit = fit;
+        for (i, (key, event)) in guarded {
+            match storage.get(key).await {
+                Ok(Some(_)) => fit.push((i, (key, event))),
+                Ok(None) => statuses[i] = Some(EventStatus::Rejected(CATCHING_UP.into())),
+                Err(e) => statuses[i] = Some(EventStatus::Failed(e.to_string())),
+            }
+        }
         // Write-once first: a key already holding these bytes is an
         // idempotent success and one holding others a conflict, whatever the
         // size limit says now; only a new event is refused for its size.
@@ -478,6 +537,9 @@ async fn get_event(
             event,
         )
             .into_response()),
+        Ok(None) if state.inner.node.as_ref().is_some_and(|n| (n.catching_up)()) => {
+            Err(PeerError::CatchingUp)
+        }
         Ok(None) => Err(PeerError::NotFound),
         Err(e) => Err(PeerError::Storage(e.to_string())),
     }
@@ -485,8 +547,19 @@ async fn get_event(
 
 async fn health(State(state): State<PeerState>, headers: HeaderMap) -> Result<String, PeerError> {
     state.authorize(&headers)?;
-    Ok(state.inner.config.profile().encode())
+    let mut profile = state.inner.config.profile();
+    if let Some(node) = &state.inner.node
+        && let Some((started, complete)) = (node.repair_progress)()
+    {
+        profile.repair_rounds_started = Some(started);
+        profile.repair_last_complete_round = Some(complete);
+    }
+    Ok(profile.encode())
 }
+
+/// The message of a replica write refused by a decider catching up (the
+/// sender's answer names it).
+pub const CATCHING_UP: &str = "catching_up: this node decides the key and is catching up after a restart with an empty disk; it does not hold the key yet";
 
 /// A heartbeat frame goes out after this long without an event.
 const TAIL_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -207,6 +207,10 @@ pub struct Profile {
     pub durability: Option<Durability>,
     /// The largest event it accepts, in bytes.
     pub max_event_bytes: Option<u64>,
+    /// Repair rounds it has started (`None`: it runs no repair).
+    pub repair_rounds_started: Option<u64>,
+    /// The number of its last complete repair round (0 before the first).
+    pub repair_last_complete_round: Option<u64>,
 }
 
 impl Profile {
@@ -218,6 +222,12 @@ impl Profile {
         }
         if let Some(n) = self.max_event_bytes {
             body.push_str(&format!("max_event_bytes={n}\n"));
+        }
+        if let Some(n) = self.repair_rounds_started {
+            body.push_str(&format!("repair_rounds_started={n}\n"));
+        }
+        if let Some(n) = self.repair_last_complete_round {
+            body.push_str(&format!("repair_last_complete_round={n}\n"));
         }
         body
     }
@@ -235,6 +245,12 @@ impl Profile {
             match line.split_once('=') {
                 Some(("durability", v)) => profile.durability = Durability::parse(v),
                 Some(("max_event_bytes", v)) => profile.max_event_bytes = v.trim().parse().ok(),
+                Some(("repair_rounds_started", v)) => {
+                    profile.repair_rounds_started = v.trim().parse().ok();
+                }
+                Some(("repair_last_complete_round", v)) => {
+                    profile.repair_last_complete_round = v.trim().parse().ok();
+                }
                 _ => {}
             }
         }
@@ -307,6 +323,8 @@ mod tests {
         let p = Profile {
             durability: Some(Durability::Sync),
             max_event_bytes: Some(1 << 20),
+            repair_rounds_started: Some(7),
+            repair_last_complete_round: Some(5),
         };
         assert_eq!(Profile::decode(p.encode().as_bytes()), Some(p));
         assert_eq!(Profile::decode(b"ok"), Some(Profile::default()));
