@@ -192,6 +192,17 @@ impl Coordinator {
         let _ = self.inner.digest_index.set(index);
     }
 
+    /// The current topology, through a handle that does not keep the
+    /// coordinator alive (`None` once it is gone): for the digest index,
+    /// which the coordinator holds.
+    pub fn topology_source(&self) -> crate::digest_index::TopologySource {
+        let weak = Arc::downgrade(&self.inner);
+        Arc::new(move || {
+            weak.upgrade()
+                .map(|inner| Arc::clone(&inner.topology.read().unwrap_or_else(|e| e.into_inner())))
+        })
+    }
+
     /// The digest index, if one was set.
     pub fn digest_index(&self) -> Option<&Arc<crate::digest_index::DigestIndex>> {
         self.inner.digest_index.get()

@@ -43,8 +43,10 @@ use crate::topology::{NodeId, Topology};
 /// of it (`--repair-bucket-secs` always is).
 pub const CELL_MS: u64 = 1000;
 
-/// Gives the index the node's current member list.
-pub type TopologySource = Arc<dyn Fn() -> Arc<Topology> + Send + Sync>;
+/// Gives the index the node's current member list (`None` once the node is
+/// gone). Must not keep the coordinator alive: the coordinator holds the
+/// index (see [`Coordinator::topology_source`](crate::Coordinator::topology_source)).
+pub type TopologySource = Arc<dyn Fn() -> Option<Arc<Topology>> + Send + Sync>;
 
 /// The digests of one cell.
 #[derive(Debug, Default, Clone)]
@@ -228,7 +230,7 @@ impl DigestIndex {
     }
 
     fn current_topology(&self) -> Option<Arc<Topology>> {
-        self.topology.get().map(|f| f())
+        self.topology.get().and_then(|f| f())
     }
 
     /// Wraps `storage` so that every key newly stored through the returned
@@ -356,11 +358,12 @@ impl DigestIndex {
         let from_ms = range.from.timestamp_ms();
         let to_ms = range.to.timestamp_ms();
         // The whole cells inside the range: [first, end).
-        let first = if range.from == EventKey::min_for_ms(from_ms) && from_ms % CELL_MS == 0 {
-            from_ms
-        } else {
-            cell_of(from_ms).saturating_add(CELL_MS)
-        };
+        let first =
+            if range.from == EventKey::min_for_ms(from_ms) && from_ms.is_multiple_of(CELL_MS) {
+                from_ms
+            } else {
+                cell_of(from_ms).saturating_add(CELL_MS)
+            };
         let end = if range.to == EventKey::max_for_ms(to_ms) {
             cell_of(to_ms.saturating_add(1))
         } else {
@@ -373,8 +376,10 @@ impl DigestIndex {
         let mut stale: Vec<(u64, u64, bool)> = Vec::new();
         {
             let mut s = self.lock();
-            let usable =
-                s.ready && !s.poisoned && bucket_ms % CELL_MS == 0 && range.from <= range.to;
+            let usable = s.ready
+                && !s.poisoned
+                && bucket_ms.is_multiple_of(CELL_MS)
+                && range.from <= range.to;
             if usable {
                 self.prune(&mut s);
             }

@@ -170,7 +170,7 @@ async fn cached_digests_equal_a_scan_after_random_writes_restarts_and_member_cha
     let t = Arc::new(std::sync::RwLock::new(Arc::clone(&topo)));
     let source = {
         let t = Arc::clone(&t);
-        Arc::new(move || Arc::clone(&t.read().unwrap()))
+        Arc::new(move || Some(Arc::clone(&t.read().unwrap())))
     };
     index.set_topology(source.clone());
     // Some events before the start: the build finds them.
@@ -211,7 +211,7 @@ async fn a_second_request_with_nothing_changed_reads_no_events_from_storage() {
     let topo = topology(&["a", "b", "c"]);
     let index = DigestIndex::new(Duration::from_secs(3600));
     let t = Arc::clone(&topo);
-    index.set_topology(Arc::new(move || Arc::clone(&t)));
+    index.set_topology(Arc::new(move || Some(Arc::clone(&t))));
     index.build(counting.as_ref(), now_ms()).await.unwrap();
     let storage = index.wrap(counting.clone());
     random_writes(storage.as_ref(), &mut rng, 2000, 600_000).await;

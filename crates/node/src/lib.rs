@@ -269,10 +269,7 @@ impl Node {
                 tracing::info!("the storage is empty: catching up from the other members");
             }
         }
-        digest_index.set_topology({
-            let coordinator = coordinator.clone();
-            Arc::new(move || coordinator.topology())
-        });
+        digest_index.set_topology(coordinator.topology_source());
         for p in &config.peers {
             coordinator
                 .add_peer_at(p.id.as_str(), p.address.as_str(), &p.location)
