@@ -393,3 +393,40 @@ async fn rounds_in_sync_answer_digests_from_memory_without_reading_events() {
         assert_eq!(metric(&c, i, "alldata_repair_mismatches_total").await, 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_holding_other_bytes_than_the_decider_gets_them_quarantined_and_replaced() {
+    use alldata_coordinator::Storage;
+    use alldata_coordinator::repair::value_hash;
+    let mut c = Cluster::start_with(3, 3, REPAIR).await;
+    // Decided by n1 (generated there).
+    let acked = post_many(&c, &[0], 5, "all").await;
+    let (key, body) = acked.iter().next().unwrap();
+    // n2's copy gets other bytes behind its back (what a bug or a lost
+    // disk could leave): stopped, its store edited, restarted.
+    c.kill(1);
+    {
+        let store = alldata_storage_leveldb::LevelDbStorage::open(
+            alldata_storage_leveldb::Options::new(&c.nodes[1].dir),
+        )
+        .await
+        .unwrap();
+        let k: alldata_coordinator::EventKey = key.parse().unwrap();
+        let stored = store.get(k).await.unwrap().expect("n2 holds it");
+        assert!(store.quarantine(k, value_hash(&stored)).await.unwrap());
+        store
+            .put(k, r#"{"not":"acknowledged"}"#.into())
+            .await
+            .unwrap();
+        store.close().await;
+    }
+    c.spawn(1);
+    c.wait_healthy(1).await;
+    let start = Instant::now();
+    while c.stored(1, key).await.as_deref() != Some(canonical(body).as_str()) {
+        assert!(start.elapsed() < BOUND, "n2 still serves other bytes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_exact_bytes(&c, &acked, &[0, 1, 2]).await;
+    assert_eq!(metric(&c, 0, "alldata_repair_quarantined_total").await, 1);
+}

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::error::StorageError;
-use crate::repair::{BucketDigest, Digest, bucket_start};
+use crate::repair::{BucketDigest, Digest, bucket_start, entry_hash, value_hash};
 use crate::storage::{EventStream, PutStatus, ScanRange, Storage};
 use crate::topology::{NodeId, Topology};
 
@@ -72,9 +72,11 @@ impl Cell {
         self.exact && (self.client_count == 0 || self.client_fp == fp)
     }
 
-    fn add(&mut self, key: &EventKey, topo: Option<&Topology>, fp: u64) {
+    /// Adds a stored event: its key and the hash of its bytes.
+    fn add(&mut self, key: &EventKey, value_hash: u64, topo: Option<&Topology>, fp: u64) {
+        let h = entry_hash(key, value_hash);
         match key.origin() {
-            Some(tag) => add_to(&mut self.tags, tag, key),
+            Some(tag) => add_to(&mut self.tags, tag, h),
             None => {
                 if self.client_count == 0 {
                     self.client.clear();
@@ -82,8 +84,34 @@ impl Cell {
                 }
                 self.client_count += 1;
                 match topo.and_then(|t| t.decider(key)) {
-                    Some(d) if self.client_fp == fp && fp != 0 => add_to(&mut self.client, d, key),
+                    Some(d) if self.client_fp == fp && fp != 0 => add_to(&mut self.client, d, h),
                     _ => self.client_fp = 0,
+                }
+            }
+        }
+    }
+
+    /// Takes out a quarantined event.
+    fn remove(&mut self, key: &EventKey, value_hash: u64, topo: Option<&Topology>, fp: u64) {
+        let h = entry_hash(key, value_hash);
+        match key.origin() {
+            Some(tag) => match self.tags.iter_mut().find(|(t, _)| *t == tag) {
+                Some((_, d)) => d.remove_hash(h),
+                None => self.exact = false,
+            },
+            None => {
+                self.client_count = self.client_count.saturating_sub(1);
+                if self.client_fp != fp || fp == 0 {
+                    return;
+                }
+                let decider = topo.and_then(|t| t.decider(key));
+                match self
+                    .client
+                    .iter_mut()
+                    .find(|(n, _)| Some(n) == decider.as_ref())
+                {
+                    Some((_, d)) => d.remove_hash(h),
+                    None => self.client_fp = 0,
                 }
             }
         }
@@ -111,12 +139,12 @@ impl Cell {
     }
 }
 
-fn add_to<K: PartialEq>(list: &mut Vec<(K, Digest)>, k: K, key: &EventKey) {
+fn add_to<K: PartialEq>(list: &mut Vec<(K, Digest)>, k: K, hash: u64) {
     match list.iter_mut().find(|(x, _)| *x == k) {
-        Some((_, d)) => d.add(key),
+        Some((_, d)) => d.add_hash(hash),
         None => {
             let mut d = Digest::default();
-            d.add(key);
+            d.add_hash(hash);
             list.push((k, d));
         }
     }
@@ -262,7 +290,7 @@ impl DigestIndex {
         );
         let mut n = 0u64;
         while let Some(item) = events.next().await {
-            let (key, _) = item?;
+            let (key, event) = item?;
             n += 1;
             built
                 .entry(cell_of(key.timestamp_ms()))
@@ -270,7 +298,7 @@ impl DigestIndex {
                     exact: true,
                     ..Cell::default()
                 })
-                .add(&key, topo.as_deref(), fp);
+                .add(&key, value_hash(&event), topo.as_deref(), fp);
         }
         let mut s = self.lock();
         for (cell, c) in built {
@@ -310,9 +338,19 @@ impl DigestIndex {
         }
     }
 
-    /// Ends the writes `guard` began; `stored` are the keys stored now.
-    fn finish(&self, mut guard: WriteGuard<'_>, stored: &[EventKey]) {
-        let topo = if stored.iter().any(|k| k.origin().is_none()) {
+    /// Ends the writes `guard` began; `stored` are the events stored now
+    /// (key and value hash), `removed` those quarantined.
+    fn finish(
+        &self,
+        mut guard: WriteGuard<'_>,
+        stored: &[(EventKey, u64)],
+        removed: &[(EventKey, u64)],
+    ) {
+        let topo = if stored
+            .iter()
+            .chain(removed)
+            .any(|(k, _)| k.origin().is_none())
+        {
             self.current_topology()
         } else {
             None
@@ -325,10 +363,16 @@ impl DigestIndex {
             }
         }
         guard.done = true;
-        for key in stored {
+        for (key, h) in stored {
             let cell = cell_of(key.timestamp_ms());
             if let Some(c) = s.cells.get_mut(&cell) {
-                c.add(key, topo.as_deref(), fp);
+                c.add(key, *h, topo.as_deref(), fp);
+            }
+        }
+        for (key, h) in removed {
+            let cell = cell_of(key.timestamp_ms());
+            if let Some(c) = s.cells.get_mut(&cell) {
+                c.remove(key, *h, topo.as_deref(), fp);
             }
         }
     }
@@ -416,12 +460,12 @@ impl DigestIndex {
             let mut events = storage.scan(range, usize::MAX);
             let mut n = 0u64;
             while let Some(item) = events.next().await {
-                let (key, _) = item?;
+                let (key, event) = item?;
                 n += 1;
                 if topology.repair_decider(&key).as_ref() == Some(decider) {
                     sums.entry(bucket_start(key.timestamp_ms(), bucket_ms))
                         .or_default()
-                        .add(&key);
+                        .add_entry(&key, value_hash(&event));
                 }
             }
             self.stats.scanned_events.fetch_add(n, Ordering::Relaxed);
@@ -435,9 +479,9 @@ impl DigestIndex {
             let mut events = storage.scan(cell_range(cell), usize::MAX);
             let mut n = 0u64;
             while let Some(item) = events.next().await {
-                let (key, _) = item?;
+                let (key, event) = item?;
                 n += 1;
-                fresh.add(&key, Some(topology), fp);
+                fresh.add(&key, value_hash(&event), Some(topology), fp);
             }
             self.stats.scanned_events.fetch_add(n, Ordering::Relaxed);
             let mut tag_deciders = HashMap::new();
@@ -505,13 +549,14 @@ impl std::fmt::Debug for IndexedStorage {
 impl Storage for IndexedStorage {
     async fn put(&self, key: EventKey, event: Bytes) -> Result<PutStatus, StorageError> {
         let guard = self.index.begin(std::iter::once(&key));
+        let h = value_hash(&event);
         let result = self.inner.put(key, event).await;
-        let stored: &[EventKey] = if result == Ok(PutStatus::Stored) {
-            std::slice::from_ref(&key)
+        let stored: &[(EventKey, u64)] = if result == Ok(PutStatus::Stored) {
+            &[(key, h)]
         } else {
             &[]
         };
-        self.index.finish(guard, stored);
+        self.index.finish(guard, stored, &[]);
         result
     }
 
@@ -519,16 +564,16 @@ impl Storage for IndexedStorage {
         &self,
         events: Vec<(EventKey, Bytes)>,
     ) -> Vec<Result<PutStatus, StorageError>> {
-        let keys: Vec<EventKey> = events.iter().map(|(k, _)| *k).collect();
-        let guard = self.index.begin(keys.iter());
+        let keys: Vec<(EventKey, u64)> = events.iter().map(|(k, e)| (*k, value_hash(e))).collect();
+        let guard = self.index.begin(keys.iter().map(|(k, _)| k));
         let results = self.inner.put_many(events).await;
-        let stored: Vec<EventKey> = keys
+        let stored: Vec<(EventKey, u64)> = keys
             .iter()
             .zip(&results)
             .filter(|(_, r)| **r == Ok(PutStatus::Stored))
             .map(|(k, _)| *k)
             .collect();
-        self.index.finish(guard, &stored);
+        self.index.finish(guard, &stored, &[]);
         results
     }
 
@@ -538,5 +583,17 @@ impl Storage for IndexedStorage {
 
     fn scan(&self, range: ScanRange, limit: usize) -> EventStream {
         self.inner.scan(range, limit)
+    }
+
+    async fn quarantine(&self, key: EventKey, value_hash: u64) -> Result<bool, StorageError> {
+        let guard = self.index.begin(std::iter::once(&key));
+        let result = self.inner.quarantine(key, value_hash).await;
+        let removed: &[(EventKey, u64)] = if result == Ok(true) {
+            &[(key, value_hash)]
+        } else {
+            &[]
+        };
+        self.index.finish(guard, &[], removed);
+        result
     }
 }

@@ -51,10 +51,28 @@ pub struct Digest {
 }
 
 impl Digest {
-    /// Adds one key.
+    /// Adds one key (by its [`key_hash`] alone).
     pub fn add(&mut self, key: &EventKey) {
+        self.add_hash(key_hash(key));
+    }
+
+    /// Adds one stored event: its key and bytes ([`entry_hash`]). Repair's
+    /// digests are of these, so that two members holding different bytes
+    /// for one key disagree.
+    pub fn add_entry(&mut self, key: &EventKey, value_hash: u64) {
+        self.add_hash(entry_hash(key, value_hash));
+    }
+
+    /// Adds one element by its hash.
+    pub fn add_hash(&mut self, hash: u64) {
         self.count = self.count.wrapping_add(1);
-        self.sum = self.sum.wrapping_add(key_hash(key));
+        self.sum = self.sum.wrapping_add(hash);
+    }
+
+    /// Takes one element out again (its hash), e.g. a quarantined event.
+    pub fn remove_hash(&mut self, hash: u64) {
+        self.count = self.count.wrapping_sub(1);
+        self.sum = self.sum.wrapping_sub(hash);
     }
 
     /// Adds another digest (of a disjoint set, or of another member's copy).
@@ -92,6 +110,31 @@ pub fn key_hash(key: &EventKey) -> u64 {
     mix(mix(u64::from_be_bytes(hi)) ^ u64::from_be_bytes(lo))
 }
 
+/// A 64-bit hash of an event's bytes (splitmix64 over 8-byte words and the
+/// length; stable across builds and platforms).
+pub fn value_hash(event: &[u8]) -> u64 {
+    let mut h = mix(event.len() as u64);
+    let mut words = event.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        h = mix(h ^ u64::from_le_bytes(b));
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut b = [0u8; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        h = mix(h ^ u64::from_le_bytes(b));
+    }
+    h
+}
+
+/// The hash of one stored event in repair's digests: its key and the hash of
+/// its bytes ([`value_hash`]).
+pub fn entry_hash(key: &EventKey, value_hash: u64) -> u64 {
+    mix(key_hash(key) ^ value_hash)
+}
+
 fn mix(mut h: u64) -> u64 {
     h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -125,16 +168,17 @@ pub async fn bucket_digests(
     let mut out: Vec<BucketDigest> = Vec::new();
     let mut events = storage.scan(range, usize::MAX);
     while let Some(item) = events.next().await {
-        let (key, _) = item?;
+        let (key, event) = item?;
         if !decided_by(topology, &key, decider) {
             continue;
         }
         let start_ms = bucket_start(key.timestamp_ms(), bucket_ms);
+        let vh = value_hash(&event);
         match out.last_mut() {
-            Some(last) if last.start_ms == start_ms => last.digest.add(&key),
+            Some(last) if last.start_ms == start_ms => last.digest.add_entry(&key, vh),
             _ => {
                 let mut digest = Digest::default();
-                digest.add(&key);
+                digest.add_entry(&key, vh);
                 out.push(BucketDigest { start_ms, digest });
             }
         }
@@ -142,21 +186,21 @@ pub async fn bucket_digests(
     Ok(out)
 }
 
-/// The keys in `range` that `storage` holds and `decider` decides, in key
-/// order, at most `limit` of them.
+/// The keys in `range` that `storage` holds and `decider` decides, each with
+/// the [`value_hash`] of its bytes, in key order, at most `limit` of them.
 pub async fn decided_keys(
     storage: &dyn Storage,
     topology: &Topology,
     decider: &NodeId,
     range: ScanRange,
     limit: usize,
-) -> Result<Vec<EventKey>, StorageError> {
+) -> Result<Vec<(EventKey, u64)>, StorageError> {
     let mut out = Vec::new();
     let mut events = storage.scan(range, usize::MAX);
     while let Some(item) = events.next().await {
-        let (key, _) = item?;
+        let (key, event) = item?;
         if decided_by(topology, &key, decider) {
-            out.push(key);
+            out.push((key, value_hash(&event)));
             if out.len() >= limit {
                 break;
             }
@@ -173,6 +217,70 @@ pub fn in_sync(rf: usize, decider: Digest, members: impl IntoIterator<Item = Dig
         total.merge(d);
     }
     total == decider.times(rf as u64)
+}
+
+/// A member holding other bytes for a key than the key's decider: its copy
+/// is quarantined (write-once: the decider's copy is the acknowledged one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loser {
+    /// The key.
+    pub key: EventKey,
+    /// The member holding other bytes.
+    pub node: NodeId,
+    /// The [`value_hash`] of those bytes (a quarantine removes only them).
+    pub value_hash: u64,
+}
+
+/// What the key lists of one bucket say, once the write-once rule is applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolution {
+    /// Per key, the members holding the winning bytes (the input of [`plan`]).
+    pub holders: BTreeMap<EventKey, BTreeSet<NodeId>>,
+    /// Copies that differ from the decider's: to quarantine.
+    pub losers: Vec<Loser>,
+    /// Keys the decider lacks while its holders disagree: no copy decides
+    /// (none is picked by chance); left alone and logged.
+    pub undecided: Vec<EventKey>,
+}
+
+/// Applies the write-once rule to the key lists of one bucket, seen from the
+/// decider `local`: `found` maps each key to the members holding it with the
+/// [`value_hash`] of their bytes. Where the decider holds the key its bytes
+/// win and every other copy is a [`Loser`]; where it lacks the key, holders
+/// that agree are its holders, and holders that disagree leave the key
+/// undecided.
+pub fn resolve(local: &NodeId, found: &BTreeMap<EventKey, BTreeMap<NodeId, u64>>) -> Resolution {
+    let mut out = Resolution::default();
+    for (key, copies) in found {
+        let truth = match copies.get(local) {
+            Some(h) => *h,
+            None => {
+                let mut hashes = copies.values();
+                let first = hashes.next().copied();
+                match first {
+                    Some(h) if hashes.all(|x| *x == h) => h,
+                    _ => {
+                        out.undecided.push(*key);
+                        continue;
+                    }
+                }
+            }
+        };
+        let mut held = BTreeSet::new();
+        for (node, h) in copies {
+            if *h == truth {
+                held.insert(node.clone());
+            } else {
+                out.losers.push(Loser {
+                    key: *key,
+                    node: node.clone(),
+                    value_hash: *h,
+                });
+            }
+        }
+        out.holders.insert(*key, held);
+    }
+    out
 }
 
 /// One key to copy: where its bytes come from and which nodes get a copy.
@@ -316,6 +424,9 @@ pub struct RoundReport {
     pub failures: u64,
     /// Copies stored on this node (keys it decides and had lost).
     pub fetched: u64,
+    /// Copies holding other bytes than the decider's, quarantined on their
+    /// member (no longer served there).
+    pub quarantined: u64,
     /// Members that did not answer the digest request.
     pub unreachable: Vec<NodeId>,
     /// Whether every bucket was compared and every planned copy attempted
@@ -337,6 +448,7 @@ pub struct RepairStats {
     read_repaired: AtomicU64,
     started: AtomicU64,
     last_complete_seq: AtomicU64,
+    quarantined: AtomicU64,
 }
 
 impl RepairStats {
@@ -371,6 +483,8 @@ impl RepairStats {
         self.conflicts
             .fetch_add(report.conflicts, Ordering::Relaxed);
         self.failures.fetch_add(report.failures, Ordering::Relaxed);
+        self.quarantined
+            .fetch_add(report.quarantined, Ordering::Relaxed);
         if report.complete {
             self.complete_rounds.fetch_add(1, Ordering::Relaxed);
             self.last_complete_ms.store(now_ms, Ordering::Relaxed);
@@ -421,6 +535,11 @@ impl RepairStats {
     /// Copies refused because the target holds other bytes.
     pub fn conflicts(&self) -> u64 {
         self.conflicts.load(Ordering::Relaxed)
+    }
+
+    /// Copies with other bytes than the decider's, quarantined.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
     }
 
     /// Copies or key lists that failed.
@@ -572,7 +691,7 @@ impl Coordinator {
             let b_from = start.max(from_ms);
             let b_to = (start + bucket_ms - 1).min(to_ms);
             let brange = ScanRange::new(EventKey::min_for_ms(b_from), EventKey::max_for_ms(b_to));
-            let holders = match self
+            let found = match self
                 .bucket_holders(&topo, &reachable, brange, opts.max_keys_per_bucket)
                 .await
             {
@@ -582,6 +701,21 @@ impl Coordinator {
                     continue;
                 }
             };
+            let Resolution {
+                mut holders,
+                losers,
+                undecided,
+            } = resolve(&me, &found);
+            for key in undecided {
+                tracing::warn!(%key, "repair: this node lacks the key and its holders hold different bytes; none is chosen");
+                report.conflicts += 1;
+            }
+            for loser in losers {
+                if !self.quarantine(&topo, &loser, &mut report).await {
+                    // Still held with other bytes: no copy to it this round.
+                    holders.remove(&loser.key);
+                }
+            }
             let mut copies = self.with_rng(|rng| plan(&topo, &policy, &holders, &reachable, rng));
             let planned: u64 = copies.iter().map(|c| c.targets.len() as u64).sum();
             if planned > budget {
@@ -642,21 +776,53 @@ impl Coordinator {
         self.catch_up().phase()
     }
 
-    /// Which reachable member holds which key of `range` decided here.
+    /// Quarantines `loser` on its member (write-once: the decider's bytes
+    /// won); whether it is gone there.
+    async fn quarantine(&self, topo: &Topology, loser: &Loser, report: &mut RoundReport) -> bool {
+        let Some(peer) = topo.peer(&loser.node) else {
+            return false;
+        };
+        let deadline = self.options().deadline;
+        let result = tokio::time::timeout(
+            deadline,
+            self.transport()
+                .quarantine(peer, loser.key, loser.value_hash),
+        )
+        .await
+        .unwrap_or(Err(TransportError::Timeout));
+        match result {
+            Ok(removed) => {
+                if removed {
+                    tracing::warn!(key = %loser.key, node = %loser.node, "repair: a member held other bytes than the decider for the key; its copy was quarantined (the decider's bytes are the acknowledged ones)");
+                    report.quarantined += 1;
+                }
+                true
+            }
+            Err(error) => {
+                tracing::warn!(key = %loser.key, node = %loser.node, %error, "repair: a member holds other bytes than the decider for the key and could not quarantine them");
+                report.conflicts += 1;
+                report.failures += 1;
+                false
+            }
+        }
+    }
+
+    /// Which reachable member holds which key of `range` decided here, with
+    /// the [`value_hash`] of its bytes.
     async fn bucket_holders(
         &self,
         topo: &Topology,
         reachable: &BTreeSet<NodeId>,
         range: ScanRange,
         limit: usize,
-    ) -> Result<BTreeMap<EventKey, BTreeSet<NodeId>>, ()> {
+    ) -> Result<BTreeMap<EventKey, BTreeMap<NodeId, u64>>, ()> {
         let me = topo.local().clone();
-        let mut holders: BTreeMap<EventKey, BTreeSet<NodeId>> = BTreeMap::new();
+        let mut holders: BTreeMap<EventKey, BTreeMap<NodeId, u64>> = BTreeMap::new();
         let own = decided_keys(self.storage().as_ref(), topo, &me, range, limit)
             .await
             .map_err(|error| tracing::warn!(%error, "repair: local key list failed"))?;
-        for k in own {
-            holders.entry(k).or_default().insert(me.clone());
+        for (k, h) in own {
+            holders.entry(k).or_default().insert(me.clone(), h);
         }
         let reader = self.peer_reader().ok_or(())?;
         let timeout = self.options().read_timeout;
@@ -675,8 +841,8 @@ impl Coordinator {
         for (peer, list) in peers.iter().zip(lists) {
             match list {
                 Ok(Ok(keys)) => {
-                    for k in keys {
-                        holders.entry(k).or_default().insert(peer.id.clone());
+                    for (k, h) in keys {
+                        holders.entry(k).or_default().insert(peer.id.clone(), h);
                     }
                 }
                 Ok(Err(error)) => {

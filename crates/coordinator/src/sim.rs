@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::error::{StorageError, TransportError};
 use crate::repair::BucketDigest;
-use crate::storage::{MemStorage, PutStatus, ScanRange};
+use crate::storage::{MemStorage, PutStatus, ScanRange, Storage};
 use crate::topology::{Locality, Location, NodeId, Peer, Topology};
 use crate::transport::{PeerProfile, PeerReader, PeerTransport};
 
@@ -241,6 +241,19 @@ impl PeerTransport for SimTransport {
             }
         }
     }
+
+    async fn quarantine(
+        &self,
+        peer: &Peer,
+        key: EventKey,
+        value_hash: u64,
+    ) -> Result<bool, TransportError> {
+        let (storage, _) = self.reach_for_repair(peer)?;
+        storage
+            .quarantine(key, value_hash)
+            .await
+            .map_err(|e| TransportError::Rejected(e.to_string()))
+    }
 }
 
 #[async_trait]
@@ -289,7 +302,7 @@ impl PeerReader for SimTransport {
         range: ScanRange,
         decider: &NodeId,
         limit: usize,
-    ) -> Result<Vec<EventKey>, TransportError> {
+    ) -> Result<Vec<(EventKey, u64)>, TransportError> {
         let (storage, topology) = self.reach_for_repair(peer)?;
         crate::repair::decided_keys(storage.as_ref(), &topology, decider, range, limit)
             .await

@@ -51,6 +51,25 @@ pub trait PeerTransport: Send + Sync + 'static {
         )
         .await
     }
+
+    /// Asks `peer` to quarantine its copy of `key` if that copy's bytes hash
+    /// to `value_hash` ([`crate::repair::value_hash`]): the copy is no longer
+    /// served and the key can take the decider's bytes. `Ok(true)`: removed;
+    /// `Ok(false)`: the peer holds no such copy (absent, or other bytes).
+    /// Repair calls it for a copy that differs from the decider's. The
+    /// default cannot and says so.
+    async fn quarantine(
+        &self,
+        peer: &Peer,
+        key: EventKey,
+        value_hash: u64,
+    ) -> Result<bool, TransportError> {
+        let _ = (key, value_hash);
+        Err(TransportError::Rejected(format!(
+            "this transport cannot ask {} to quarantine",
+            peer.id
+        )))
+    }
 }
 
 /// A transport for a node without peers: every call fails as unreachable.
@@ -131,15 +150,16 @@ pub trait PeerReader: Send + Sync + 'static {
         )))
     }
 
-    /// The keys in `range` that `peer` stores and `decider` decides, in key
-    /// order, at most `limit`. The default cannot and says so.
+    /// The keys in `range` that `peer` stores and `decider` decides, each
+    /// with the [`crate::repair::value_hash`] of its bytes, in key order, at
+    /// most `limit`. The default cannot and says so.
     async fn decided_keys(
         &self,
         peer: &Peer,
         range: ScanRange,
         decider: &NodeId,
         limit: usize,
-    ) -> Result<Vec<EventKey>, TransportError> {
+    ) -> Result<Vec<(EventKey, u64)>, TransportError> {
         let _ = (range, decider, limit);
         Err(TransportError::Rejected(format!(
             "this peer reader cannot ask {} for keys",

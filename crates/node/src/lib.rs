@@ -696,6 +696,11 @@ fn repair_counters(
                 value: stats.conflicts(),
             },
             Counter {
+                name: "alldata_repair_quarantined_total",
+                help: "Copies on members with other bytes than this node (their decider) held for a key, moved aside by repair (write-once: the decider's bytes are the acknowledged ones).",
+                value: stats.quarantined(),
+            },
+            Counter {
                 name: "alldata_repair_failures_total",
                 help: "Repair copies or key lists that failed (retried next round).",
                 value: stats.failures(),

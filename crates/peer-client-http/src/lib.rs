@@ -552,7 +552,7 @@ impl HttpTransport {
         range: ScanRange,
         decider: &NodeId,
         limit: usize,
-    ) -> Result<Vec<EventKey>, TransportError> {
+    ) -> Result<Vec<(EventKey, u64)>, TransportError> {
         let url = format!(
             "{}{}",
             base_url(&peer.address),
@@ -561,6 +561,36 @@ impl HttpTransport {
         let body = self.shared.repair_get(&url).await?;
         alldata_peer_wire::decode_keys(body)
             .map_err(|e| TransportError::Network(format!("malformed key list: {e}")))
+    }
+
+    /// Asks `peer` to quarantine its copy of `key` if its bytes hash to
+    /// `value_hash`; whether it did. Counted as a repair request.
+    pub async fn quarantine(
+        &self,
+        peer: &Peer,
+        key: EventKey,
+        value_hash: u64,
+    ) -> Result<bool, TransportError> {
+        let url = format!(
+            "{}{}",
+            base_url(&peer.address),
+            alldata_peer_wire::quarantine_path(key, value_hash)
+        );
+        self.shared
+            .stats
+            .repair_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let request = self.shared.request(Method::POST, &url, Bytes::new())?;
+        match self
+            .shared
+            .exchange(request, self.shared.config.attempt_timeout)
+            .await?
+        {
+            (StatusCode::OK, body) => {
+                Ok(body.as_ref() == alldata_peer_wire::QUARANTINED.as_bytes())
+            }
+            (status, body) => Err(status_error(status, body)),
+        }
     }
 
     /// Probes `peer`'s endpoint: what it promises when it answers and accepts
@@ -666,6 +696,15 @@ impl PeerTransport for HttpTransport {
             .flatten()
             .collect()
     }
+
+    async fn quarantine(
+        &self,
+        peer: &Peer,
+        key: EventKey,
+        value_hash: u64,
+    ) -> Result<bool, TransportError> {
+        HttpTransport::quarantine(self, peer, key, value_hash).await
+    }
 }
 
 /// A peer scan's body being decoded.
@@ -769,7 +808,7 @@ impl PeerReader for HttpTransport {
         range: ScanRange,
         decider: &NodeId,
         limit: usize,
-    ) -> Result<Vec<EventKey>, TransportError> {
+    ) -> Result<Vec<(EventKey, u64)>, TransportError> {
         HttpTransport::decided_keys(self, peer, range, decider, limit).await
     }
 }

@@ -37,7 +37,8 @@
 //! | `GET /peer/v1/scan?from=KEY&to=KEY` | `200`, this node's events in `from..=to`, in key order, streamed in the scan framing of `alldata-peer-wire`; `400` for a missing or malformed bound |
 //!
 //! | `GET /peer/v1/digest?from=KEY&to=KEY&decider=ID&bucket_ms=N` | `200`, per-bucket digests of this node's keys in the range that `ID` repairs (anti-entropy repair; see [`PeerState::with_topology`]; from memory with [`PeerState::with_digest_index`]) |
-//! | `GET /peer/v1/keys?from=KEY&to=KEY&decider=ID&limit=N` | `200`, those keys (at most `N`, at most 2^20) |
+//! | `GET /peer/v1/keys?from=KEY&to=KEY&decider=ID&limit=N` | `200`, those keys with the hash of their bytes (at most `N`, at most 2^20) |
+//! | `POST /peer/v1/quarantine?key=KEY&hash=N` | `200` `quarantined` when this node's copy of the key had bytes hashing to `N` and was moved aside ([`Storage::quarantine`]), `kept` otherwise; the decider's repair asks it for a copy that differs from its own |
 //!
 //! A scan streams straight from [`Storage::scan`]: the storage reads the
 //! range chunk by chunk and the body is sent as it is read, so memory stays
@@ -402,6 +403,7 @@ pub fn router(state: PeerState) -> Router {
         .route(wire::SCAN_PATH, get(scan))
         .route(wire::DIGEST_PATH, get(digest))
         .route(wire::KEYS_PATH, get(keys))
+        .route(wire::QUARANTINE_PATH, post(quarantine))
         .fallback(not_found)
         .with_state(state)
 }
@@ -764,6 +766,45 @@ async fn keys(
     .await
     .map_err(|e| PeerError::Storage(e.to_string()))?;
     Ok(repair_body(wire::encode_keys(&keys)))
+}
+
+/// `?key=KEY&hash=N` of the quarantine route.
+#[derive(Debug, serde::Deserialize)]
+struct QuarantineParams {
+    key: Option<String>,
+    hash: Option<u64>,
+}
+
+async fn quarantine(
+    State(state): State<PeerState>,
+    headers: HeaderMap,
+    query: Result<Query<QuarantineParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, PeerError> {
+    state.authorize(&headers)?;
+    let Query(params) = query.map_err(|e| state.refuse(PeerError::BadKey(e.body_text())))?;
+    let key = scan_bound("key", params.key.as_deref()).map_err(|e| state.refuse(e))?;
+    let hash = params
+        .hash
+        .ok_or_else(|| state.refuse(PeerError::BadKey("hash is required".into())))?;
+    let storage = Arc::clone(&state.inner.storage);
+    // A task of its own: a peer hanging up must not cancel it half-way.
+    let moved = tokio::spawn(async move { storage.quarantine(key, hash).await })
+        .await
+        .map_err(|e| PeerError::Internal(format!("storage task failed: {e}")))?
+        .map_err(|e| PeerError::Storage(e.to_string()))?;
+    if moved {
+        tracing::warn!(%key, "quarantined this node's copy: the key's decider holds other bytes");
+    }
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain")],
+        if moved {
+            wire::QUARANTINED
+        } else {
+            wire::NOT_QUARANTINED
+        },
+    )
+        .into_response())
 }
 
 async fn not_found() -> PeerError {

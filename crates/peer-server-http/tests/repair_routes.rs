@@ -64,7 +64,10 @@ async fn digests_and_key_lists_match_the_local_computation_and_need_the_secret()
 
     let keys = client.decided_keys(&peer, range, &a, 100).await.unwrap();
     assert_eq!(keys.len(), 20);
-    assert!(keys.iter().all(|k| k.origin() == Some(origin_tag("a"))));
+    assert!(
+        keys.iter()
+            .all(|(k, _)| k.origin() == Some(origin_tag("a")))
+    );
     let want = decided_keys(storage.as_ref(), &members(), &a, range, 100)
         .await
         .unwrap();
@@ -84,4 +87,49 @@ async fn digests_and_key_lists_match_the_local_computation_and_need_the_secret()
         PeerReader::digests(&stranger, &peer, range, &a, 1000).await,
         Err(TransportError::Rejected(m)) if m.contains("401")
     ));
+}
+
+#[tokio::test]
+async fn the_quarantine_route_moves_aside_only_the_named_bytes_and_needs_the_secret() {
+    use alldata_coordinator::PeerTransport;
+    use alldata_coordinator::repair::value_hash;
+    let storage = Arc::new(MemStorage::new());
+    let key = KeyGenerator::new().with_origin(origin_tag("a")).generate();
+    let loser = Bytes::from_static(b"{\"v\":\"loser\"}");
+    storage.put(key, loser.clone()).await.unwrap();
+    let state = PeerState::new(storage.clone(), ServerConfig::new(SECRET));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, state, std::future::pending()));
+    let peer = Peer {
+        id: "p1".into(),
+        address: addr.to_string(),
+        locality: Locality::LocalZone,
+    };
+    let stranger = HttpTransport::new(ClientConfig::new("wrong")).unwrap();
+    assert!(matches!(
+        PeerTransport::quarantine(&stranger, &peer, key, value_hash(&loser)).await,
+        Err(TransportError::Rejected(m)) if m.contains("401")
+    ));
+    assert!(storage.contains(&key), "nothing moved without the secret");
+    let client = HttpTransport::new(ClientConfig::new(SECRET)).unwrap();
+    // Other bytes than the stored ones: kept.
+    assert!(
+        !PeerTransport::quarantine(&client, &peer, key, value_hash(b"other"))
+            .await
+            .unwrap()
+    );
+    assert!(storage.contains(&key));
+    assert!(
+        PeerTransport::quarantine(&client, &peer, key, value_hash(&loser))
+            .await
+            .unwrap()
+    );
+    assert!(!storage.contains(&key), "no longer served");
+    assert_eq!(storage.quarantined(&key), Some(loser));
+    // The key takes the decider's bytes now.
+    storage
+        .put(key, Bytes::from_static(b"{\"v\":\"winner\"}"))
+        .await
+        .unwrap();
 }

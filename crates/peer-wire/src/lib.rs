@@ -153,8 +153,9 @@ pub use codec::{
     decode_request, decode_response, encode_request, encode_response,
 };
 pub use repair::{
-    DIGEST_ENTRY_LEN, DIGEST_PATH, KEYS_PATH, REPAIR_CONTENT_TYPE, decode_digests, decode_keys,
-    digest_path, encode_digests, encode_keys, keys_path,
+    DIGEST_ENTRY_LEN, DIGEST_PATH, KEY_ENTRY_LEN, KEYS_PATH, NOT_QUARANTINED, QUARANTINE_PATH,
+    QUARANTINED, REPAIR_CONTENT_TYPE, decode_digests, decode_keys, digest_path, encode_digests,
+    encode_keys, keys_path, quarantine_path,
 };
 pub use scan::{
     SCAN_CONTENT_TYPE, SCAN_END, SCAN_ERROR, SCAN_EVENT, ScanDecoder, ScanItem, put_scan_end,
