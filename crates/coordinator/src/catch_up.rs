@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use alldata_keygen::EventKey;
 
@@ -65,6 +66,9 @@ struct State {
 #[derive(Debug)]
 pub struct CatchUp {
     state: Mutex<State>,
+    /// Whether the phase is not `Ready`: read on every put and read, so
+    /// without the lock.
+    active: AtomicBool,
 }
 
 impl Default for CatchUp {
@@ -76,6 +80,7 @@ impl Default for CatchUp {
                 baselines: BTreeMap::new(),
                 restored: 0,
             }),
+            active: AtomicBool::new(false),
         }
     }
 }
@@ -92,6 +97,7 @@ impl CatchUp {
         s.started_ms = started_ms;
         s.baselines.clear();
         s.restored = 0;
+        self.active.store(true, Ordering::Release);
     }
 
     /// The phase now.
@@ -101,7 +107,7 @@ impl CatchUp {
 
     /// Whether the node is catching up (either phase).
     pub fn is_catching_up(&self) -> bool {
-        self.phase() != CatchUpPhase::Ready
+        self.active.load(Ordering::Acquire)
     }
 
     /// Events restored to this node by repair while catching up.
@@ -121,6 +127,9 @@ impl CatchUp {
     /// Whether a put of `key` must first check that this node holds it
     /// (phase 1, decided here, and possibly decided before the start).
     pub fn guards(&self, topology: &Topology, key: &EventKey) -> bool {
+        if !self.is_catching_up() {
+            return false;
+        }
         let s = self.lock();
         s.phase == CatchUpPhase::OwnKeys
             && (key.origin().is_none() || key.timestamp_ms() < s.started_ms)
@@ -152,6 +161,7 @@ impl CatchUp {
         let mut s = self.lock();
         if s.phase == CatchUpPhase::Members {
             s.phase = CatchUpPhase::Ready;
+            self.active.store(false, Ordering::Release);
         }
     }
 }

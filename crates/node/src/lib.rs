@@ -304,7 +304,10 @@ impl Node {
                     repairs.then(|| (stats.rounds_started(), stats.last_complete_round()))
                 }),
                 catching_up: Arc::new(move || catching.catch_up().is_catching_up()),
-                guards: Arc::new(move |key| guards.catch_up().guards(&guards.topology(), key)),
+                guards: Arc::new(move |key| {
+                    guards.catch_up().is_catching_up()
+                        && guards.catch_up().guards(&guards.topology(), key)
+                }),
             }
         })
         .with_topology({
