@@ -85,8 +85,10 @@ pub trait Storage: Send + Sync + 'static {
     /// bytes hash to `value_hash` ([`crate::repair::value_hash`]): repair
     /// found that the key's decider holds other bytes, and write-once says
     /// the decider's are the acknowledged ones. `Ok(true)`: moved;
-    /// `Ok(false)`: absent or other bytes, nothing changed. The default
-    /// cannot and says so ([`StorageError::Rejected`]).
+    /// `Ok(false)`: absent or other bytes, nothing changed. A backend may
+    /// refuse keys it no longer accepts writes for (LevelDB: closed
+    /// intervals) with [`StorageError::Rejected`]. The default cannot and
+    /// says so the same way.
     async fn quarantine(&self, key: EventKey, value_hash: u64) -> Result<bool, StorageError> {
         let _ = (key, value_hash);
         Err(StorageError::Rejected(

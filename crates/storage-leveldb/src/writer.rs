@@ -420,8 +420,16 @@ impl Writer {
     }
 
     /// Moves the event under `key` aside (its interval counts one less) if
-    /// its bytes hash to `value_hash`.
+    /// its bytes hash to `value_hash`; a key outside the acceptance window
+    /// (a closed interval) is refused like a put.
     fn quarantine(&mut self, key: EventKey, value_hash: u64) -> Result<bool, StorageError> {
+        // Closed intervals never change (their counts and exports are final).
+        if let Err(message) =
+            self.window
+                .check(self.length, self.clock.now_ms(), self.closed_upto, key)
+        {
+            return Err(StorageError::Rejected(message));
+        }
         let Some(stored) = self.db.get_event(&key)? else {
             return Ok(false);
         };

@@ -22,6 +22,12 @@ async fn a_quarantined_event_stays_out_after_a_restart_and_leaves_the_count() {
     let loser = conformance::event_for(&keys[0], 30);
     assert!(store.quarantine(keys[0], value_hash(&loser)).await.unwrap());
     assert_eq!(total(store.intervals().await.unwrap()), 2);
+    // A closed interval never changes.
+    let old = alldata_coordinator::EventKey::min_for_ms(1_000);
+    assert!(matches!(
+        store.quarantine(old, 1).await,
+        Err(alldata_coordinator::StorageError::Rejected(_))
+    ));
     store.close().await;
 
     let store = LevelDbStorage::open(Options::new(dir.path()))
