@@ -40,6 +40,11 @@
 //! | `GET /peer/v1/keys?from=KEY&to=KEY&decider=ID&limit=N` | `200`, those keys with the hash of their bytes (at most `N`, at most 2^20) |
 //! | `POST /peer/v1/quarantine?key=KEY&hash=N` | `200` `quarantined` when this node's copy of the key had bytes hashing to `N` and was moved aside ([`Storage::quarantine`]), `kept` otherwise; the decider's repair asks it for a copy that differs from its own |
 //!
+//! While the node catches up after a start with an empty storage (see
+//! [`PeerState::with_node`]), an absent key is `503 catching_up` rather than
+//! `404`, a scan is `503 catching_up`, and a replica write of a key the node
+//! decides and lacks is refused (`Rejected`, naming `catching_up`).
+//!
 //! A scan streams straight from [`Storage::scan`]: the storage reads the
 //! range chunk by chunk and the body is sent as it is read, so memory stays
 //! bounded whatever the range. A storage failure mid-scan ends the body with
@@ -626,6 +631,11 @@ async fn scan(
     let Query(params) = query.map_err(|e| state.refuse(PeerError::BadKey(e.body_text())))?;
     let from = scan_bound("from", params.from.as_deref()).map_err(|e| state.refuse(e))?;
     let to = scan_bound("to", params.to.as_deref()).map_err(|e| state.refuse(e))?;
+    // Catching up: what it holds is not yet what it should (a cluster-wide
+    // export must not count it as a member that answered).
+    if state.inner.node.as_ref().is_some_and(|n| (n.catching_up)()) {
+        return Err(PeerError::CatchingUp);
+    }
     let events = state
         .inner
         .storage

@@ -133,3 +133,74 @@ async fn the_quarantine_route_moves_aside_only_the_named_bytes_and_needs_the_sec
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_node_catching_up_is_not_a_holder_and_refuses_decider_writes_it_cannot_check() {
+    use alldata_coordinator::{PeerTransport, PutStatus};
+    use alldata_peer_server_http::NodeHooks;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let storage = Arc::new(MemStorage::new());
+    let held = KeyGenerator::new().generate();
+    storage.put(held, Bytes::from_static(b"{}")).await.unwrap();
+    let catching = Arc::new(AtomicBool::new(true));
+    let hooks = {
+        let (a, b) = (Arc::clone(&catching), Arc::clone(&catching));
+        NodeHooks {
+            repair_progress: Arc::new(|| Some((3, 2))),
+            catching_up: Arc::new(move || a.load(Ordering::SeqCst)),
+            // Every client key is decided here, in this test.
+            guards: Arc::new(move |k| b.load(Ordering::SeqCst) && k.origin().is_none()),
+        }
+    };
+    let state = PeerState::new(storage.clone(), ServerConfig::new(SECRET)).with_node(hooks);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, state, std::future::pending()));
+    let peer = Peer {
+        id: "p1".into(),
+        address: addr.to_string(),
+        locality: Locality::LocalZone,
+    };
+    let client = HttpTransport::new(ClientConfig::new(SECRET)).unwrap();
+    let absent = KeyGenerator::new().generate();
+    // "Not found" does not count; a scan does not answer.
+    assert!(matches!(
+        PeerReader::get(&client, &peer, absent).await,
+        Err(TransportError::Rejected(m)) if m.contains("503") && m.contains("catching_up")
+    ));
+    assert_eq!(
+        PeerReader::get(&client, &peer, held).await.unwrap(),
+        Some(Bytes::from_static(b"{}"))
+    );
+    assert!(
+        PeerReader::scan(&client, &peer, ScanRange::all())
+            .await
+            .is_err()
+    );
+    // A decider write of a key it lacks is refused; of one it holds, answered.
+    let r = client.put(&peer, absent, Bytes::from_static(b"{}")).await;
+    assert!(
+        matches!(&r, Err(TransportError::Rejected(m)) if m.contains("catching_up")),
+        "{r:?}"
+    );
+    assert!(!storage.contains(&absent));
+    assert_eq!(
+        client.put(&peer, held, Bytes::from_static(b"{}")).await,
+        Ok(PutStatus::AlreadyPresent)
+    );
+    // Its repair round numbers are in its health.
+    let profile = PeerReader::health(&client, &peer).await.unwrap();
+    assert_eq!(
+        (
+            profile.repair_rounds_started,
+            profile.repair_last_complete_round
+        ),
+        (Some(3), Some(2))
+    );
+    catching.store(false, Ordering::SeqCst);
+    assert_eq!(PeerReader::get(&client, &peer, absent).await.unwrap(), None);
+    assert_eq!(
+        client.put(&peer, absent, Bytes::from_static(b"{}")).await,
+        Ok(PutStatus::Stored)
+    );
+}
