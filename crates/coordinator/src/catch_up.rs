@@ -13,11 +13,16 @@
 //!    `catching_up`): accepting other bytes could contradict a value it
 //!    acknowledged before losing its disk. New generated keys (`POST`) are
 //!    accepted: they cannot have existed.
+//!    That round must reach every member: while one is down the node stays in
+//!    this phase (refusing is the safe side: the only other copy of a key
+//!    it lost may be on that member), until the member answers again or
+//!    leaves the member list.
 //! 2. [`CatchUpPhase::Members`] until every member that answers has
-//!    completed a repair round that started after this node's start (each
-//!    member's own round brings back the copies of the keys it decides; a
-//!    member that does not answer is not waited for, one that does not run
-//!    repair neither). Until then, and in phase 1, this node's "not found"
+//!    *settled* a repair round that started after this node's first probe
+//!    ([`crate::repair::RepairStats::last_settled_round`]: every member that
+//!    answered compared and every copy made; each member's own round brings
+//!    back the copies of the keys it decides). A member that does not answer
+//!    is not waited for, one that does not run repair neither. Until then, and in phase 1, this node's "not found"
 //!    does not count: a read it cannot answer is `unavailable`, never a 404
 //!    on its word.
 
@@ -145,15 +150,15 @@ impl CatchUp {
     }
 
     /// Notes what member `id` says of its repair: rounds started, and the
-    /// number of its last complete round (`None`: it runs no repair or does
+    /// number of its last settled round (`None`: it runs no repair or does
     /// not say). Returns `true` once that member is no longer waited for.
     pub fn member_progress(&self, id: &NodeId, progress: Option<(u64, u64)>) -> bool {
         let mut s = self.lock();
-        let Some((started, last_complete)) = progress else {
+        let Some((started, last_settled)) = progress else {
             return true;
         };
         let baseline = *s.baselines.entry(id.clone()).or_insert(started);
-        last_complete > baseline
+        last_settled > baseline
     }
 
     /// Phase 2 ends: every live member has completed a round since the start.

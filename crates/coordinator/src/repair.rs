@@ -429,9 +429,12 @@ pub struct RoundReport {
     pub quarantined: u64,
     /// Members that did not answer the digest request.
     pub unreachable: Vec<NodeId>,
-    /// Whether every bucket was compared and every planned copy attempted
-    /// within the round's budget.
+    /// Whether every bucket was compared with every member and every planned
+    /// copy attempted within the round's budget.
     pub complete: bool,
+    /// Whether every bucket was compared with every member that answered
+    /// and every planned copy made (members that are down left aside).
+    pub settled: bool,
 }
 
 /// Counters of the repair rounds of one node, for metrics.
@@ -447,7 +450,7 @@ pub struct RepairStats {
     last_complete_ms: AtomicU64,
     read_repaired: AtomicU64,
     started: AtomicU64,
-    last_complete_seq: AtomicU64,
+    last_settled_seq: AtomicU64,
     quarantined: AtomicU64,
 }
 
@@ -462,18 +465,20 @@ impl RepairStats {
         self.started.load(Ordering::Relaxed)
     }
 
-    /// The number ([`RepairStats::start_round`]) of the last complete round;
-    /// 0 before the first. A member catching up waits for one numbered
-    /// above the rounds started when it first asked.
-    pub fn last_complete_round(&self) -> u64 {
-        self.last_complete_seq.load(Ordering::Relaxed)
+    /// The number ([`RepairStats::start_round`]) of the last *settled* round
+    /// (every member that answered compared, every planned copy made; a
+    /// member that is down does not keep a round from settling); 0 before
+    /// the first. A member catching up waits for one numbered above the
+    /// rounds started when it first asked.
+    pub fn last_settled_round(&self) -> u64 {
+        self.last_settled_seq.load(Ordering::Relaxed)
     }
 
     /// Adds the report of round number `seq`; `now_ms` is the time the round
     /// was run for.
     pub fn record(&self, report: &RoundReport, now_ms: u64, seq: u64) {
-        if report.complete {
-            self.last_complete_seq.fetch_max(seq, Ordering::Relaxed);
+        if report.settled {
+            self.last_settled_seq.fetch_max(seq, Ordering::Relaxed);
         }
         self.rounds.fetch_add(1, Ordering::Relaxed);
         self.repaired.fetch_add(report.repaired, Ordering::Relaxed);
@@ -732,7 +737,8 @@ impl Coordinator {
             self.run_copies(&topo, copies, opts, &mut pacer, &mut report)
                 .await;
         }
-        report.complete = !exhausted && report.unreachable.is_empty() && report.failures == 0;
+        report.settled = !exhausted && report.failures == 0;
+        report.complete = report.settled && report.unreachable.is_empty();
         self.repair_stats().record(&report, now_ms, seq);
         self.catch_up().add_restored(report.fetched);
         if report.complete {
@@ -761,7 +767,7 @@ impl Coordinator {
                 if let Ok(Ok(profile)) = answer {
                     let progress = profile
                         .repair_rounds_started
-                        .zip(profile.repair_last_complete_round);
+                        .zip(profile.repair_last_settled_round);
                     all_done &= self.catch_up().member_progress(&peer.id, progress);
                 }
             }

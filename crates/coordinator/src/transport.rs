@@ -180,16 +180,16 @@ pub struct PeerProfile {
     /// Repair rounds it has started ([`crate::repair::RepairStats::rounds_started`]);
     /// `None` when it runs no repair or does not say.
     pub repair_rounds_started: Option<u64>,
-    /// The number of its last complete repair round
-    /// ([`crate::repair::RepairStats::last_complete_round`]).
-    pub repair_last_complete_round: Option<u64>,
+    /// The number of its last settled repair round
+    /// ([`crate::repair::RepairStats::last_settled_round`]).
+    pub repair_last_settled_round: Option<u64>,
 }
 
 impl PeerProfile {
     /// The same profile with the peer's repair progress.
-    pub fn with_repair(mut self, rounds_started: Option<u64>, last_complete: Option<u64>) -> Self {
+    pub fn with_repair(mut self, rounds_started: Option<u64>, last_settled: Option<u64>) -> Self {
         self.repair_rounds_started = rounds_started;
-        self.repair_last_complete_round = last_complete;
+        self.repair_last_settled_round = last_settled;
         self
     }
 
@@ -199,7 +199,7 @@ impl PeerProfile {
             durability,
             max_event_bytes,
             repair_rounds_started: None,
-            repair_last_complete_round: None,
+            repair_last_settled_round: None,
         }
     }
 }

@@ -322,6 +322,11 @@ async fn with_a_member_down_and_nowhere_to_copy_a_round_fetches_no_key_lists() {
     assert_eq!(r.unreachable, vec![NodeId::new("n2")]);
     assert_eq!((r.mismatches, r.repaired), (0, 0), "{r:?}");
     assert!(!r.complete, "a member did not answer");
+    assert!(r.settled, "but every member that answered was compared");
+    assert_eq!(
+        c.nodes[0].repair_stats().last_settled_round(),
+        c.nodes[0].repair_stats().rounds_started()
+    );
     // With n2 back, the same round finds and repairs them.
     c.net.set_down("n2", false);
     let r = c.nodes[0]

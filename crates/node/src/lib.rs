@@ -301,7 +301,7 @@ impl Node {
             NodeHooks {
                 repair_progress: Arc::new(move || {
                     let stats = progress.repair_stats();
-                    repairs.then(|| (stats.rounds_started(), stats.last_complete_round()))
+                    repairs.then(|| (stats.rounds_started(), stats.last_settled_round()))
                 }),
                 catching_up: Arc::new(move || catching.catch_up().is_catching_up()),
                 guards: Arc::new(move |key| {
@@ -709,7 +709,7 @@ fn repair_counters(
                 value: stats.failures(),
             },
             Counter {
-                name: "alldata_repair_last_complete_round_timestamp_seconds",
+                name: "alldata_repair_last_settled_round_timestamp_seconds",
                 help: "When the last complete repair round ended (Unix seconds; 0 before the first). Age: time() minus this.",
                 value: stats.last_complete_ms().map_or(0, |ms| ms / 1000),
             },

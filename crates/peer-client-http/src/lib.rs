@@ -784,7 +784,7 @@ impl PeerReader for HttpTransport {
         )
         .with_repair(
             profile.repair_rounds_started,
-            profile.repair_last_complete_round,
+            profile.repair_last_settled_round,
         ))
     }
 

@@ -143,7 +143,7 @@ impl ServerConfig {
             durability: Some(self.durability),
             max_event_bytes: self.max_event_bytes.map(|n| n as u64),
             repair_rounds_started: None,
-            repair_last_complete_round: None,
+            repair_last_settled_round: None,
         }
     }
 
@@ -559,7 +559,7 @@ async fn health(State(state): State<PeerState>, headers: HeaderMap) -> Result<St
         && let Some((started, complete)) = (node.repair_progress)()
     {
         profile.repair_rounds_started = Some(started);
-        profile.repair_last_complete_round = Some(complete);
+        profile.repair_last_settled_round = Some(complete);
     }
     Ok(profile.encode())
 }

@@ -193,7 +193,7 @@ async fn a_node_catching_up_is_not_a_holder_and_refuses_decider_writes_it_cannot
     assert_eq!(
         (
             profile.repair_rounds_started,
-            profile.repair_last_complete_round
+            profile.repair_last_settled_round
         ),
         (Some(3), Some(2))
     );

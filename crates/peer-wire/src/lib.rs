@@ -210,8 +210,9 @@ pub struct Profile {
     pub max_event_bytes: Option<u64>,
     /// Repair rounds it has started (`None`: it runs no repair).
     pub repair_rounds_started: Option<u64>,
-    /// The number of its last complete repair round (0 before the first).
-    pub repair_last_complete_round: Option<u64>,
+    /// The number of its last settled repair round (every member that
+    /// answered compared, every copy made; 0 before the first).
+    pub repair_last_settled_round: Option<u64>,
 }
 
 impl Profile {
@@ -227,8 +228,8 @@ impl Profile {
         if let Some(n) = self.repair_rounds_started {
             body.push_str(&format!("repair_rounds_started={n}\n"));
         }
-        if let Some(n) = self.repair_last_complete_round {
-            body.push_str(&format!("repair_last_complete_round={n}\n"));
+        if let Some(n) = self.repair_last_settled_round {
+            body.push_str(&format!("repair_last_settled_round={n}\n"));
         }
         body
     }
@@ -249,8 +250,8 @@ impl Profile {
                 Some(("repair_rounds_started", v)) => {
                     profile.repair_rounds_started = v.trim().parse().ok();
                 }
-                Some(("repair_last_complete_round", v)) => {
-                    profile.repair_last_complete_round = v.trim().parse().ok();
+                Some(("repair_last_settled_round", v)) => {
+                    profile.repair_last_settled_round = v.trim().parse().ok();
                 }
                 _ => {}
             }
@@ -325,7 +326,7 @@ mod tests {
             durability: Some(Durability::Sync),
             max_event_bytes: Some(1 << 20),
             repair_rounds_started: Some(7),
-            repair_last_complete_round: Some(5),
+            repair_last_settled_round: Some(5),
         };
         assert_eq!(Profile::decode(p.encode().as_bytes()), Some(p));
         assert_eq!(Profile::decode(b"ok"), Some(Profile::default()));
