@@ -44,6 +44,10 @@ pub(crate) struct Inner {
     pub(crate) repair: crate::repair::RepairStats,
     /// Bounds the read repairs in flight.
     pub(crate) read_repairs: Arc<tokio::sync::Semaphore>,
+    /// The local storage's repair digests in memory, when kept.
+    pub(crate) digest_index: std::sync::OnceLock<Arc<crate::digest_index::DigestIndex>>,
+    /// Whether this node is catching up after starting empty.
+    pub(crate) catch_up: crate::catch_up::CatchUp,
 }
 
 /// Places replicas, drives replica writes and answers at the commit level.
@@ -113,6 +117,8 @@ impl Coordinator {
                     read_repairs: Arc::new(tokio::sync::Semaphore::new(
                         crate::read::MAX_READ_REPAIRS,
                     )),
+                    digest_index: std::sync::OnceLock::new(),
+                    catch_up: crate::catch_up::CatchUp::default(),
                 }
             }),
         })
@@ -261,6 +267,36 @@ impl Coordinator {
     /// ([`Coordinator::repair_round`] records each).
     pub fn repair_stats(&self) -> &crate::repair::RepairStats {
         &self.inner.repair
+    }
+
+    /// Lets repair rounds read this node's own digests from `index` (which
+    /// must index the coordinator's storage, see
+    /// [`DigestIndex::wrap`](crate::digest_index::DigestIndex::wrap)) instead
+    /// of scanning. Set once; later calls are ignored.
+    pub fn set_digest_index(&self, index: Arc<crate::digest_index::DigestIndex>) {
+        let _ = self.inner.digest_index.set(index);
+    }
+
+    /// The current topology, through a handle that does not keep the
+    /// coordinator alive (`None` once it is gone): for the digest index,
+    /// which the coordinator holds.
+    pub fn topology_source(&self) -> crate::digest_index::TopologySource {
+        let weak = Arc::downgrade(&self.inner);
+        Arc::new(move || {
+            weak.upgrade()
+                .map(|inner| Arc::clone(&inner.topology.read().unwrap_or_else(|e| e.into_inner())))
+        })
+    }
+
+    /// The digest index, if one was set.
+    pub fn digest_index(&self) -> Option<&Arc<crate::digest_index::DigestIndex>> {
+        self.inner.digest_index.get()
+    }
+
+    /// Whether this node is catching up (see [`crate::catch_up`]); start it
+    /// with [`CatchUp::begin`](crate::catch_up::CatchUp::begin).
+    pub fn catch_up(&self) -> &crate::catch_up::CatchUp {
+        &self.inner.catch_up
     }
 
     /// Counters since the coordinator was made.

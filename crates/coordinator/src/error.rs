@@ -262,6 +262,19 @@ pub enum PutError {
     /// The coordinator's background task stopped (runtime shutting down).
     #[error("the coordinator is shutting down")]
     Shutdown,
+    /// The key's decider is catching up after starting with an empty storage
+    /// (see [`crate::catch_up`]) and does not hold the key: it may have
+    /// decided it before, so it accepts no bytes for it yet. Nothing was
+    /// written; retry later.
+    #[error(
+        "catching_up: node {node}, the decider of key {key}, is catching up after a restart with an empty disk and does not hold the key yet; nothing was written, retry later"
+    )]
+    CatchingUp {
+        /// The key.
+        key: EventKey,
+        /// The decider.
+        node: NodeId,
+    },
 }
 
 impl PutError {
@@ -277,6 +290,7 @@ impl PutError {
             PutError::Timeout { .. } | PutError::Shutdown => true,
             PutError::Conflict { .. }
             | PutError::UnknownOrigin { .. }
+            | PutError::CatchingUp { .. }
             | PutError::Overloaded { .. } => false,
         }
     }

@@ -255,6 +255,10 @@ impl Storage for FeedStorage {
     fn scan(&self, range: ScanRange, limit: usize) -> EventStream {
         self.inner.scan(range, limit)
     }
+
+    async fn quarantine(&self, key: EventKey, value_hash: u64) -> Result<bool, StorageError> {
+        self.inner.quarantine(key, value_hash).await
+    }
 }
 
 #[cfg(test)]

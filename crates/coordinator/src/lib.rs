@@ -68,12 +68,15 @@
 //! - `read`: [`Coordinator::get`], local storage first, then the peers.
 //! - `storage`, `transport`: the [`Storage`], [`PeerTransport`] and
 //!   [`PeerReader`] traits, [`MemStorage`].
-//! - [`repair`]: anti-entropy repair rounds ([`Coordinator::repair_round`]).
+//! - [`repair`]: anti-entropy repair rounds ([`Coordinator::repair_round`]);
+//!   [`digest_index`]: their digests kept in memory.
 //! - `sim` (feature `test-util`): `sim::SimNetwork`, an in-memory multi-node
 //!   transport with fault injection.
 
+pub mod catch_up;
 pub mod commit;
 mod coordinator;
+pub mod digest_index;
 mod driver;
 mod error;
 pub mod feed;

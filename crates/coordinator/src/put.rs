@@ -148,6 +148,28 @@ impl Coordinator {
                 })),
             }
         }
+        // A decider catching up accepts no bytes for a key it may have
+        // decided before and does not hold (see `crate::catch_up`).
+        if self.catch_up().is_catching_up() {
+            let mut kept = Vec::with_capacity(placeable.len());
+            let mut slots = refused.iter_mut().filter(|r| r.is_none());
+            for (key, event, decider, fast) in placeable {
+                let slot = slots.next();
+                if self.catch_up().guards(&topology, &key)
+                    && !matches!(self.storage().get(key).await, Ok(Some(_)))
+                {
+                    if fast {
+                        self.inner.guard.release(key);
+                    }
+                    if let Some(slot) = slot {
+                        *slot = Some(PutError::CatchingUp { key, node: decider });
+                    }
+                    continue;
+                }
+                kept.push((key, event, decider, fast));
+            }
+            placeable = kept;
+        }
         let failed_now = refused.iter().flatten().count();
         if failed_now > 0 {
             self.inner

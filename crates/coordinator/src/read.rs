@@ -8,7 +8,7 @@ use futures::StreamExt;
 use bytes::Bytes;
 
 use crate::coordinator::Coordinator;
-use crate::error::{ReplicaError, ReplicaErrorKind, TransportError};
+use crate::error::{ReplicaError, ReplicaErrorKind, StorageError, TransportError};
 use crate::outcome::{ReadFailure, ReadOutcome, ReadSource};
 use crate::storage::PutStatus;
 use crate::topology::{NodeId, Topology};
@@ -60,6 +60,7 @@ impl Coordinator {
     /// is scheduled in the background, at most 64 at once (more are left to
     /// the repair rounds).
     pub async fn get(&self, key: EventKey) -> ReadOutcome {
+        let mut local_missing = false;
         let local = match self.storage().get(key).await {
             Ok(Some(event)) => {
                 return ReadOutcome::Found {
@@ -69,7 +70,18 @@ impl Coordinator {
                     failures: Vec::new(),
                 };
             }
-            Ok(None) => None,
+            // A node catching up may have lost the key: its "not found"
+            // does not count (see `crate::catch_up`).
+            Ok(None) if self.catch_up().is_catching_up() => {
+                local_missing = true;
+                Some(StorageError::Failed(
+                    "this node is catching up after a restart with an empty disk".into(),
+                ))
+            }
+            Ok(None) => {
+                local_missing = true;
+                None
+            }
             Err(e) => {
                 tracing::warn!(%key, error = %e, "local read failed; asking peers");
                 Some(e)
@@ -108,7 +120,7 @@ impl Coordinator {
             while let Some((node, result)) = reads.next().await {
                 match result {
                     Ok(Some(event)) => {
-                        self.read_repair(&topology, key, &event, local.is_none(), &missing_on);
+                        self.read_repair(&topology, key, &event, local_missing, &missing_on);
                         return ReadOutcome::Found {
                             event,
                             source: ReadSource::Peer(node),

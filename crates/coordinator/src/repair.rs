@@ -32,6 +32,7 @@ use futures::{FutureExt, StreamExt};
 use rand::Rng;
 
 use crate::coordinator::Coordinator;
+use crate::digest_index::CELL_MS;
 use crate::error::{StorageError, TransportError};
 use crate::placement::{Chosen, PlacementPolicy, replacement};
 use crate::storage::{PutStatus, ScanRange, Storage};
@@ -50,10 +51,28 @@ pub struct Digest {
 }
 
 impl Digest {
-    /// Adds one key.
+    /// Adds one key (by its [`key_hash`] alone).
     pub fn add(&mut self, key: &EventKey) {
+        self.add_hash(key_hash(key));
+    }
+
+    /// Adds one stored event: its key and bytes ([`entry_hash`]). Repair's
+    /// digests are of these, so that two members holding different bytes
+    /// for one key disagree.
+    pub fn add_entry(&mut self, key: &EventKey, value_hash: u64) {
+        self.add_hash(entry_hash(key, value_hash));
+    }
+
+    /// Adds one element by its hash.
+    pub fn add_hash(&mut self, hash: u64) {
         self.count = self.count.wrapping_add(1);
-        self.sum = self.sum.wrapping_add(key_hash(key));
+        self.sum = self.sum.wrapping_add(hash);
+    }
+
+    /// Takes one element out again (its hash), e.g. a quarantined event.
+    pub fn remove_hash(&mut self, hash: u64) {
+        self.count = self.count.wrapping_sub(1);
+        self.sum = self.sum.wrapping_sub(hash);
     }
 
     /// Adds another digest (of a disjoint set, or of another member's copy).
@@ -91,6 +110,31 @@ pub fn key_hash(key: &EventKey) -> u64 {
     mix(mix(u64::from_be_bytes(hi)) ^ u64::from_be_bytes(lo))
 }
 
+/// A 64-bit hash of an event's bytes (splitmix64 over 8-byte words and the
+/// length; stable across builds and platforms).
+pub fn value_hash(event: &[u8]) -> u64 {
+    let mut h = mix(event.len() as u64);
+    let mut words = event.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        h = mix(h ^ u64::from_le_bytes(b));
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut b = [0u8; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        h = mix(h ^ u64::from_le_bytes(b));
+    }
+    h
+}
+
+/// The hash of one stored event in repair's digests: its key and the hash of
+/// its bytes ([`value_hash`]).
+pub fn entry_hash(key: &EventKey, value_hash: u64) -> u64 {
+    mix(key_hash(key) ^ value_hash)
+}
+
 fn mix(mut h: u64) -> u64 {
     h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -98,10 +142,12 @@ fn mix(mut h: u64) -> u64 {
     h ^ (h >> 31)
 }
 
-/// Whether `decider` decides `key` in `topology` (generated keys: by origin
-/// tag; client keys: by rendezvous over the members).
+/// Whether `decider` repairs `key` in `topology`
+/// ([`Topology::repair_decider`]: generated keys by origin tag, falling back
+/// to a member chosen per tag when the tag's node left; client keys by
+/// rendezvous over the members).
 pub fn decided_by(topology: &Topology, key: &EventKey, decider: &NodeId) -> bool {
-    topology.decider(key).as_ref() == Some(decider)
+    topology.repair_decider(key).as_ref() == Some(decider)
 }
 
 /// The first millisecond of the bucket holding `ms`.
@@ -122,16 +168,17 @@ pub async fn bucket_digests(
     let mut out: Vec<BucketDigest> = Vec::new();
     let mut events = storage.scan(range, usize::MAX);
     while let Some(item) = events.next().await {
-        let (key, _) = item?;
+        let (key, event) = item?;
         if !decided_by(topology, &key, decider) {
             continue;
         }
         let start_ms = bucket_start(key.timestamp_ms(), bucket_ms);
+        let vh = value_hash(&event);
         match out.last_mut() {
-            Some(last) if last.start_ms == start_ms => last.digest.add(&key),
+            Some(last) if last.start_ms == start_ms => last.digest.add_entry(&key, vh),
             _ => {
                 let mut digest = Digest::default();
-                digest.add(&key);
+                digest.add_entry(&key, vh);
                 out.push(BucketDigest { start_ms, digest });
             }
         }
@@ -139,21 +186,21 @@ pub async fn bucket_digests(
     Ok(out)
 }
 
-/// The keys in `range` that `storage` holds and `decider` decides, in key
-/// order, at most `limit` of them.
+/// The keys in `range` that `storage` holds and `decider` decides, each with
+/// the [`value_hash`] of its bytes, in key order, at most `limit` of them.
 pub async fn decided_keys(
     storage: &dyn Storage,
     topology: &Topology,
     decider: &NodeId,
     range: ScanRange,
     limit: usize,
-) -> Result<Vec<EventKey>, StorageError> {
+) -> Result<Vec<(EventKey, u64)>, StorageError> {
     let mut out = Vec::new();
     let mut events = storage.scan(range, usize::MAX);
     while let Some(item) = events.next().await {
-        let (key, _) = item?;
+        let (key, event) = item?;
         if decided_by(topology, &key, decider) {
-            out.push(key);
+            out.push((key, value_hash(&event)));
             if out.len() >= limit {
                 break;
             }
@@ -170,6 +217,70 @@ pub fn in_sync(rf: usize, decider: Digest, members: impl IntoIterator<Item = Dig
         total.merge(d);
     }
     total == decider.times(rf as u64)
+}
+
+/// A member holding other bytes for a key than the key's decider: its copy
+/// is quarantined (write-once: the decider's copy is the acknowledged one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loser {
+    /// The key.
+    pub key: EventKey,
+    /// The member holding other bytes.
+    pub node: NodeId,
+    /// The [`value_hash`] of those bytes (a quarantine removes only them).
+    pub value_hash: u64,
+}
+
+/// What the key lists of one bucket say, once the write-once rule is applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolution {
+    /// Per key, the members holding the winning bytes (the input of [`plan`]).
+    pub holders: BTreeMap<EventKey, BTreeSet<NodeId>>,
+    /// Copies that differ from the decider's: to quarantine.
+    pub losers: Vec<Loser>,
+    /// Keys the decider lacks while its holders disagree: no copy decides
+    /// (none is picked by chance); left alone and logged.
+    pub undecided: Vec<EventKey>,
+}
+
+/// Applies the write-once rule to the key lists of one bucket, seen from the
+/// decider `local`: `found` maps each key to the members holding it with the
+/// [`value_hash`] of their bytes. Where the decider holds the key its bytes
+/// win and every other copy is a [`Loser`]; where it lacks the key, holders
+/// that agree are its holders, and holders that disagree leave the key
+/// undecided.
+pub fn resolve(local: &NodeId, found: &BTreeMap<EventKey, BTreeMap<NodeId, u64>>) -> Resolution {
+    let mut out = Resolution::default();
+    for (key, copies) in found {
+        let truth = match copies.get(local) {
+            Some(h) => *h,
+            None => {
+                let mut hashes = copies.values();
+                let first = hashes.next().copied();
+                match first {
+                    Some(h) if hashes.all(|x| *x == h) => h,
+                    _ => {
+                        out.undecided.push(*key);
+                        continue;
+                    }
+                }
+            }
+        };
+        let mut held = BTreeSet::new();
+        for (node, h) in copies {
+            if *h == truth {
+                held.insert(node.clone());
+            } else {
+                out.losers.push(Loser {
+                    key: *key,
+                    node: node.clone(),
+                    value_hash: *h,
+                });
+            }
+        }
+        out.holders.insert(*key, held);
+    }
+    out
 }
 
 /// One key to copy: where its bytes come from and which nodes get a copy.
@@ -311,11 +422,19 @@ pub struct RoundReport {
     pub conflicts: u64,
     /// Copies or key lists that failed (retried next round).
     pub failures: u64,
+    /// Copies stored on this node (keys it decides and had lost).
+    pub fetched: u64,
+    /// Copies holding other bytes than the decider's, quarantined on their
+    /// member (no longer served there).
+    pub quarantined: u64,
     /// Members that did not answer the digest request.
     pub unreachable: Vec<NodeId>,
-    /// Whether every bucket was compared and every planned copy attempted
-    /// within the round's budget.
+    /// Whether every bucket was compared with every member and every planned
+    /// copy attempted within the round's budget.
     pub complete: bool,
+    /// Whether every bucket was compared with every member that answered
+    /// and every planned copy made (members that are down left aside).
+    pub settled: bool,
 }
 
 /// Counters of the repair rounds of one node, for metrics.
@@ -330,11 +449,37 @@ pub struct RepairStats {
     failures: AtomicU64,
     last_complete_ms: AtomicU64,
     read_repaired: AtomicU64,
+    started: AtomicU64,
+    last_settled_seq: AtomicU64,
+    quarantined: AtomicU64,
 }
 
 impl RepairStats {
-    /// Adds a round's report; `now_ms` is the time the round was run for.
-    pub fn record(&self, report: &RoundReport, now_ms: u64) {
+    /// Numbers a round that starts now (1, 2, …).
+    pub fn start_round(&self) -> u64 {
+        self.started.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Rounds started.
+    pub fn rounds_started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// The number ([`RepairStats::start_round`]) of the last *settled* round
+    /// (every member that answered compared, every planned copy made; a
+    /// member that is down does not keep a round from settling); 0 before
+    /// the first. A member catching up waits for one numbered above the
+    /// rounds started when it first asked.
+    pub fn last_settled_round(&self) -> u64 {
+        self.last_settled_seq.load(Ordering::Relaxed)
+    }
+
+    /// Adds the report of round number `seq`; `now_ms` is the time the round
+    /// was run for.
+    pub fn record(&self, report: &RoundReport, now_ms: u64, seq: u64) {
+        if report.settled {
+            self.last_settled_seq.fetch_max(seq, Ordering::Relaxed);
+        }
         self.rounds.fetch_add(1, Ordering::Relaxed);
         self.repaired.fetch_add(report.repaired, Ordering::Relaxed);
         self.bytes.fetch_add(report.bytes, Ordering::Relaxed);
@@ -343,6 +488,8 @@ impl RepairStats {
         self.conflicts
             .fetch_add(report.conflicts, Ordering::Relaxed);
         self.failures.fetch_add(report.failures, Ordering::Relaxed);
+        self.quarantined
+            .fetch_add(report.quarantined, Ordering::Relaxed);
         if report.complete {
             self.complete_rounds.fetch_add(1, Ordering::Relaxed);
             self.last_complete_ms.store(now_ms, Ordering::Relaxed);
@@ -395,6 +542,11 @@ impl RepairStats {
         self.conflicts.load(Ordering::Relaxed)
     }
 
+    /// Copies with other bytes than the decider's, quarantined.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
+    }
+
     /// Copies or key lists that failed.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
@@ -442,6 +594,7 @@ impl Coordinator {
     /// member that does not answer is left out of the round (its copies are
     /// neither counted nor targeted) and the round is incomplete.
     pub async fn repair_round(&self, opts: &RepairOptions, now_ms: u64) -> RoundReport {
+        let seq = self.repair_stats().start_round();
         let mut report = RoundReport::default();
         let topo = self.topology();
         let me = topo.local().clone();
@@ -451,14 +604,24 @@ impl Coordinator {
         let bucket_ms = (opts.bucket.as_millis() as u64).max(1);
         let to_ms = now_ms.saturating_sub(opts.settle.as_millis() as u64);
         let from_ms = to_ms.saturating_sub(opts.lookback.as_millis() as u64);
+        // Whole cells of the digest index: the members answer from memory.
+        let from_ms = from_ms.div_ceil(CELL_MS) * CELL_MS;
+        let to_ms = ((to_ms + 1) / CELL_MS * CELL_MS)
+            .saturating_sub(1)
+            .max(from_ms);
         let range = ScanRange::new(EventKey::min_for_ms(from_ms), EventKey::max_for_ms(to_ms));
         let storage = self.storage().as_ref();
 
-        let local = match bucket_digests(storage, &topo, &me, range, bucket_ms).await {
+        let local = match self.digest_index() {
+            Some(index) => index.digests(storage, &topo, &me, range, bucket_ms).await,
+            None => bucket_digests(storage, &topo, &me, range, bucket_ms).await,
+        };
+        let local = match local {
             Ok(d) => d,
             Err(error) => {
                 tracing::warn!(%error, "repair: local digest failed");
                 report.failures += 1;
+                self.repair_stats().record(&report, now_ms, seq);
                 return report;
             }
         };
@@ -540,7 +703,7 @@ impl Coordinator {
             let b_from = start.max(from_ms);
             let b_to = (start + bucket_ms - 1).min(to_ms);
             let brange = ScanRange::new(EventKey::min_for_ms(b_from), EventKey::max_for_ms(b_to));
-            let holders = match self
+            let found = match self
                 .bucket_holders(&topo, &reachable, brange, opts.max_keys_per_bucket)
                 .await
             {
@@ -550,6 +713,21 @@ impl Coordinator {
                     continue;
                 }
             };
+            let Resolution {
+                mut holders,
+                losers,
+                undecided,
+            } = resolve(&me, &found);
+            for key in undecided {
+                tracing::warn!(%key, "repair: this node lacks the key and its holders hold different bytes; none is chosen");
+                report.conflicts += 1;
+            }
+            for loser in losers {
+                if !self.quarantine(&topo, &loser, &mut report).await {
+                    // Still held with other bytes: no copy to it this round.
+                    holders.remove(&loser.key);
+                }
+            }
             let mut copies = self.with_rng(|rng| plan(&topo, &policy, &holders, &reachable, rng));
             let planned: u64 = copies.iter().map(|c| c.targets.len() as u64).sum();
             if planned > budget {
@@ -566,26 +744,98 @@ impl Coordinator {
             self.run_copies(&topo, copies, opts, &mut pacer, &mut report)
                 .await;
         }
-        report.complete = !exhausted && report.unreachable.is_empty() && report.failures == 0;
-        self.repair_stats().record(&report, now_ms);
+        report.settled = !exhausted && report.failures == 0;
+        report.complete = report.settled && report.unreachable.is_empty();
+        self.repair_stats().record(&report, now_ms, seq);
+        self.catch_up().add_restored(report.fetched);
+        if report.complete {
+            self.catch_up().own_round_complete();
+        }
         report
     }
 
-    /// Which reachable member holds which key of `range` decided here.
+    /// Moves this node's catch-up on (see [`crate::catch_up`]): asks every
+    /// peer how far its repair is, and ends the catch-up once this node's
+    /// own round was complete and every peer that answers has completed a
+    /// round that started after this node first asked. Call after each round
+    /// while [`CatchUp::is_catching_up`](crate::catch_up::CatchUp::is_catching_up).
+    pub async fn catch_up_step(&self) -> crate::catch_up::CatchUpPhase {
+        let topo = self.topology();
+        let timeout = self.options().read_timeout;
+        let mut all_done = true;
+        if let Some(reader) = self.peer_reader() {
+            let peers: Vec<_> = topo.peers().cloned().collect();
+            let calls: Vec<BoxFuture<'_, _>> = peers
+                .iter()
+                .map(|p| tokio::time::timeout(timeout, reader.health(p)).boxed())
+                .collect();
+            for (peer, answer) in peers.iter().zip(futures::future::join_all(calls).await) {
+                // A member that does not answer is not live: not waited for.
+                if let Ok(Ok(profile)) = answer {
+                    let progress = profile
+                        .repair_rounds_started
+                        .zip(profile.repair_last_settled_round);
+                    all_done &= self.catch_up().member_progress(&peer.id, progress);
+                }
+            }
+        }
+        if all_done && self.catch_up().phase() == crate::catch_up::CatchUpPhase::Members {
+            self.catch_up().members_done();
+            tracing::info!(
+                restored = self.catch_up().restored(),
+                "caught up: every live member completed a repair round since this node started"
+            );
+        }
+        self.catch_up().phase()
+    }
+
+    /// Quarantines `loser` on its member (write-once: the decider's bytes
+    /// won); whether it is gone there.
+    async fn quarantine(&self, topo: &Topology, loser: &Loser, report: &mut RoundReport) -> bool {
+        let Some(peer) = topo.peer(&loser.node) else {
+            return false;
+        };
+        let deadline = self.options().deadline;
+        let result = tokio::time::timeout(
+            deadline,
+            self.transport()
+                .quarantine(peer, loser.key, loser.value_hash),
+        )
+        .await
+        .unwrap_or(Err(TransportError::Timeout));
+        match result {
+            Ok(removed) => {
+                if removed {
+                    tracing::warn!(key = %loser.key, node = %loser.node, "repair: a member held other bytes than the decider for the key; its copy was quarantined (the decider's bytes are the acknowledged ones)");
+                    report.quarantined += 1;
+                }
+                true
+            }
+            Err(error) => {
+                tracing::warn!(key = %loser.key, node = %loser.node, %error, "repair: a member holds other bytes than the decider for the key and could not quarantine them");
+                report.conflicts += 1;
+                report.failures += 1;
+                false
+            }
+        }
+    }
+
+    /// Which reachable member holds which key of `range` decided here, with
+    /// the [`value_hash`] of its bytes.
     async fn bucket_holders(
         &self,
         topo: &Topology,
         reachable: &BTreeSet<NodeId>,
         range: ScanRange,
         limit: usize,
-    ) -> Result<BTreeMap<EventKey, BTreeSet<NodeId>>, ()> {
+    ) -> Result<BTreeMap<EventKey, BTreeMap<NodeId, u64>>, ()> {
         let me = topo.local().clone();
-        let mut holders: BTreeMap<EventKey, BTreeSet<NodeId>> = BTreeMap::new();
+        let mut holders: BTreeMap<EventKey, BTreeMap<NodeId, u64>> = BTreeMap::new();
         let own = decided_keys(self.storage().as_ref(), topo, &me, range, limit)
             .await
             .map_err(|error| tracing::warn!(%error, "repair: local key list failed"))?;
-        for k in own {
-            holders.entry(k).or_default().insert(me.clone());
+        for (k, h) in own {
+            holders.entry(k).or_default().insert(me.clone(), h);
         }
         let reader = self.peer_reader().ok_or(())?;
         let timeout = self.options().read_timeout;
@@ -604,8 +854,8 @@ impl Coordinator {
         for (peer, list) in peers.iter().zip(lists) {
             match list {
                 Ok(Ok(keys)) => {
-                    for k in keys {
-                        holders.entry(k).or_default().insert(peer.id.clone());
+                    for (k, h) in keys {
+                        holders.entry(k).or_default().insert(peer.id.clone(), h);
                     }
                 }
                 Ok(Err(error)) => {
@@ -672,6 +922,7 @@ impl Coordinator {
                             match storage.put(key, event).await {
                                 Ok(PutStatus::Stored) => {
                                     report.repaired += 1;
+                                    report.fetched += 1;
                                     report.bytes += len;
                                 }
                                 Ok(PutStatus::AlreadyPresent) => {}

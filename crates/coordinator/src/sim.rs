@@ -292,6 +292,19 @@ impl PeerTransport for SimTransport {
             }
         }
     }
+
+    async fn quarantine(
+        &self,
+        peer: &Peer,
+        key: EventKey,
+        value_hash: u64,
+    ) -> Result<bool, TransportError> {
+        let (storage, _) = self.reach_for_repair(peer)?;
+        storage
+            .quarantine(key, value_hash)
+            .await
+            .map_err(|e| TransportError::Rejected(e.to_string()))
+    }
 }
 
 #[async_trait]
@@ -340,7 +353,7 @@ impl PeerReader for SimTransport {
         range: ScanRange,
         decider: &NodeId,
         limit: usize,
-    ) -> Result<Vec<EventKey>, TransportError> {
+    ) -> Result<Vec<(EventKey, u64)>, TransportError> {
         let (storage, topology) = self.reach_for_repair(peer)?;
         crate::repair::decided_keys(storage.as_ref(), &topology, decider, range, limit)
             .await

@@ -79,6 +79,22 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Events with keys in `range`, in key order, at most `limit` of them.
     fn scan(&self, range: ScanRange, limit: usize) -> EventStream;
+
+    /// Moves the event stored under `key` out of the store, into a
+    /// quarantine kept aside (never served, scanned or exported), if its
+    /// bytes hash to `value_hash` ([`crate::repair::value_hash`]): repair
+    /// found that the key's decider holds other bytes, and write-once says
+    /// the decider's are the acknowledged ones. `Ok(true)`: moved;
+    /// `Ok(false)`: absent or other bytes, nothing changed. A backend may
+    /// refuse keys it no longer accepts writes for (LevelDB: closed
+    /// intervals) with [`StorageError::Rejected`]. The default cannot and
+    /// says so the same way.
+    async fn quarantine(&self, key: EventKey, value_hash: u64) -> Result<bool, StorageError> {
+        let _ = (key, value_hash);
+        Err(StorageError::Rejected(
+            "this storage cannot quarantine events".into(),
+        ))
+    }
 }
 
 /// A fault the in-memory storage injects into puts.
@@ -99,6 +115,7 @@ pub enum StorageFault {
 #[derive(Debug, Default)]
 pub struct MemStorage {
     events: Mutex<BTreeMap<EventKey, Bytes>>,
+    quarantined: Mutex<BTreeMap<EventKey, Bytes>>,
     fault: Mutex<Option<StorageFault>>,
 }
 
@@ -121,6 +138,21 @@ impl MemStorage {
     /// Whether nothing is stored.
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
+    }
+
+    /// The bytes quarantined under `key` ([`Storage::quarantine`]), if any.
+    pub fn quarantined(&self, key: &EventKey) -> Option<Bytes> {
+        self.quarantined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Stores `event` under `key` whatever the key holds: for tests that
+    /// need two members to disagree (a write-once store never does that).
+    pub fn overwrite_now(&self, key: EventKey, event: Bytes) {
+        self.lock().insert(key, event);
     }
 
     /// Whether `key` is stored (synchronous, for assertions).
@@ -172,6 +204,21 @@ impl Storage for MemStorage {
 
     async fn get(&self, key: EventKey) -> Result<Option<Bytes>, StorageError> {
         Ok(self.get_now(&key))
+    }
+
+    async fn quarantine(&self, key: EventKey, value_hash: u64) -> Result<bool, StorageError> {
+        let mut map = self.lock();
+        match map.get(&key) {
+            Some(event) if crate::repair::value_hash(event) == value_hash => {
+                let event = map.remove(&key).unwrap_or_default();
+                self.quarantined
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, event);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     fn scan(&self, range: ScanRange, limit: usize) -> EventStream {

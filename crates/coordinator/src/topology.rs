@@ -371,8 +371,9 @@ impl Topology {
     ///
     /// For a generated key, the node whose generator made it (its
     /// [`EventKey::origin`] tag); when that node was removed for good
-    /// ([`Topology::retire`]), the client-key decider of the key; `None`
-    /// when no member has that tag otherwise. For a
+    /// ([`Topology::retire`]), the client-key decider that ranks first for
+    /// the tag ([`Topology::tag_decider`]); `None` when no member has that
+    /// tag otherwise. For a
     /// client key, the member that ranks highest for the key by rendezvous
     /// hashing among the members that decide client keys (the same on every
     /// node that knows the same deciders); `None` when there is none.
@@ -380,16 +381,10 @@ impl Topology {
     /// changes only when the decider set does.
     pub fn decider(&self, key: &EventKey) -> Option<NodeId> {
         match key.origin() {
-            Some(tag) => self
-                .members()
-                .find(|m| origin_tag(m.as_str()) == tag)
-                .or_else(|| {
-                    self.retired
-                        .contains(&tag)
-                        .then(|| self.client_decider(key))
-                        .flatten()
-                })
-                .cloned(),
+            Some(tag) if self.tag_owner(tag).is_some() || self.retired.contains(&tag) => {
+                Some(self.tag_decider(tag))
+            }
+            Some(_) => None,
             None => self.client_decider(key).cloned(),
         }
     }
@@ -397,9 +392,66 @@ impl Topology {
     /// The client-key decider of `key`: the highest rendezvous score among
     /// the members that decide client keys.
     fn client_decider(&self, key: &EventKey) -> Option<&NodeId> {
-        self.members()
-            .filter(|m| !self.not_deciders.contains(*m))
+        self.client_deciders()
             .max_by_key(|m| (rendezvous(key, m), *m))
+    }
+
+    /// The members that decide client keys.
+    fn client_deciders(&self) -> impl Iterator<Item = &NodeId> {
+        self.members().filter(|m| !self.not_deciders.contains(*m))
+    }
+
+    /// The node that repairs `key`: for a generated key the member chosen
+    /// for its origin tag by [`Topology::tag_decider`] (its decider, or for a
+    /// node that left without being retired, a member chosen for the tag),
+    /// for a client key its [`Topology::decider`]. Every node that knows the
+    /// same members computes the same.
+    pub fn repair_decider(&self, key: &EventKey) -> Option<NodeId> {
+        match key.origin() {
+            Some(tag) => Some(self.tag_decider(tag)),
+            None => self.decider(key),
+        }
+    }
+
+    /// The member that decides (and repairs) the generated keys of origin
+    /// `tag`: the member whose id has that tag; for a member removed for
+    /// good ([`Topology::retire`]), the client-key decider ranking first for
+    /// the tag by rendezvous hashing; for a tag no member has and none
+    /// retired (a node that left the configuration), the member ranking
+    /// first for the tag. One member per tag, so repair's digests stay per
+    /// tag.
+    pub fn tag_decider(&self, tag: u16) -> NodeId {
+        self.tag_owner(tag)
+            .or_else(|| {
+                let key = tag.to_be_bytes();
+                if self.retired.contains(&tag) {
+                    self.client_deciders().max_by_key(|m| (score(&key, m), *m))
+                } else {
+                    self.members().max_by_key(|m| (score(&key, m), *m))
+                }
+            })
+            .cloned()
+            .unwrap_or_else(|| self.local.clone())
+    }
+
+    /// The member whose id has origin tag `tag`.
+    fn tag_owner(&self, tag: u16) -> Option<&NodeId> {
+        self.members().find(|m| origin_tag(m.as_str()) == tag)
+    }
+
+    /// A fingerprint of the client-key deciders (equal sets, equal
+    /// fingerprints; never 0): what the deciders of client keys depend on.
+    pub fn client_deciders_fingerprint(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut ids: Vec<&NodeId> = self.client_deciders().collect();
+        ids.sort();
+        for id in ids {
+            for b in id.as_str().as_bytes().iter().chain([0xff].iter()) {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        h | 1
     }
 
     /// Peers of one category grouped by zone (other zones) or region (other
@@ -421,9 +473,13 @@ impl Topology {
 /// The rendezvous score of `node` for `key`: FNV-1a over both, then a
 /// splitmix64 finalizer (stable across builds and platforms).
 fn rendezvous(key: &EventKey, node: &NodeId) -> u64 {
+    score(key.as_bytes(), node)
+}
+
+/// FNV-1a over `bytes`, a separator and `node`, then a splitmix64 finalizer.
+fn score(bytes: &[u8], node: &NodeId) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key
-        .as_bytes()
+    for b in bytes
         .iter()
         .chain([0xff].iter())
         .chain(node.as_str().as_bytes())

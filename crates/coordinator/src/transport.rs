@@ -51,6 +51,25 @@ pub trait PeerTransport: Send + Sync + 'static {
         )
         .await
     }
+
+    /// Asks `peer` to quarantine its copy of `key` if that copy's bytes hash
+    /// to `value_hash` ([`crate::repair::value_hash`]): the copy is no longer
+    /// served and the key can take the decider's bytes. `Ok(true)`: removed;
+    /// `Ok(false)`: the peer holds no such copy (absent, or other bytes).
+    /// Repair calls it for a copy that differs from the decider's. The
+    /// default cannot and says so.
+    async fn quarantine(
+        &self,
+        peer: &Peer,
+        key: EventKey,
+        value_hash: u64,
+    ) -> Result<bool, TransportError> {
+        let _ = (key, value_hash);
+        Err(TransportError::Rejected(format!(
+            "this transport cannot ask {} to quarantine",
+            peer.id
+        )))
+    }
 }
 
 /// A transport for a node without peers: every call fails as unreachable.
@@ -131,15 +150,16 @@ pub trait PeerReader: Send + Sync + 'static {
         )))
     }
 
-    /// The keys in `range` that `peer` stores and `decider` decides, in key
-    /// order, at most `limit`. The default cannot and says so.
+    /// The keys in `range` that `peer` stores and `decider` decides, each
+    /// with the [`crate::repair::value_hash`] of its bytes, in key order, at
+    /// most `limit`. The default cannot and says so.
     async fn decided_keys(
         &self,
         peer: &Peer,
         range: ScanRange,
         decider: &NodeId,
         limit: usize,
-    ) -> Result<Vec<EventKey>, TransportError> {
+    ) -> Result<Vec<(EventKey, u64)>, TransportError> {
         let _ = (range, decider, limit);
         Err(TransportError::Rejected(format!(
             "this peer reader cannot ask {} for keys",
@@ -157,14 +177,29 @@ pub struct PeerProfile {
     pub durability: Option<String>,
     /// The largest event it accepts, in bytes.
     pub max_event_bytes: Option<u64>,
+    /// Repair rounds it has started ([`crate::repair::RepairStats::rounds_started`]);
+    /// `None` when it runs no repair or does not say.
+    pub repair_rounds_started: Option<u64>,
+    /// The number of its last settled repair round
+    /// ([`crate::repair::RepairStats::last_settled_round`]).
+    pub repair_last_settled_round: Option<u64>,
 }
 
 impl PeerProfile {
+    /// The same profile with the peer's repair progress.
+    pub fn with_repair(mut self, rounds_started: Option<u64>, last_settled: Option<u64>) -> Self {
+        self.repair_rounds_started = rounds_started;
+        self.repair_last_settled_round = last_settled;
+        self
+    }
+
     /// A profile saying `durability` and `max_event_bytes`.
     pub fn new(durability: Option<String>, max_event_bytes: Option<u64>) -> Self {
         Self {
             durability,
             max_event_bytes,
+            repair_rounds_started: None,
+            repair_last_settled_round: None,
         }
     }
 }

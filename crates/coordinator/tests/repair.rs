@@ -322,6 +322,11 @@ async fn with_a_member_down_and_nowhere_to_copy_a_round_fetches_no_key_lists() {
     assert_eq!(r.unreachable, vec![NodeId::new("n2")]);
     assert_eq!((r.mismatches, r.repaired), (0, 0), "{r:?}");
     assert!(!r.complete, "a member did not answer");
+    assert!(r.settled, "but every member that answered was compared");
+    assert_eq!(
+        c.nodes[0].repair_stats().last_settled_round(),
+        c.nodes[0].repair_stats().rounds_started()
+    );
     // With n2 back, the same round finds and repairs them.
     c.net.set_down("n2", false);
     let r = c.nodes[0]
@@ -566,4 +571,98 @@ async fn a_read_that_finds_the_decider_without_the_event_copies_it_back() {
         "copied back locally"
     );
     assert_eq!(c.nodes[1].repair_stats().read_repairs(), 1);
+}
+
+#[test]
+fn the_deciders_bytes_win_and_holders_that_disagree_without_it_decide_nothing() {
+    use alldata_coordinator::repair::{Loser, resolve};
+    let me = NodeId::new("a");
+    let k1 = KeyGenerator::new().with_origin(origin_tag("a")).generate();
+    let k2 = KeyGenerator::new().with_origin(origin_tag("a")).generate();
+    let k3 = KeyGenerator::new().with_origin(origin_tag("a")).generate();
+    let found = BTreeMap::from([
+        // The decider holds 7; c holds 9: c's copy loses.
+        (
+            k1,
+            BTreeMap::from([(me.clone(), 7), ("b".into(), 7), ("c".into(), 9)]),
+        ),
+        // The decider lacks it, b and c agree: they hold it.
+        (k2, BTreeMap::from([("b".into(), 5), ("c".into(), 5)])),
+        // The decider lacks it, b and c disagree: nobody is picked.
+        (k3, BTreeMap::from([("b".into(), 1), ("c".into(), 2)])),
+    ]);
+    let r = resolve(&me, &found);
+    assert_eq!(
+        r.losers,
+        vec![Loser {
+            key: k1,
+            node: "c".into(),
+            value_hash: 9
+        }]
+    );
+    assert_eq!(r.holders[&k1], set(&["a", "b"]));
+    assert_eq!(r.holders[&k2], set(&["b", "c"]));
+    assert!(!r.holders.contains_key(&k3));
+    assert_eq!(r.undecided, vec![k3]);
+}
+
+#[tokio::test]
+async fn a_copy_with_other_bytes_than_the_deciders_is_quarantined_and_replaced() {
+    let c = Cluster::new(3, 3, seed());
+    let event = Bytes::from_static(b"{\"acked\":true}");
+    let ack = c.nodes[0]
+        .append_with(event.clone(), PutOptions::level(CommitLevel::All))
+        .await
+        .expect("all");
+    c.drain().await;
+    let loser = Bytes::from_static(b"{\"acked\":false}");
+    c.net.storage("n2").overwrite_now(ack.key, loser.clone());
+    // In sync by key, not by bytes: the digests tell.
+    let r = c.nodes[0]
+        .repair_round(&round_opts(), now_ms() + 1000)
+        .await;
+    assert_eq!(
+        (r.mismatches, r.quarantined, r.repaired),
+        (1, 1, 1),
+        "{r:?}"
+    );
+    assert_eq!(c.net.storage("n2").quarantined(&ack.key), Some(loser));
+    for n in ["n0", "n1", "n2"] {
+        assert_eq!(
+            c.net.storage(n).get_now(&ack.key),
+            Some(event.clone()),
+            "{n}"
+        );
+    }
+    assert_eq!(c.nodes[0].repair_stats().quarantined(), 1);
+    let r = c.nodes[0]
+        .repair_round(&round_opts(), now_ms() + 1000)
+        .await;
+    assert_eq!((r.mismatches, r.quarantined), (0, 0), "{r:?}");
+    assert!(r.complete);
+}
+
+#[tokio::test]
+async fn holders_that_disagree_while_the_decider_lacks_the_key_are_left_alone() {
+    let mut c = Cluster::new(3, 3, seed());
+    let ack = c.nodes[0]
+        .append_with(
+            Bytes::from_static(b"{\"x\":1}"),
+            PutOptions::level(CommitLevel::All),
+        )
+        .await
+        .expect("all");
+    c.drain().await;
+    c.net
+        .storage("n2")
+        .overwrite_now(ack.key, Bytes::from_static(b"{\"x\":2}"));
+    c.wipe(0);
+    let r = c.nodes[0]
+        .repair_round(&round_opts(), now_ms() + 1000)
+        .await;
+    assert_eq!((r.quarantined, r.repaired, r.conflicts), (0, 0, 1), "{r:?}");
+    assert!(
+        !c.net.storage("n0").contains(&ack.key),
+        "no copy picked by chance"
+    );
 }

@@ -28,10 +28,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alldata_coordinator::digest_index::DigestIndex;
 use alldata_coordinator::feed::{DEFAULT_FEED_CAPACITY, Feed};
 use alldata_coordinator::{Coordinator, OptionsError, Storage, TopologyError};
 use alldata_peer_client_http::{ClientConfig, ClientError, HttpTransport};
-use alldata_peer_server_http::{PeerState, ServerConfig};
+use alldata_peer_server_http::{NodeHooks, PeerState, ServerConfig};
 use alldata_peer_wire::Durability as WireDurability;
 use alldata_server_http::{
     ApiConfig, ApiState, Counter, IntervalInfo, IntervalRef, IntervalSource,
@@ -233,10 +234,28 @@ impl Node {
             }
         };
         let storage = Arc::new(storage);
+        // Repair digests in memory: every key stored through the wrapper is
+        // added to its cell; one scan of the lookback fills the index before
+        // anything is written.
+        let digest_index = DigestIndex::new(
+            config.repair.lookback + config.repair.settle + Duration::from_secs(60),
+        );
+        let indexed: Arc<dyn Storage> = digest_index.wrap(storage.clone());
+        let started = std::time::Instant::now();
+        match digest_index.build(storage.as_ref(), now_ms()).await {
+            Ok(events) => tracing::info!(
+                events,
+                took_ms = started.elapsed().as_millis() as u64,
+                "repair digest index built"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "repair digest index not built; digests are computed by scans")
+            }
+        }
         // Every event stored through this wrapper (local writes and peers'
         // replica writes) is published on the live feed `GET /events/tail`
         // and peers' tails read.
-        let (fed, feed) = Feed::wrap(storage.clone(), DEFAULT_FEED_CAPACITY);
+        let (fed, feed) = Feed::wrap(indexed, DEFAULT_FEED_CAPACITY);
         let dyn_storage: Arc<dyn Storage> = fed;
         // Kept for an embedder (`Node::closed_intervals`): one small
         // notification per closed interval queues until it is taken.
@@ -324,6 +343,26 @@ impl Node {
         for m in joined.iter().flat_map(|l| l.down_members()) {
             coordinator.set_peer_down(&alldata_coordinator::NodeId::new(m), true);
         }
+        coordinator.set_digest_index(Arc::clone(&digest_index));
+        // An empty storage under an id that may have held events (a replaced
+        // disk): catch up before deciding keys it may have lost or counting
+        // as a holder (see `alldata_coordinator::catch_up`). A fresh cluster
+        // goes through it too, for its first rounds.
+        let empty =
+            futures::StreamExt::next(&mut storage.scan(alldata_coordinator::ScanRange::all(), 1))
+                .await
+                .is_none();
+        if empty && (!config.peers.is_empty() || joined.is_some()) {
+            if config.repair_interval.is_zero() {
+                tracing::warn!(
+                    "the storage is empty and repair is disabled: this node will not catch up on what it held before"
+                );
+            } else {
+                coordinator.catch_up().begin(now_ms());
+                tracing::info!("the storage is empty: catching up from the other members");
+            }
+        }
+        digest_index.set_topology(coordinator.topology_source());
         for p in &config.peers {
             if removed.contains(&p.id) {
                 tracing::warn!(peer = %p, "configured peer was removed from the cluster; left out");
@@ -393,6 +432,24 @@ impl Node {
                 .with_max_event_bytes(config.max_event_bytes),
         )
         .with_feed(feed.clone())
+        .with_digest_index(Arc::clone(&digest_index))
+        .with_node({
+            let progress = coordinator.clone();
+            let catching = coordinator.clone();
+            let guards = coordinator.clone();
+            let repairs = !config.repair_interval.is_zero();
+            NodeHooks {
+                repair_progress: Arc::new(move || {
+                    let stats = progress.repair_stats();
+                    repairs.then(|| (stats.rounds_started(), stats.last_settled_round()))
+                }),
+                catching_up: Arc::new(move || catching.catch_up().is_catching_up()),
+                guards: Arc::new(move |key| {
+                    guards.catch_up().is_catching_up()
+                        && guards.catch_up().guards(&guards.topology(), key)
+                }),
+            }
+        })
         .with_topology({
             let coordinator = coordinator.clone();
             Arc::new(move || coordinator.topology())
@@ -770,10 +827,20 @@ async fn repair_loop(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut first = true;
     loop {
+        // While catching up, rounds come at once and then every second at
+        // most, so that the node is back to full service soon.
+        let catching_up = coordinator.catch_up().is_catching_up();
+        let wait = match (catching_up, first) {
+            (true, true) => Duration::ZERO,
+            (true, false) => interval.min(Duration::from_secs(1)),
+            (false, _) => interval,
+        };
+        first = false;
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(wait) => {}
         }
         let now = now_ms();
         let mut round = options.clone();
@@ -786,6 +853,17 @@ async fn repair_loop(
             _ = stop.wait_for(|s| *s) => return,
             report = coordinator.repair_round(&round, now) => report,
         };
+        if catching_up {
+            let phase = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                phase = coordinator.catch_up_step() => phase,
+            };
+            tracing::debug!(
+                phase = phase.as_str(),
+                complete = report.complete,
+                "catching up"
+            );
+        }
         if report.repaired > 0 || report.conflicts > 0 || report.mismatches > 0 {
             tracing::info!(
                 buckets = report.buckets,
@@ -844,14 +922,33 @@ fn repair_counters(
                 value: stats.conflicts(),
             },
             Counter {
+                name: "alldata_repair_quarantined_total",
+                help: "Copies on members with other bytes than this node (their decider) held for a key, moved aside by repair (write-once: the decider's bytes are the acknowledged ones).",
+                value: stats.quarantined(),
+            },
+            Counter {
                 name: "alldata_repair_failures_total",
                 help: "Repair copies or key lists that failed (retried next round).",
                 value: stats.failures(),
             },
             Counter {
-                name: "alldata_repair_last_complete_round_timestamp_seconds",
+                name: "alldata_repair_last_settled_round_timestamp_seconds",
                 help: "When the last complete repair round ended (Unix seconds; 0 before the first). Age: time() minus this.",
                 value: stats.last_complete_ms().map_or(0, |ms| ms / 1000),
+            },
+            Counter {
+                name: "alldata_repair_digest_scanned_events_total",
+                help: "Events read from storage to answer repair digest requests (this node's and its peers'); the rest is answered from the in-memory digest index.",
+                value: coordinator
+                    .digest_index()
+                    .map_or(0, |i| i.stats().scanned_events()),
+            },
+            Counter {
+                name: "alldata_repair_digest_cached_cells_total",
+                help: "One-second cells of repair digests answered from memory.",
+                value: coordinator
+                    .digest_index()
+                    .map_or(0, |i| i.stats().cached_cells()),
             },
             Counter {
                 name: "alldata_repair_protocol_requests_total",

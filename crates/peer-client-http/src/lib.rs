@@ -552,7 +552,7 @@ impl HttpTransport {
         range: ScanRange,
         decider: &NodeId,
         limit: usize,
-    ) -> Result<Vec<EventKey>, TransportError> {
+    ) -> Result<Vec<(EventKey, u64)>, TransportError> {
         let url = format!(
             "{}{}",
             base_url(&peer.address),
@@ -588,6 +588,36 @@ impl HttpTransport {
             .await?
         {
             (StatusCode::OK, body) => Ok(body),
+            (status, body) => Err(status_error(status, body)),
+        }
+    }
+
+    /// Asks `peer` to quarantine its copy of `key` if its bytes hash to
+    /// `value_hash`; whether it did. Counted as a repair request.
+    pub async fn quarantine(
+        &self,
+        peer: &Peer,
+        key: EventKey,
+        value_hash: u64,
+    ) -> Result<bool, TransportError> {
+        let url = format!(
+            "{}{}",
+            base_url(&peer.address),
+            alldata_peer_wire::quarantine_path(key, value_hash)
+        );
+        self.shared
+            .stats
+            .repair_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let request = self.shared.request(Method::POST, &url, Bytes::new())?;
+        match self
+            .shared
+            .exchange(request, self.shared.config.attempt_timeout)
+            .await?
+        {
+            (StatusCode::OK, body) => {
+                Ok(body.as_ref() == alldata_peer_wire::QUARANTINED.as_bytes())
+            }
             (status, body) => Err(status_error(status, body)),
         }
     }
@@ -695,6 +725,15 @@ impl PeerTransport for HttpTransport {
             .flatten()
             .collect()
     }
+
+    async fn quarantine(
+        &self,
+        peer: &Peer,
+        key: EventKey,
+        value_hash: u64,
+    ) -> Result<bool, TransportError> {
+        HttpTransport::quarantine(self, peer, key, value_hash).await
+    }
 }
 
 /// A peer scan's body being decoded.
@@ -771,6 +810,10 @@ impl PeerReader for HttpTransport {
         Ok(PeerProfile::new(
             profile.durability.map(|d| d.as_str().to_owned()),
             profile.max_event_bytes,
+        )
+        .with_repair(
+            profile.repair_rounds_started,
+            profile.repair_last_settled_round,
         ))
     }
 
@@ -794,7 +837,7 @@ impl PeerReader for HttpTransport {
         range: ScanRange,
         decider: &NodeId,
         limit: usize,
-    ) -> Result<Vec<EventKey>, TransportError> {
+    ) -> Result<Vec<(EventKey, u64)>, TransportError> {
         HttpTransport::decided_keys(self, peer, range, decider, limit).await
     }
 }

@@ -43,6 +43,12 @@ pub enum PeerError {
     /// itself). 400; nothing changed.
     #[error("refused: {0}")]
     Refused(String),
+    /// This node lacks the key but is catching up after a restart with an
+    /// empty disk: its "not found" does not count. 503.
+    #[error(
+        "this node is catching up after a restart with an empty disk; it cannot say the key is absent"
+    )]
+    CatchingUp,
     /// The local storage failed while reading. 500.
     #[error("storage failure: {0}")]
     Storage(String),
@@ -64,6 +70,7 @@ impl PeerError {
             PeerError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             PeerError::NotFound => StatusCode::NOT_FOUND,
             PeerError::DurabilityMismatch => StatusCode::PRECONDITION_FAILED,
+            PeerError::CatchingUp => StatusCode::SERVICE_UNAVAILABLE,
             PeerError::Storage(_) | PeerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -79,6 +86,7 @@ impl PeerError {
             PeerError::Body(_) => "body",
             PeerError::Refused(_) => "refused",
             PeerError::DurabilityMismatch => "durability_mismatch",
+            PeerError::CatchingUp => "catching_up",
             PeerError::Storage(_) => "storage",
             PeerError::Internal(_) => "internal",
         }

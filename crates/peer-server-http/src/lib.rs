@@ -35,11 +35,16 @@
 //! | `GET /peer/v1/tail?from=KEY` | `200`, a stream of what the node stores (see [`PeerState::with_feed`]) |
 //! | `GET /peer/v1/health` | `200` with the node's durability and event size limit |
 //! | `GET /peer/v1/scan?from=KEY&to=KEY` | `200`, this node's events in `from..=to`, in key order, streamed in the scan framing of `alldata-peer-wire`; `400` for a missing or malformed bound |
-//!
-//! | `GET /peer/v1/digest?from=KEY&to=KEY&decider=ID&bucket_ms=N` | `200`, per-bucket digests of this node's keys in the range that `ID` decides (anti-entropy repair; see [`PeerState::with_topology`]) |
-//! | `GET /peer/v1/keys?from=KEY&to=KEY&decider=ID&limit=N` | `200`, those keys (at most `N`, at most 2^20) |
+//! | `GET /peer/v1/digest?from=KEY&to=KEY&decider=ID&bucket_ms=N` | `200`, per-bucket digests of this node's keys in the range that `ID` repairs (anti-entropy repair; see [`PeerState::with_topology`]; from memory with [`PeerState::with_digest_index`]) |
+//! | `GET /peer/v1/keys?from=KEY&to=KEY&decider=ID&limit=N` | `200`, those keys with the hash of their bytes (at most `N`, at most 2^20) |
+//! | `POST /peer/v1/quarantine?key=KEY&hash=N` | `200` `quarantined` when this node's copy of the key had bytes hashing to `N` and was moved aside ([`Storage::quarantine`]), `kept` otherwise; the decider's repair asks it for a copy that differs from its own |
 //! | `GET /peer/v1/members` | `200`, the members as gossip sees them (JSON; see [`PeerState::with_members`]) |
 //! | `DELETE /peer/v1/members/{id}` | `200`, member `id` removed for good; `400 refused` when it cannot be |
+//!
+//! While the node catches up after a start with an empty storage (see
+//! [`PeerState::with_node`]), an absent key is `503 catching_up` rather than
+//! `404`, a scan is `503 catching_up`, and a replica write of a key the node
+//! decides and lacks is refused (`Rejected`, naming `catching_up`).
 //!
 //! A scan streams straight from [`Storage::scan`]: the storage reads the
 //! range chunk by chunk and the body is sent as it is read, so memory stays
@@ -65,6 +70,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::convert::Infallible;
 
+use alldata_coordinator::digest_index::DigestIndex;
 use alldata_coordinator::feed::Feed;
 use alldata_coordinator::repair;
 use alldata_coordinator::topology::Topology;
@@ -137,6 +143,8 @@ impl ServerConfig {
         wire::Profile {
             durability: Some(self.durability),
             max_event_bytes: self.max_event_bytes.map(|n| n as u64),
+            repair_rounds_started: None,
+            repair_last_settled_round: None,
         }
     }
 
@@ -190,6 +198,21 @@ impl PeerStats {
     }
 }
 
+/// What the endpoint asks its node about repair and catching up (see
+/// [`PeerState::with_node`]).
+#[derive(Clone)]
+pub struct NodeHooks {
+    /// Repair rounds started and the number of the last complete one
+    /// (`None`: this node runs no repair). Said in `GET /peer/v1/health`.
+    pub repair_progress: Arc<dyn Fn() -> Option<(u64, u64)> + Send + Sync>,
+    /// Whether the node is catching up: its "not found" does not count
+    /// (`GET /peer/v1/events/{key}` answers `503 catching_up` instead of 404).
+    pub catching_up: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Whether a replica write of this key must be refused when the key is
+    /// absent here (this node decides it and is catching up).
+    pub guards: Arc<dyn Fn(&EventKey) -> bool + Send + Sync>,
+}
+
 /// Hands the repair routes the node's current member list (the decider
 /// filter needs it).
 pub type TopologySource = Arc<dyn Fn() -> Arc<Topology> + Send + Sync>;
@@ -209,6 +232,8 @@ struct Inner {
     feed: Option<Feed>,
     topology: Option<TopologySource>,
     members: Option<Arc<dyn MembersAdmin>>,
+    digest_index: Option<Arc<DigestIndex>>,
+    node: Option<NodeHooks>,
     config: ServerConfig,
     stats: PeerStats,
     connections: Arc<ConnectionStats>,
@@ -239,6 +264,8 @@ impl PeerState {
                 feed: None,
                 topology: None,
                 members: None,
+                digest_index: None,
+                node: None,
                 config,
                 stats: PeerStats::default(),
                 connections: Arc::default(),
@@ -250,21 +277,7 @@ impl PeerState {
     /// the storage this state writes into; without one the route is `404`).
     /// Call before cloning the state.
     pub fn with_feed(mut self, feed: Feed) -> Self {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.feed = Some(feed),
-            None => {
-                let old = &self.inner;
-                self.inner = Arc::new(Inner {
-                    storage: Arc::clone(&old.storage),
-                    feed: Some(feed),
-                    topology: old.topology.clone(),
-                    members: old.members.clone(),
-                    config: old.config.clone(),
-                    stats: PeerStats::default(),
-                    connections: Arc::clone(&old.connections),
-                });
-            }
-        }
+        self.inner_mut().feed = Some(feed);
         self
     }
 
@@ -272,21 +285,7 @@ impl PeerState {
     /// `GET /peer/v1/keys`) with the member list `topology` gives (without
     /// one they are `404`). Call before cloning the state.
     pub fn with_topology(mut self, topology: TopologySource) -> Self {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.topology = Some(topology),
-            None => {
-                let old = &self.inner;
-                self.inner = Arc::new(Inner {
-                    storage: Arc::clone(&old.storage),
-                    feed: old.feed.clone(),
-                    topology: Some(topology),
-                    members: old.members.clone(),
-                    config: old.config.clone(),
-                    stats: PeerStats::default(),
-                    connections: Arc::clone(&old.connections),
-                });
-            }
-        }
+        self.inner_mut().topology = Some(topology);
         self
     }
 
@@ -294,22 +293,43 @@ impl PeerState {
     /// `DELETE /peer/v1/members/{id}`) with `admin` (without one they are
     /// `404`). Call before cloning the state.
     pub fn with_members(mut self, admin: Arc<dyn MembersAdmin>) -> Self {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.members = Some(admin),
-            None => {
-                let old = &self.inner;
-                self.inner = Arc::new(Inner {
-                    storage: Arc::clone(&old.storage),
-                    feed: old.feed.clone(),
-                    topology: old.topology.clone(),
-                    members: Some(admin),
-                    config: old.config.clone(),
-                    stats: PeerStats::default(),
-                    connections: Arc::clone(&old.connections),
-                });
-            }
-        }
+        self.inner_mut().members = Some(admin);
         self
+    }
+
+    /// The same state, answering `GET /peer/v1/digest` from `index` (which
+    /// must index this state's storage) instead of scanning. Call before
+    /// cloning the state.
+    pub fn with_digest_index(mut self, index: Arc<DigestIndex>) -> Self {
+        self.inner_mut().digest_index = Some(index);
+        self
+    }
+
+    /// The same state, asking `hooks` about the node's repair and catch-up.
+    /// Call before cloning the state.
+    pub fn with_node(mut self, hooks: NodeHooks) -> Self {
+        self.inner_mut().node = Some(hooks);
+        self
+    }
+
+    /// The state's own `Inner`, copied first when the state was cloned
+    /// already (the copy starts with fresh counters).
+    fn inner_mut(&mut self) -> &mut Inner {
+        if Arc::get_mut(&mut self.inner).is_none() {
+            let old = &self.inner;
+            self.inner = Arc::new(Inner {
+                storage: Arc::clone(&old.storage),
+                feed: old.feed.clone(),
+                topology: old.topology.clone(),
+                members: old.members.clone(),
+                digest_index: old.digest_index.clone(),
+                node: old.node.clone(),
+                config: old.config.clone(),
+                stats: PeerStats::default(),
+                connections: Arc::clone(&old.connections),
+            });
+        }
+        Arc::get_mut(&mut self.inner).expect("a state just copied has one owner")
     }
 
     /// The endpoint's counters.
@@ -371,6 +391,7 @@ pub fn router(state: PeerState) -> Router {
         .route(wire::KEYS_PATH, get(keys))
         .route(wire::MEMBERS_PATH, get(members))
         .route(wire::MEMBER_ROUTE, axum::routing::delete(remove_member))
+        .route(wire::QUARANTINE_PATH, post(quarantine))
         .fallback(not_found)
         .with_state(state)
 }
@@ -436,8 +457,23 @@ async fn put_events(
         .partition(|(_, (_, event))| limit.is_none_or(|max| event.len() <= max));
     let n = fit.len() + too_large.len();
     let storage = Arc::clone(&state.inner.storage);
+    let guards = state.inner.node.as_ref().map(|n| Arc::clone(&n.guards));
     let statuses = tokio::spawn(async move {
         let mut statuses: Vec<Option<EventStatus>> = vec![None; n];
+        // This node decides these keys and is catching up: a key it lacks
+        // may have held other bytes before its disk was replaced.
+        let (fit, guarded): (Vec<_>, Vec<_>) = match &guards {
+            Some(guards) => fit.into_iter().partition(|(_, (key, _))| !guards(key)),
+            None => (fit, Vec::new()),
+        };
+        let mut fit = fit;
+        for (i, (key, event)) in guarded {
+            match storage.get(key).await {
+                Ok(Some(_)) => fit.push((i, (key, event))),
+                Ok(None) => statuses[i] = Some(EventStatus::Rejected(CATCHING_UP.into())),
+                Err(e) => statuses[i] = Some(EventStatus::Failed(e.to_string())),
+            }
+        }
         // Write-once first: a key already holding these bytes is an
         // idempotent success and one holding others a conflict, whatever the
         // size limit says now; only a new event is refused for its size.
@@ -491,6 +527,9 @@ async fn get_event(
             event,
         )
             .into_response()),
+        Ok(None) if state.inner.node.as_ref().is_some_and(|n| (n.catching_up)()) => {
+            Err(PeerError::CatchingUp)
+        }
         Ok(None) => Err(PeerError::NotFound),
         Err(e) => Err(PeerError::Storage(e.to_string())),
     }
@@ -498,7 +537,14 @@ async fn get_event(
 
 async fn health(State(state): State<PeerState>, headers: HeaderMap) -> Result<String, PeerError> {
     state.authorize(&headers)?;
-    Ok(state.inner.config.profile().encode())
+    let mut profile = state.inner.config.profile();
+    if let Some(node) = &state.inner.node
+        && let Some((started, complete)) = (node.repair_progress)()
+    {
+        profile.repair_rounds_started = Some(started);
+        profile.repair_last_settled_round = Some(complete);
+    }
+    Ok(profile.encode())
 }
 
 async fn members(
@@ -520,6 +566,9 @@ async fn remove_member(
     let body = admin.remove(id).await.map_err(PeerError::Refused)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
+/// The message of a replica write refused by a decider catching up (the
+/// sender's answer names it).
+pub const CATCHING_UP: &str = "catching_up: this node decides the key and is catching up after a restart with an empty disk; it does not hold the key yet";
 
 /// A heartbeat frame goes out after this long without an event.
 const TAIL_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -584,6 +633,11 @@ async fn scan(
     let Query(params) = query.map_err(|e| state.refuse(PeerError::BadKey(e.body_text())))?;
     let from = scan_bound("from", params.from.as_deref()).map_err(|e| state.refuse(e))?;
     let to = scan_bound("to", params.to.as_deref()).map_err(|e| state.refuse(e))?;
+    // Catching up: what it holds is not yet what it should (a cluster-wide
+    // export must not count it as a member that answered).
+    if state.inner.node.as_ref().is_some_and(|n| (n.catching_up)()) {
+        return Err(PeerError::CatchingUp);
+    }
     let events = state
         .inner
         .storage
@@ -691,14 +745,15 @@ async fn digest(
             )));
         }
     };
-    let digests = repair::bucket_digests(
-        state.inner.storage.as_ref(),
-        &topology,
-        &decider,
-        range,
-        bucket_ms,
-    )
-    .await
+    let storage = state.inner.storage.as_ref();
+    let digests = match &state.inner.digest_index {
+        Some(index) => {
+            index
+                .digests(storage, &topology, &decider, range, bucket_ms)
+                .await
+        }
+        None => repair::bucket_digests(storage, &topology, &decider, range, bucket_ms).await,
+    }
     .map_err(|e| PeerError::Storage(e.to_string()))?;
     Ok(repair_body(wire::encode_digests(&digests)))
 }
@@ -723,6 +778,45 @@ async fn keys(
     .await
     .map_err(|e| PeerError::Storage(e.to_string()))?;
     Ok(repair_body(wire::encode_keys(&keys)))
+}
+
+/// `?key=KEY&hash=N` of the quarantine route.
+#[derive(Debug, serde::Deserialize)]
+struct QuarantineParams {
+    key: Option<String>,
+    hash: Option<u64>,
+}
+
+async fn quarantine(
+    State(state): State<PeerState>,
+    headers: HeaderMap,
+    query: Result<Query<QuarantineParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, PeerError> {
+    state.authorize(&headers)?;
+    let Query(params) = query.map_err(|e| state.refuse(PeerError::BadKey(e.body_text())))?;
+    let key = scan_bound("key", params.key.as_deref()).map_err(|e| state.refuse(e))?;
+    let hash = params
+        .hash
+        .ok_or_else(|| state.refuse(PeerError::BadKey("hash is required".into())))?;
+    let storage = Arc::clone(&state.inner.storage);
+    // A task of its own: a peer hanging up must not cancel it half-way.
+    let moved = tokio::spawn(async move { storage.quarantine(key, hash).await })
+        .await
+        .map_err(|e| PeerError::Internal(format!("storage task failed: {e}")))?
+        .map_err(|e| PeerError::Storage(e.to_string()))?;
+    if moved {
+        tracing::warn!(%key, "quarantined this node's copy: the key's decider holds other bytes");
+    }
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain")],
+        if moved {
+            wire::QUARANTINED
+        } else {
+            wire::NOT_QUARANTINED
+        },
+    )
+        .into_response())
 }
 
 async fn not_found() -> PeerError {

@@ -155,8 +155,9 @@ pub use codec::{
     decode_request, decode_response, encode_request, encode_response,
 };
 pub use repair::{
-    DIGEST_ENTRY_LEN, DIGEST_PATH, KEYS_PATH, REPAIR_CONTENT_TYPE, decode_digests, decode_keys,
-    digest_path, encode_digests, encode_keys, keys_path,
+    DIGEST_ENTRY_LEN, DIGEST_PATH, KEY_ENTRY_LEN, KEYS_PATH, NOT_QUARANTINED, QUARANTINE_PATH,
+    QUARANTINED, REPAIR_CONTENT_TYPE, decode_digests, decode_keys, digest_path, encode_digests,
+    encode_keys, keys_path, quarantine_path,
 };
 pub use scan::{
     SCAN_CONTENT_TYPE, SCAN_END, SCAN_ERROR, SCAN_EVENT, ScanDecoder, ScanItem, put_scan_end,
@@ -209,6 +210,11 @@ pub struct Profile {
     pub durability: Option<Durability>,
     /// The largest event it accepts, in bytes.
     pub max_event_bytes: Option<u64>,
+    /// Repair rounds it has started (`None`: it runs no repair).
+    pub repair_rounds_started: Option<u64>,
+    /// The number of its last settled repair round (every member that
+    /// answered compared, every copy made; 0 before the first).
+    pub repair_last_settled_round: Option<u64>,
 }
 
 impl Profile {
@@ -220,6 +226,12 @@ impl Profile {
         }
         if let Some(n) = self.max_event_bytes {
             body.push_str(&format!("max_event_bytes={n}\n"));
+        }
+        if let Some(n) = self.repair_rounds_started {
+            body.push_str(&format!("repair_rounds_started={n}\n"));
+        }
+        if let Some(n) = self.repair_last_settled_round {
+            body.push_str(&format!("repair_last_settled_round={n}\n"));
         }
         body
     }
@@ -237,6 +249,12 @@ impl Profile {
             match line.split_once('=') {
                 Some(("durability", v)) => profile.durability = Durability::parse(v),
                 Some(("max_event_bytes", v)) => profile.max_event_bytes = v.trim().parse().ok(),
+                Some(("repair_rounds_started", v)) => {
+                    profile.repair_rounds_started = v.trim().parse().ok();
+                }
+                Some(("repair_last_settled_round", v)) => {
+                    profile.repair_last_settled_round = v.trim().parse().ok();
+                }
                 _ => {}
             }
         }
@@ -333,6 +351,8 @@ mod tests {
         let p = Profile {
             durability: Some(Durability::Sync),
             max_event_bytes: Some(1 << 20),
+            repair_rounds_started: Some(7),
+            repair_last_settled_round: Some(5),
         };
         assert_eq!(Profile::decode(p.encode().as_bytes()), Some(p));
         assert_eq!(Profile::decode(b"ok"), Some(Profile::default()));

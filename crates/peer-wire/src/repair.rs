@@ -11,6 +11,10 @@ use crate::codec::{DecodeError, FORMAT_V1};
 pub const DIGEST_PATH: &str = "/peer/v1/digest";
 /// The path of the key list route.
 pub const KEYS_PATH: &str = "/peer/v1/keys";
+/// The path of the quarantine route (`POST ?key=KEY&hash=N`).
+pub const QUARANTINE_PATH: &str = "/peer/v1/quarantine";
+/// Bytes of one key list entry: the key and the hash of its bytes.
+pub const KEY_ENTRY_LEN: usize = EventKey::LEN + 8;
 /// The content type of both repair bodies.
 pub const REPAIR_CONTENT_TYPE: &str = "application/x-alldata-repair";
 /// Bytes of one digest entry: start, count, sum.
@@ -51,6 +55,17 @@ pub fn keys_path(range: ScanRange, decider: &str, limit: usize) -> String {
         encode_component(decider)
     )
 }
+
+/// The path and query asking a node to quarantine its copy of `key` if its
+/// bytes hash to `value_hash`.
+pub fn quarantine_path(key: EventKey, value_hash: u64) -> String {
+    format!("{QUARANTINE_PATH}?key={key}&hash={value_hash}")
+}
+
+/// The answer of the quarantine route: the copy was moved aside.
+pub const QUARANTINED: &str = "quarantined";
+/// The answer of the quarantine route: no such copy (absent, other bytes).
+pub const NOT_QUARANTINED: &str = "kept";
 
 fn header(out: &mut BytesMut, count: usize) {
     out.put_u8(FORMAT_V1);
@@ -109,30 +124,36 @@ pub fn decode_digests(body: Bytes) -> Result<Vec<BucketDigest>, DecodeError> {
         .collect())
 }
 
-/// Encodes keys: `u8 0xA1, u32 count, count × [u8;16]`.
-pub fn encode_keys(keys: &[EventKey]) -> Bytes {
-    let mut out = BytesMut::with_capacity(5 + keys.len() * EventKey::LEN);
+/// Encodes a key list: `u8 0xA1, u32 count, count × (16-byte key, u64 value
+/// hash)`, big-endian.
+pub fn encode_keys(keys: &[(EventKey, u64)]) -> Bytes {
+    let mut out = BytesMut::with_capacity(5 + keys.len() * KEY_ENTRY_LEN);
     header(&mut out, keys.len());
-    for k in keys {
+    for (k, h) in keys {
         out.put_slice(k.as_bytes());
+        out.put_u64(*h);
     }
     out.freeze()
 }
 
 /// Decodes [`encode_keys`]; a bad key or a wrong length refuses the whole body.
-pub fn decode_keys(body: Bytes) -> Result<Vec<EventKey>, DecodeError> {
+pub fn decode_keys(body: Bytes) -> Result<Vec<(EventKey, u64)>, DecodeError> {
     let (count, rest) = read_header(&body)?;
-    let want = count.saturating_mul(EventKey::LEN);
+    let want = count.saturating_mul(KEY_ENTRY_LEN);
     if rest.len() < want {
         return Err(DecodeError::Truncated("key"));
     }
     if rest.len() > want {
         return Err(DecodeError::TrailingBytes(rest.len() - want));
     }
-    rest.chunks_exact(EventKey::LEN)
+    rest.chunks_exact(KEY_ENTRY_LEN)
         .enumerate()
-        .map(|(index, k)| {
-            EventKey::from_slice(k).map_err(|source| DecodeError::BadKey { index, source })
+        .map(|(index, e)| {
+            let key = EventKey::from_slice(&e[..EventKey::LEN])
+                .map_err(|source| DecodeError::BadKey { index, source })?;
+            let mut h = [0u8; 8];
+            h.copy_from_slice(&e[EventKey::LEN..]);
+            Ok((key, u64::from_be_bytes(h)))
         })
         .collect()
 }
@@ -155,7 +176,9 @@ mod tests {
         assert_eq!(body.len(), 5 + DIGEST_ENTRY_LEN);
         assert_eq!(decode_digests(body.clone()).unwrap(), d);
         assert!(decode_digests(body.slice(..body.len() - 1)).is_err());
-        let keys: Vec<EventKey> = (0..3).map(|_| KeyGenerator::new().generate()).collect();
+        let keys: Vec<(EventKey, u64)> = (0..3u64)
+            .map(|i| (KeyGenerator::new().generate(), u64::MAX - i))
+            .collect();
         let body = encode_keys(&keys);
         assert_eq!(decode_keys(body.clone()).unwrap(), keys);
         let mut long = body.to_vec();

@@ -200,6 +200,18 @@ pub enum ApiError {
     /// 503 `tail_unavailable`: this node was built without a live feed.
     #[error("this node does not serve a live tail")]
     TailUnavailable,
+    /// 503 `catching_up` (with `Retry-After: 1`): the key's decider is
+    /// catching up after a restart with an empty disk and does not hold the
+    /// key yet; nothing was written.
+    #[error("{message}")]
+    CatchingUp {
+        /// The key.
+        key: EventKey,
+        /// The decider.
+        node: String,
+        /// What the decider said.
+        message: String,
+    },
     /// 503 `unavailable`: the node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -234,6 +246,7 @@ impl ApiError {
             | ApiError::TooManyExports { .. }
             | ApiError::TailUnavailable
             | ApiError::Incomplete { .. }
+            | ApiError::CatchingUp { .. }
             | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -265,6 +278,7 @@ impl ApiError {
             | ApiError::TooManySubscribers { .. }
             | ApiError::TooManyExports { .. } => "overloaded",
             ApiError::TailUnavailable => "tail_unavailable",
+            ApiError::CatchingUp { .. } => "catching_up",
             ApiError::ShuttingDown => "unavailable",
             ApiError::Storage(_) => "internal",
         }
@@ -274,7 +288,9 @@ impl ApiError {
     pub fn to_json(&self) -> Value {
         let mut error = json!({ "code": self.code(), "message": self.to_string() });
         let details = match self {
-            ApiError::Conflict { key, node } => json!({ "key": key, "node": node }),
+            ApiError::Conflict { key, node } | ApiError::CatchingUp { key, node, .. } => {
+                json!({ "key": key, "node": node })
+            }
             ApiError::EventNotFound(key)
             | ApiError::KeyRejected { key, .. }
             | ApiError::UnknownOrigin { key, .. } => json!({ "key": key }),
@@ -388,6 +404,20 @@ impl ApiError {
                 {
                     return ApiError::KeyRejected { key, reason };
                 }
+                // The decider refused: it is catching up.
+                if acked == 0
+                    && let Some(f) = failures.iter().find(|f| {
+                        f.error
+                            .rejection()
+                            .is_some_and(|r| r.contains("catching_up"))
+                    })
+                {
+                    return ApiError::CatchingUp {
+                        key,
+                        node: f.node.to_string(),
+                        message: f.error.to_string(),
+                    };
+                }
                 ApiError::CommitNotReached {
                     key,
                     level,
@@ -422,6 +452,15 @@ impl ApiError {
             PutError::UnknownOrigin { key, tag } => ApiError::UnknownOrigin { key, tag },
             PutError::Overloaded { in_flight, limit } => ApiError::Overloaded { in_flight, limit },
             PutError::Shutdown => ApiError::ShuttingDown,
+            PutError::CatchingUp { key, node } => ApiError::CatchingUp {
+                message: PutError::CatchingUp {
+                    key,
+                    node: node.clone(),
+                }
+                .to_string(),
+                key,
+                node: node.to_string(),
+            },
             other => ApiError::Storage(other.to_string()),
         }
     }
@@ -454,6 +493,7 @@ impl IntoResponse for ApiError {
             ApiError::Overloaded { .. }
                 | ApiError::TooManySubscribers { .. }
                 | ApiError::TooManyExports { .. }
+                | ApiError::CatchingUp { .. }
         ) {
             response
                 .headers_mut()

@@ -416,7 +416,8 @@ pub(crate) async fn get_event(
 }
 
 /// `GET /health`: this node, its storage, its peers and whether each answered
-/// lately. `200` `ok`; `503` `storage_failing` (with the last error) while the
+/// lately. `200` `ok`, or `200` `catching_up` while the node catches up
+/// after starting empty; `503` `storage_failing` (with the last error) while the
 /// local storage's writes fail; `503` `storage_corrupt` once the storage
 /// reported corruption (until restart).
 pub(crate) async fn health(State(state): State<ApiState>) -> Response {
@@ -470,8 +471,13 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
     let repair = coordinator.repair_stats();
     // A node whose local writes fail cannot decide its own events: every
     // POST to it fails until the storage recovers, so it says so.
+    let catch_up = coordinator.catch_up();
     let (status, code) = if storage.corrupt.is_some() {
         ("storage_corrupt", StatusCode::SERVICE_UNAVAILABLE)
+    } else if storage.ok() && catch_up.is_catching_up() {
+        // Serving, but not yet holding what it should (see
+        // `alldata_coordinator::catch_up`).
+        ("catching_up", StatusCode::OK)
     } else if storage.ok() {
         ("ok", StatusCode::OK)
     } else {
@@ -496,6 +502,11 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
         "peers_total": peers.len(),
         "peers_up": up_count,
         "graylisted": coordinator.graylisted_peers(),
+        "catching_up": catch_up.is_catching_up(),
+        "catch_up": {
+            "phase": catch_up.phase().as_str(),
+            "events_restored": catch_up.restored(),
+        },
         "repair": {
             "rounds": repair.rounds(),
             "complete_rounds": repair.complete_rounds(),

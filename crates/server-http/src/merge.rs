@@ -72,11 +72,21 @@ pub(crate) async fn open_cluster(
         .scan(range, usize::MAX)
         .map(|r| r.map_err(|e| format!("local storage: {e}")))
         .boxed();
-    let mut sources = vec![Source {
-        name: topology.local().to_string(),
-        stream: local,
-    }];
+    let mut sources = Vec::new();
     let mut missing = Vec::new();
+    // A node catching up lacks what it held: it does not count as a member
+    // that answered.
+    if coordinator.catch_up().is_catching_up() {
+        missing.push((
+            topology.local().to_string(),
+            "catching up after a restart with an empty disk".to_owned(),
+        ));
+    } else {
+        sources.push(Source {
+            name: topology.local().to_string(),
+            stream: local,
+        });
+    }
     let reader = coordinator.peer_reader();
     let starts = topology.peers().cloned().map(|peer| {
         let reader = reader.clone();

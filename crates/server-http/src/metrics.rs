@@ -272,6 +272,7 @@ impl Metrics {
         stats: &Stats,
         peers_up: &[(String, bool)],
         extra: &[Counter],
+        catching_up: bool,
     ) -> String {
         let mut out = String::with_capacity(8 * 1024);
 
@@ -464,6 +465,13 @@ impl Metrics {
         for c in extra {
             counter(&mut out, c.name, c.help, c.value);
         }
+        header(
+            &mut out,
+            "alldata_catching_up",
+            "gauge",
+            "1 while this node catches up after starting with an empty storage (it decides no key it may have lost and its \"not found\" does not count), else 0.",
+        );
+        let _ = writeln!(out, "alldata_catching_up {}", u8::from(catching_up));
         out
     }
 }

@@ -149,9 +149,12 @@ impl ApiState {
                 .iter()
                 .flat_map(|source| source()),
         );
-        self.inner
-            .metrics
-            .render(&self.inner.coordinator.stats(), &up, &extra)
+        self.inner.metrics.render(
+            &self.inner.coordinator.stats(),
+            &up,
+            &extra,
+            self.inner.coordinator.catch_up().is_catching_up(),
+        )
     }
 }
 

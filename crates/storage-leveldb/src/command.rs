@@ -38,6 +38,12 @@ pub(crate) enum Command {
     Compact {
         reply: oneshot::Sender<Result<(), StorageError>>,
     },
+    /// Moves an event aside if its bytes hash to `value_hash`.
+    Quarantine {
+        key: EventKey,
+        value_hash: u64,
+        reply: oneshot::Sender<Result<bool, StorageError>>,
+    },
     /// Write what came before, record a clean shutdown and stop: later puts
     /// fail as "closed".
     Shutdown { reply: oneshot::Sender<()> },
@@ -59,6 +65,9 @@ pub(crate) fn answer_closed(command: Command) {
             }
         }
         Command::Compact { reply } => {
+            let _ = reply.send(Err(closed()));
+        }
+        Command::Quarantine { reply, .. } => {
             let _ = reply.send(Err(closed()));
         }
         Command::Shutdown { reply } => {
@@ -95,9 +104,10 @@ impl Command {
                 events: events.len(),
                 bytes: events.iter().map(|(_, e)| e.len()).sum(),
             },
-            Command::Check { .. } | Command::Compact { .. } | Command::Shutdown { .. } => {
-                Load::default()
-            }
+            Command::Check { .. }
+            | Command::Compact { .. }
+            | Command::Quarantine { .. }
+            | Command::Shutdown { .. } => Load::default(),
         }
     }
 }

@@ -46,6 +46,7 @@ where
     concurrent_identical_puts(make().await).await;
     concurrent_conflicting_puts(make().await).await;
     concurrent_distinct_puts(make().await).await;
+    quarantine_moves_aside_only_the_named_bytes(make().await).await;
 }
 
 /// The wall-clock time now, in Unix milliseconds.
@@ -445,4 +446,58 @@ pub async fn concurrent_distinct_puts(storage: Arc<dyn Storage>) {
     for (k, v) in items.iter().step_by(97) {
         assert_eq!(storage.get(*k).await, Ok(Some(v.clone())), "get {k}");
     }
+}
+
+/// A quarantine moves the event aside only when its bytes hash to the given
+/// value: afterwards the key is neither served nor scanned, and takes other
+/// bytes; its neighbours are untouched.
+pub async fn quarantine_moves_aside_only_the_named_bytes(storage: Arc<dyn Storage>) {
+    use alldata_coordinator::repair::value_hash;
+    let keys = keys_spread(now_ms(), 10, 3);
+    for k in &keys {
+        storage.put(*k, event_for(k, 40)).await.expect("put");
+    }
+    let loser = event_for(&keys[1], 40);
+    let missing = keys_spread(now_ms() + 20, 1, 1)[0];
+    assert!(
+        !storage
+            .quarantine(missing, value_hash(&loser))
+            .await
+            .expect("absent")
+    );
+    assert!(
+        !storage
+            .quarantine(keys[1], value_hash(b"other bytes"))
+            .await
+            .expect("other")
+    );
+    assert_eq!(
+        storage.get(keys[1]).await.expect("get"),
+        Some(loser.clone())
+    );
+    assert!(
+        storage
+            .quarantine(keys[1], value_hash(&loser))
+            .await
+            .expect("quarantine")
+    );
+    assert_eq!(storage.get(keys[1]).await.expect("get"), None, "not served");
+    let scanned: Vec<EventKey> = storage
+        .scan(ScanRange::all(), usize::MAX)
+        .map(|r| r.expect("scan").0)
+        .collect()
+        .await;
+    assert_eq!(scanned, vec![keys[0], keys[2]], "not scanned");
+    assert!(
+        !storage
+            .quarantine(keys[1], value_hash(&loser))
+            .await
+            .expect("again")
+    );
+    let winner = Bytes::from_static(b"{\"winner\":true}");
+    assert_eq!(
+        storage.put(keys[1], winner.clone()).await,
+        Ok(PutStatus::Stored)
+    );
+    assert_eq!(storage.get(keys[1]).await.expect("get"), Some(winner));
 }

@@ -38,6 +38,9 @@ use crate::options::Options;
 
 pub(crate) const EVENT_PREFIX: u8 = b'e';
 pub(crate) const INTERVAL_PREFIX: u8 = b'i';
+/// Events moved aside by repair (another member's decider held other bytes):
+/// never scanned, served or counted.
+pub(crate) const QUARANTINE_PREFIX: u8 = b'q';
 const VALUE_V1: u8 = 1;
 const FORMAT_KEY: &[u8] = b"m/format";
 const FORMAT_V1: &[u8] = b"1";
@@ -89,6 +92,13 @@ fn interval_key(length_ms: u64, start_ms: u64) -> [u8; 17] {
     k[0] = INTERVAL_PREFIX;
     k[1..9].copy_from_slice(&length_ms.to_be_bytes());
     k[9..].copy_from_slice(&start_ms.to_be_bytes());
+    k
+}
+
+/// The stored key of a quarantined event.
+pub(crate) fn quarantine_key(key: &EventKey) -> [u8; 17] {
+    let mut k = event_key(key);
+    k[0] = QUARANTINE_PREFIX;
     k
 }
 

@@ -450,6 +450,20 @@ impl Storage for LevelDbStorage {
             .map_err(join_error)?
     }
 
+    async fn quarantine(&self, key: EventKey, value_hash: u64) -> Result<bool, StorageError> {
+        let _active = self.enter();
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Quarantine {
+                key,
+                value_hash,
+                reply,
+            })
+            .await
+            .map_err(|_| closed_error())?;
+        rx.await.map_err(|_| closed_error())?
+    }
+
     fn scan(&self, range: ScanRange, limit: usize) -> EventStream {
         if range.from > range.to || limit == 0 {
             return Box::pin(futures::stream::empty());

@@ -318,6 +318,7 @@ impl Writer {
         let mut many: Vec<ManyReply> = Vec::new();
         let mut checks = Vec::new();
         let mut compactions = Vec::new();
+        let mut quarantines = Vec::new();
         for command in commands.drain(..) {
             match command {
                 Command::Put { key, event, reply } => {
@@ -348,6 +349,11 @@ impl Writer {
                 }
                 Command::Check { reply } => checks.push(reply),
                 Command::Compact { reply } => compactions.push(reply),
+                Command::Quarantine {
+                    key,
+                    value_hash,
+                    reply,
+                } => quarantines.push((key, value_hash, reply)),
                 // `run` splits batches at a shutdown; one reaching here (an
                 // inline caller cannot send it) is answered as done.
                 Command::Shutdown { reply } => {
@@ -406,7 +412,43 @@ impl Writer {
         for reply in compactions {
             let _ = reply.send(self.db.compact_all());
         }
+        // After this round's puts: a put of the same key in it is seen.
+        for (key, value_hash, reply) in quarantines {
+            let _ = reply.send(self.quarantine(key, value_hash));
+        }
         self.last_done = Instant::now();
+    }
+
+    /// Moves the event under `key` aside (its interval counts one less) if
+    /// its bytes hash to `value_hash`; a key outside the acceptance window
+    /// (a closed interval) is refused like a put.
+    fn quarantine(&mut self, key: EventKey, value_hash: u64) -> Result<bool, StorageError> {
+        // Closed intervals never change (their counts and exports are final).
+        if let Err(message) =
+            self.window
+                .check(self.length, self.clock.now_ms(), self.closed_upto, key)
+        {
+            return Err(StorageError::Rejected(message));
+        }
+        let Some(stored) = self.db.get_event(&key)? else {
+            return Ok(false);
+        };
+        if alldata_coordinator::repair::value_hash(&stored) != value_hash {
+            return Ok(false);
+        }
+        let mut batch = Writebatch::new();
+        batch.delete(Slice::from(&db::event_key(&key)[..]));
+        batch.put(
+            Slice::from(&db::quarantine_key(&key)[..]),
+            Slice::from(&db::encode_event(&stored)[..]),
+        );
+        self.db.write(&batch, self.sync)?;
+        let start = Interval::containing(key.timestamp_ms(), self.length).start_ms();
+        if let Some(count) = self.counts.get_mut(&start) {
+            *count = count.saturating_sub(1);
+        }
+        tracing::warn!(%key, "event quarantined: the key's decider holds other bytes");
+        Ok(true)
     }
 
     /// Decides one put against the window, this batch and the database.

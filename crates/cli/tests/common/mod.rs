@@ -110,7 +110,33 @@ impl Cluster {
         for i in 0..n {
             c.wait_healthy(i).await;
         }
+        // A fresh cluster's nodes start empty and catch up for their first
+        // repair rounds; tests start from a cluster in full service.
+        for i in 0..n {
+            c.wait_caught_up(i).await;
+        }
         c
+    }
+
+    /// Waits until node `i`'s `/health` no longer says `catching_up`.
+    pub async fn wait_caught_up(&self, i: usize) {
+        let url = format!("http://127.0.0.1:{}/health", self.nodes[i].api);
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self.client.get(&url).send().await
+                && let Ok(text) = r.text().await
+                && let Ok(v) = serde_json::from_str::<Value>(&text)
+                && v["catching_up"] == Value::Bool(false)
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "node {} never caught up",
+                self.nodes[i].id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn spawn(&mut self, i: usize) {
