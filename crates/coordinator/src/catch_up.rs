@@ -61,6 +61,8 @@ struct State {
     phase: CatchUpPhase,
     /// Unix ms of the start; generated keys older than it may predate the wipe.
     started_ms: u64,
+    /// From when (Unix ms) the members' rounds cover the start.
+    members_from_ms: u64,
     /// Per member, the repair rounds it had started when first asked.
     baselines: BTreeMap<NodeId, u64>,
     /// Events restored while catching up.
@@ -82,6 +84,7 @@ impl Default for CatchUp {
             state: Mutex::new(State {
                 phase: CatchUpPhase::Ready,
                 started_ms: 0,
+                members_from_ms: 0,
                 baselines: BTreeMap::new(),
                 restored: 0,
             }),
@@ -141,12 +144,24 @@ impl CatchUp {
             && topology.decider(key).as_ref() == Some(topology.local())
     }
 
-    /// Notes a complete round of this node's own: phase 1 ends.
-    pub(crate) fn own_round_complete(&self) {
+    /// Notes a complete round of this node's own over keys up to
+    /// `covered_to_ms`, run with `settle_ms`: phase 1 ends when the round
+    /// reached the start (keys written just before it, younger than the
+    /// settle time then, were not in earlier rounds). The members' rounds
+    /// count from `started_ms + settle_ms` on, for the same reason.
+    pub(crate) fn own_round_complete(&self, covered_to_ms: u64, settle_ms: u64) {
         let mut s = self.lock();
-        if s.phase == CatchUpPhase::OwnKeys {
+        if s.phase == CatchUpPhase::OwnKeys && covered_to_ms >= s.started_ms {
             s.phase = CatchUpPhase::Members;
+            s.members_from_ms = s.started_ms.saturating_add(settle_ms);
         }
+    }
+
+    /// Whether the members may be asked for their progress at `now_ms`: a
+    /// round they start from then on covers the keys written up to this
+    /// node's start.
+    pub(crate) fn members_askable(&self, now_ms: u64) -> bool {
+        now_ms >= self.lock().members_from_ms
     }
 
     /// Notes what member `id` says of its repair: rounds started, and the

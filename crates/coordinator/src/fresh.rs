@@ -344,4 +344,8 @@ impl Storage for Guarded {
     fn scan(&self, range: ScanRange, limit: usize) -> EventStream {
         self.inner.scan(range, limit)
     }
+
+    async fn quarantine(&self, key: EventKey, value_hash: u64) -> Result<bool, StorageError> {
+        self.inner.quarantine(key, value_hash).await
+    }
 }

@@ -749,7 +749,8 @@ impl Coordinator {
         self.repair_stats().record(&report, now_ms, seq);
         self.catch_up().add_restored(report.fetched);
         if report.complete {
-            self.catch_up().own_round_complete();
+            self.catch_up()
+                .own_round_complete(to_ms, opts.settle.as_millis() as u64);
         }
         report
     }
@@ -760,6 +761,14 @@ impl Coordinator {
     /// round that started after this node first asked. Call after each round
     /// while [`CatchUp::is_catching_up`](crate::catch_up::CatchUp::is_catching_up).
     pub async fn catch_up_step(&self) -> crate::catch_up::CatchUpPhase {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if self.catch_up().phase() != crate::catch_up::CatchUpPhase::Members
+            || !self.catch_up().members_askable(now_ms)
+        {
+            return self.catch_up().phase();
+        }
         let topo = self.topology();
         let timeout = self.options().read_timeout;
         let mut all_done = true;

@@ -363,3 +363,19 @@ async fn a_timed_out_local_write_that_lands_later_settles_its_key() {
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert_eq!(a.fresh_keys(), 0, "the key was settled");
 }
+
+/// Repair quarantines through the storage the coordinator hands out (the
+/// guard): the guard passes it on instead of refusing it.
+#[tokio::test(start_paused = true)]
+async fn the_guard_passes_quarantine_on_to_the_storage() {
+    let c = cluster(options());
+    let ack = c.nodes[1]
+        .append_with(x(), PutOptions::level(CommitLevel::All))
+        .await
+        .unwrap();
+    let guarded = Arc::clone(c.nodes[0].storage());
+    let hash = alldata_coordinator::repair::value_hash(&x());
+    assert!(guarded.quarantine(ack.key, hash).await.unwrap());
+    assert_eq!(c.storages[0].quarantined(&ack.key), Some(x()));
+    assert_eq!(guarded.get(ack.key).await.unwrap(), None);
+}

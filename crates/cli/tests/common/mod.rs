@@ -44,17 +44,23 @@ pub struct Cluster {
 /// get the same port (asking the kernel for port 0 and releasing it races).
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
+    // Each test process starts in a block of its own (by process id), below
+    // the kernel's ephemeral ports: nextest runs tests as processes side by
+    // side, and blocks that overlapped handed two of them one port. A port
+    // is taken only when both TCP and UDP (gossip) are free there.
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let _ = NEXT.compare_exchange(
         0,
-        20_000 + std::process::id() % 10_000,
+        (std::process::id() % 300) * 40,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
     loop {
-        let port = 20_000 + (NEXT.fetch_add(1, Ordering::SeqCst) - 20_000) % 12_000;
-        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
-            return port as u16;
+        let port = (20_000 + NEXT.fetch_add(1, Ordering::SeqCst) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
         }
     }
 }
