@@ -172,8 +172,13 @@ impl CatchUp {
         let Some((started, last_settled)) = progress else {
             return true;
         };
-        let baseline = *s.baselines.entry(id.clone()).or_insert(started);
-        last_settled > baseline
+        // A member that restarted counts its rounds from 0 again: its
+        // baseline goes back with it.
+        let baseline = s.baselines.entry(id.clone()).or_insert(started);
+        if started < *baseline {
+            *baseline = started;
+        }
+        last_settled > *baseline
     }
 
     /// Phase 2 ends: every live member has completed a round since the start.

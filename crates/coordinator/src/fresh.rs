@@ -54,7 +54,7 @@ enum Fresh {
     /// A fast append is writing these bytes locally.
     Writing(Bytes),
     /// A fast append's local write failed; peers may hold its bytes.
-    Unsettled,
+    Unsettled(tokio::time::Instant),
 }
 
 /// What a write of a key may do.
@@ -149,7 +149,7 @@ impl Guarded {
         let Some(entry) = fresh.get_mut(&key) else {
             return;
         };
-        *entry = Fresh::Unsettled;
+        *entry = Fresh::Unsettled(tokio::time::Instant::now());
         drop(fresh);
         let me = Arc::clone(self);
         tokio::spawn(async move {
@@ -169,9 +169,15 @@ impl Guarded {
     /// decides from now on.
     fn settle(&self, key: EventKey) {
         let mut fresh = self.lock();
-        if matches!(fresh.get(&key), Some(Fresh::Unsettled)) {
+        if matches!(fresh.get(&key), Some(Fresh::Unsettled(_))) {
             fresh.remove(&key);
         }
+    }
+
+    /// Whether `key` became unsettled less than `window` ago (its append's
+    /// peer writes may still be in flight).
+    fn in_doubt(&self, key: EventKey, window: Duration) -> bool {
+        matches!(self.lock().get(&key), Some(Fresh::Unsettled(since)) if since.elapsed() < window)
     }
 
     /// A fast append ended before anything was written: its reservation goes.
@@ -197,7 +203,7 @@ impl Guarded {
                 Check::Pass
             }
             Some(Fresh::Writing(_)) => Check::Refuse,
-            Some(Fresh::Unsettled) => Check::Confirm,
+            Some(Fresh::Unsettled(_)) => Check::Confirm,
             // Made (or skipped) by this run's generator, and not reserved: the
             // storage holds the decided value, or the key was put decider first.
             None if !self.keys.may_make(&key) && !self.keys.made_before_start(&key) => Check::Pass,
@@ -223,6 +229,25 @@ impl Guarded {
                 result
             }
         }
+    }
+
+    /// Stores `event` under `key`, bytes just read from another member
+    /// (repair bringing back a key this node lost): what confirming would
+    /// ask is known already, so no member is asked again. Other bytes than a
+    /// fast append's still writing the key are refused as always.
+    pub(crate) async fn put_held(
+        &self,
+        key: EventKey,
+        event: Bytes,
+    ) -> Result<PutStatus, StorageError> {
+        if self.check(key, &event) == Check::Refuse {
+            return Err(StorageError::Conflict(key));
+        }
+        let result = self.inner.put(key, event).await;
+        if result.is_ok() {
+            self.settle(key);
+        }
+        result
     }
 
     /// `Ok` when another member holds exactly `event` under `key` (or there
@@ -272,6 +297,14 @@ impl Guarded {
             tracing::debug!(%key, unanswered, "cannot confirm an unsettled key's event");
             Err(StorageError::Failed(format!(
                 "cannot confirm the event of {key}: {unanswered} members did not answer"
+            )))
+        } else if self.in_doubt(key, coordinator.options().deadline * 2) {
+            // The append's own peer writes may still land (a timed-out local
+            // write is answered before they end): "post it again" now could
+            // make the event twice. Retry later.
+            tracing::debug!(%key, "no member holds a recently unsettled key's event yet");
+            Err(StorageError::Failed(format!(
+                "cannot confirm the event of {key} yet: its first writes may still land; retry"
             )))
         } else {
             tracing::debug!(%key, "no member holds an unsettled key's event: refused");

@@ -390,6 +390,10 @@ pub struct RepairOptions {
     pub max_keys_per_bucket: usize,
     /// Events sent to one peer in one request (default 256).
     pub batch: usize,
+    /// Zero (default): a round ends `settle` before now. Otherwise it ends
+    /// this far *after* now, settle ignored: a node catching up covers the
+    /// keys dated ahead that its storage accepts too.
+    pub ahead: Duration,
 }
 
 impl Default for RepairOptions {
@@ -402,6 +406,7 @@ impl Default for RepairOptions {
             max_events_per_round: 100_000,
             max_keys_per_bucket: 1_000_000,
             batch: 256,
+            ahead: Duration::ZERO,
         }
     }
 }
@@ -602,7 +607,11 @@ impl Coordinator {
         let policy = self.options().policy();
         let read_timeout = self.options().read_timeout;
         let bucket_ms = (opts.bucket.as_millis() as u64).max(1);
-        let to_ms = now_ms.saturating_sub(opts.settle.as_millis() as u64);
+        let to_ms = if opts.ahead.is_zero() {
+            now_ms.saturating_sub(opts.settle.as_millis() as u64)
+        } else {
+            now_ms.saturating_add(opts.ahead.as_millis() as u64)
+        };
         let from_ms = to_ms.saturating_sub(opts.lookback.as_millis() as u64);
         // Whole cells of the digest index: the members answer from memory.
         let from_ms = from_ms.div_ceil(CELL_MS) * CELL_MS;
@@ -928,7 +937,9 @@ impl Coordinator {
                     match got {
                         Ok(Some(event)) => {
                             let len = event.len() as u64;
-                            match storage.put(key, event).await {
+                            // Read from a holder: the guard need not ask
+                            // the members again (see `fresh.rs`).
+                            match self.inner.guard.put_held(key, event).await {
                                 Ok(PutStatus::Stored) => {
                                     report.repaired += 1;
                                     report.fetched += 1;

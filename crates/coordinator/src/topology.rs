@@ -187,6 +187,16 @@ pub enum TopologyError {
         /// The shared tag.
         tag: u16,
     },
+    /// The peer's id has the origin tag of a member removed for good: its
+    /// keys are decided by another member now, and a new node with that tag
+    /// would take them over. Choose another id.
+    #[error("node id {peer} has the origin tag {tag:#06x} of a removed member; choose another id")]
+    RetiredOriginTag {
+        /// The peer being added.
+        peer: NodeId,
+        /// Its tag.
+        tag: u16,
+    },
 }
 
 /// The local node and its known peers. Cheap to clone via `Arc`; the coordinator
@@ -284,6 +294,9 @@ impl Topology {
             return Err(TopologyError::SelfPeer(peer.id));
         }
         let tag = origin_tag(peer.id.as_str());
+        if self.retired.contains(&tag) && !self.peers.contains_key(&peer.id) {
+            return Err(TopologyError::RetiredOriginTag { peer: peer.id, tag });
+        }
         if let Some(other) = self
             .members()
             .find(|m| **m != peer.id && origin_tag(m.as_str()) == tag)
@@ -618,6 +631,14 @@ mod tests {
         assert!(!retired.retire(&"joiner".into()));
         let d = retired.decider(&made).expect("decided after retirement");
         assert!(retired.decides_client_keys(&d) && d != "joiner".into());
+        // Every key of the tag has that one decider (write and repair alike).
+        assert_eq!(retired.tag_decider(origin_tag("joiner")), d);
+        assert_eq!(retired.repair_decider(&made), Some(d));
+        // A new member with the removed one's tag would take its keys over.
+        assert!(matches!(
+            retired.add_peer(peer("joiner", Locality::LocalZone)),
+            Err(TopologyError::RetiredOriginTag { .. })
+        ));
         // Dropping a peer forgets its marks.
         assert!(t.drop_peer(&"b".into()));
         assert!(!t.is_down(&"b".into()));

@@ -128,6 +128,11 @@ async fn a_catching_up_decider_refuses_keys_it_lacks_and_its_not_found_does_not_
     assert!(!a.catch_up().member_progress(&"x".into(), Some((4, 4))));
     assert!(!a.catch_up().member_progress(&"x".into(), Some((5, 4))));
     assert!(a.catch_up().member_progress(&"x".into(), Some((6, 5))));
+    // A member that restarted counts from 0 again: waited for until a round
+    // of its new run settled, not until it passes its old count.
+    assert!(!a.catch_up().member_progress(&"y".into(), Some((900, 900))));
+    assert!(!a.catch_up().member_progress(&"y".into(), Some((1, 0))));
+    assert!(a.catch_up().member_progress(&"y".into(), Some((3, 2))));
     // (The sim's members say nothing of their rounds: the step ends it.)
     assert_eq!(a.catch_up_step().await, CatchUpPhase::Ready);
     assert!(matches!(a.get(absent).await, ReadOutcome::NotFound { .. }));

@@ -9,10 +9,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alldata_coordinator::sim::SimNetwork;
+use alldata_coordinator::sim::{Fault, SimNetwork};
 use alldata_coordinator::{
     CommitLevel, Coordinator, EventKey, KeyGenerator, Locality, Location, MemStorage, Options,
-    PutError, PutOptions, ScanRange, Storage, StorageFault, origin_tag,
+    PutError, PutOptions, ScanRange, Storage, StorageError, StorageFault, origin_tag,
 };
 use alldata_keygen::ManualClock;
 use bytes::Bytes;
@@ -378,4 +378,39 @@ async fn the_guard_passes_quarantine_on_to_the_storage() {
     assert!(guarded.quarantine(ack.key, hash).await.unwrap());
     assert_eq!(c.storages[0].quarantined(&ack.key), Some(x()));
     assert_eq!(guarded.get(ack.key).await.unwrap(), None);
+}
+
+/// A client that retries at once after a failed append (its local write
+/// failed; the peer copies may still be on their way) is told to retry
+/// later while nobody holds the event yet, not to post it again, which
+/// would make it twice once the first copies land. Only after that window
+/// is "nobody holds it" a conflict (post again).
+#[tokio::test(start_paused = true)]
+async fn a_retry_while_the_first_copies_may_land_is_told_to_retry_not_to_post_again() {
+    let c = cluster(options());
+    c.storages[0].set_fault(Some(StorageFault::Error));
+    for peer in ["b", "c"] {
+        c.net.set_fault(peer, Some(Fault::Error));
+    }
+    let (key, r) = c.nodes[0]
+        .append_many_keyed(vec![x()], PutOptions::level(CommitLevel::One))
+        .await
+        .pop()
+        .unwrap();
+    assert!(matches!(r, Err(PutError::CommitNotReached { .. })), "{r:?}");
+    c.storages[0].set_fault(None);
+    for peer in ["b", "c"] {
+        c.net.set_fault(peer, None);
+    }
+    // Every member answers "not found", but the append just ended.
+    match c.nodes[0].storage().put(key, x()).await {
+        Err(StorageError::Failed(_)) => {}
+        r => panic!("{r:?}"),
+    }
+    tokio::time::sleep(options().deadline * 2).await;
+    match c.nodes[0].storage().put(key, x()).await {
+        Err(StorageError::Conflict(k)) => assert_eq!(k, key),
+        r => panic!("{r:?}"),
+    }
+    assert!(!c.storages[0].contains(&key));
 }

@@ -844,7 +844,21 @@ async fn repair_loop(
         }
         let now = now_ms();
         let mut round = options.clone();
-        if let Some(oldest) = oldest_accepted(now) {
+        if catching_up
+            && coordinator.catch_up().phase()
+                == alldata_coordinator::catch_up::CatchUpPhase::OwnKeys
+        {
+            // Until its own keys are back, a node catching up looks over
+            // every key its storage accepts, past and ahead, not only the
+            // lookback: a key it decides and does not get back would be
+            // decided anew by the next put of it.
+            round.ahead = CATCH_UP_AHEAD;
+            if let Some(oldest) = oldest_accepted(now) {
+                let window =
+                    now.saturating_add(CATCH_UP_AHEAD.as_millis() as u64) - oldest.min(now);
+                round.lookback = Duration::from_millis(window);
+            }
+        } else if let Some(oldest) = oldest_accepted(now) {
             let settle = round.settle.as_millis() as u64;
             let window = now.saturating_sub(settle).saturating_sub(oldest);
             round.lookback = round.lookback.min(Duration::from_millis(window));
@@ -877,6 +891,10 @@ async fn repair_loop(
         }
     }
 }
+
+/// How far ahead of now the rounds of a node catching up look: beyond any
+/// key a storage accepts (LevelDB: up to the end of the next day).
+const CATCH_UP_AHEAD: Duration = Duration::from_secs(2 * 24 * 3600);
 
 /// The repair rounds' counters, for `GET /metrics`.
 fn repair_counters(
