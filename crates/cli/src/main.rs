@@ -82,7 +82,8 @@ struct NodeArgs {
     #[arg(long, env = "ALLDATA_ADVERTISE_PEER")]
     advertise_peer: Option<SocketAddr>,
     /// Turn live membership off (no gossip socket; members are the --peer list).
-    #[arg(long, env = "ALLDATA_NO_GOSSIP")]
+    /// The environment variable takes 1/0, true/false, yes/no, on/off.
+    #[arg(long, env = "ALLDATA_NO_GOSSIP", value_parser = clap::builder::BoolishValueParser::new())]
     no_gossip: bool,
     /// Gossip probe period in milliseconds: a member that does not answer a
     /// probe within half of it is suspected, and declared down (no longer

@@ -351,3 +351,21 @@ async fn sigterm_shuts_down_gracefully_and_a_restart_keeps_the_data() {
         "every acknowledged event survives, in time order"
     );
 }
+
+/// Boolean switches read from the environment take the usual spellings
+/// (`ALLDATA_NO_GOSSIP=1` is not a flag error).
+#[test]
+fn a_boolean_environment_switch_takes_one_and_zero() {
+    for value in ["1", "0", "true", "off"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_alldata"))
+            .args(["node", "--id", "x", "--replication-factor", "zero"])
+            .env("ALLDATA_NO_GOSSIP", value)
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("run alldata");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(!stderr.contains("no-gossip"), "{value}: {stderr}");
+        assert!(stderr.contains("replication-factor"), "{value}: {stderr}");
+    }
+}
