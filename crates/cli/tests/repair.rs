@@ -430,3 +430,21 @@ async fn a_member_holding_other_bytes_than_the_decider_gets_them_quarantined_and
     assert_exact_bytes(&c, &acked, &[0, 1, 2]).await;
     assert_eq!(metric(&c, 0, "alldata_repair_quarantined_total").await, 1);
 }
+
+/// A fresh cluster's nodes start empty, so they catch up too; with the
+/// default 30 s repair interval that must not take an interval: a node
+/// catching up asks its members for a round now (`health?catching_up=1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_cluster_with_the_default_interval_catches_up_in_seconds() {
+    let started = Instant::now();
+    let c = Cluster::start_with(3, 3, &[]).await;
+    for i in 0..3 {
+        c.wait_caught_up(i).await;
+    }
+    let took = started.elapsed();
+    eprintln!("fresh 3-node cluster caught up {took:?} after its start");
+    assert!(
+        took < Duration::from_secs(25),
+        "caught up only after {took:?}: the members' rounds were not asked for"
+    );
+}

@@ -785,7 +785,7 @@ impl Coordinator {
             let peers: Vec<_> = topo.peers().cloned().collect();
             let calls: Vec<BoxFuture<'_, _>> = peers
                 .iter()
-                .map(|p| tokio::time::timeout(timeout, reader.health(p)).boxed())
+                .map(|p| tokio::time::timeout(timeout, reader.health_catching_up(p)).boxed())
                 .collect();
             for (peer, answer) in peers.iter().zip(futures::future::join_all(calls).await) {
                 // A member that does not answer is not live: not waited for.

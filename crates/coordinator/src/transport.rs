@@ -108,6 +108,14 @@ pub trait PeerReader: Send + Sync + 'static {
     /// What `peer` promises, when it answers.
     async fn health(&self, peer: &Peer) -> Result<PeerProfile, TransportError>;
 
+    /// [`PeerReader::health`], asked by a node catching up: `peer` starts a
+    /// repair round soon rather than at its next interval, so that the
+    /// catch-up ends in seconds (see [`crate::catch_up`]). The default asks
+    /// plain health.
+    async fn health_catching_up(&self, peer: &Peer) -> Result<PeerProfile, TransportError> {
+        self.health(peer).await
+    }
+
     /// The events `peer` stores from now on, after a replay of those with
     /// keys from `from` minus its replay margin (see [`crate::feed`]). The
     /// stream ends or fails with the connection; the caller opens it again

@@ -423,6 +423,8 @@ impl Node {
         let window = Arc::downgrade(&storage);
         // Peers' replica writes go through the coordinator's guarded storage,
         // like its own local writes: the guard keeps fast appends safe.
+        // Rings the repair loop when a member catching up asks for a round.
+        let repair_nudge = Arc::new(tokio::sync::Notify::new());
         let peer_state = PeerState::new(
             Arc::clone(coordinator.storage()),
             ServerConfig::new(config.cluster_secret.clone())
@@ -448,6 +450,10 @@ impl Node {
                     guards.catch_up().is_catching_up()
                         && guards.catch_up().guards(&guards.topology(), key)
                 }),
+                nudge_repair: {
+                    let nudge = Arc::clone(&repair_nudge);
+                    Arc::new(move || nudge.notify_one())
+                },
             }
         })
         .with_topology({
@@ -523,6 +529,7 @@ impl Node {
                 config.repair.clone(),
                 oldest,
                 config.repair_interval,
+                repair_nudge,
                 stop.subscribe(),
             ))
         });
@@ -825,6 +832,7 @@ async fn repair_loop(
     options: RepairOptions,
     oldest_accepted: impl Fn(u64) -> Option<u64> + Send + 'static,
     interval: Duration,
+    nudge: Arc<tokio::sync::Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut first = true;
@@ -838,9 +846,12 @@ async fn repair_loop(
             (false, _) => interval,
         };
         first = false;
+        // A member catching up asks for a round soon (it waits for one of
+        // ours that started after it asked).
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(wait) => {}
+            () = nudge.notified() => {}
         }
         let now = now_ms();
         let mut round = options.clone();

@@ -625,7 +625,18 @@ impl HttpTransport {
     /// Probes `peer`'s endpoint: what it promises when it answers and accepts
     /// the secret.
     pub async fn health(&self, peer: &Peer) -> Result<Profile, TransportError> {
-        let url = format!("{}{HEALTH_PATH}", base_url(&peer.address));
+        self.health_at(peer, HEALTH_PATH).await
+    }
+
+    /// [`HttpTransport::health`] asked by a node catching up: `peer` starts a
+    /// repair round soon.
+    pub async fn health_catching_up(&self, peer: &Peer) -> Result<Profile, TransportError> {
+        self.health_at(peer, alldata_peer_wire::HEALTH_CATCHING_UP_PATH)
+            .await
+    }
+
+    async fn health_at(&self, peer: &Peer, path: &str) -> Result<Profile, TransportError> {
+        let url = format!("{}{path}", base_url(&peer.address));
         match self.shared.get(&url).await? {
             (StatusCode::OK, body) => Ok(Profile::decode(&body).unwrap_or_default()),
             (status, body) => Err(status_error(status, body)),
@@ -806,14 +817,12 @@ impl PeerReader for HttpTransport {
     }
 
     async fn health(&self, peer: &Peer) -> Result<PeerProfile, TransportError> {
-        let profile = HttpTransport::health(self, peer).await?;
-        Ok(PeerProfile::new(
-            profile.durability.map(|d| d.as_str().to_owned()),
-            profile.max_event_bytes,
-        )
-        .with_repair(
-            profile.repair_rounds_started,
-            profile.repair_last_settled_round,
+        Ok(peer_profile(HttpTransport::health(self, peer).await?))
+    }
+
+    async fn health_catching_up(&self, peer: &Peer) -> Result<PeerProfile, TransportError> {
+        Ok(peer_profile(
+            HttpTransport::health_catching_up(self, peer).await?,
         ))
     }
 
@@ -840,4 +849,16 @@ impl PeerReader for HttpTransport {
     ) -> Result<Vec<(EventKey, u64)>, TransportError> {
         HttpTransport::decided_keys(self, peer, range, decider, limit).await
     }
+}
+
+/// The coordinator's view of a peer's [`Profile`].
+fn peer_profile(profile: Profile) -> PeerProfile {
+    PeerProfile::new(
+        profile.durability.map(|d| d.as_str().to_owned()),
+        profile.max_event_bytes,
+    )
+    .with_repair(
+        profile.repair_rounds_started,
+        profile.repair_last_settled_round,
+    )
 }

@@ -211,6 +211,15 @@ pub struct NodeHooks {
     /// Whether a replica write of this key must be refused when the key is
     /// absent here (this node decides it and is catching up).
     pub guards: Arc<dyn Fn(&EventKey) -> bool + Send + Sync>,
+    /// Asks the node to start a repair round soon: a member catching up
+    /// asked (`GET /peer/v1/health?catching_up=1`).
+    pub nudge_repair: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// `GET /peer/v1/health?catching_up=1`.
+#[derive(Debug, serde::Deserialize)]
+struct HealthQuery {
+    catching_up: Option<String>,
 }
 
 /// Hands the repair routes the node's current member list (the decider
@@ -535,14 +544,23 @@ async fn get_event(
     }
 }
 
-async fn health(State(state): State<PeerState>, headers: HeaderMap) -> Result<String, PeerError> {
+async fn health(
+    State(state): State<PeerState>,
+    headers: HeaderMap,
+    Query(query): Query<HealthQuery>,
+) -> Result<String, PeerError> {
     state.authorize(&headers)?;
     let mut profile = state.inner.config.profile();
-    if let Some(node) = &state.inner.node
-        && let Some((started, complete)) = (node.repair_progress)()
-    {
-        profile.repair_rounds_started = Some(started);
-        profile.repair_last_settled_round = Some(complete);
+    if let Some(node) = &state.inner.node {
+        // A member catching up waits for a round of ours that started
+        // after it asked: start one soon rather than at the next interval.
+        if query.catching_up.is_some() {
+            (node.nudge_repair)();
+        }
+        if let Some((started, complete)) = (node.repair_progress)() {
+            profile.repair_rounds_started = Some(started);
+            profile.repair_last_settled_round = Some(complete);
+        }
     }
     Ok(profile.encode())
 }

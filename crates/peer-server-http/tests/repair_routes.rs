@@ -143,13 +143,18 @@ async fn a_node_catching_up_is_not_a_holder_and_refuses_decider_writes_it_cannot
     let held = KeyGenerator::new().generate();
     storage.put(held, Bytes::from_static(b"{}")).await.unwrap();
     let catching = Arc::new(AtomicBool::new(true));
+    let nudged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let hooks = {
         let (a, b) = (Arc::clone(&catching), Arc::clone(&catching));
+        let n = Arc::clone(&nudged);
         NodeHooks {
             repair_progress: Arc::new(|| Some((3, 2))),
             catching_up: Arc::new(move || a.load(Ordering::SeqCst)),
             // Every client key is decided here, in this test.
             guards: Arc::new(move |k| b.load(Ordering::SeqCst) && k.origin().is_none()),
+            nudge_repair: Arc::new(move || {
+                n.fetch_add(1, Ordering::SeqCst);
+            }),
         }
     };
     let state = PeerState::new(storage.clone(), ServerConfig::new(SECRET)).with_node(hooks);
@@ -197,6 +202,13 @@ async fn a_node_catching_up_is_not_a_holder_and_refuses_decider_writes_it_cannot
         ),
         (Some(3), Some(2))
     );
+    // Plain health asks for no round; a member catching up does.
+    assert_eq!(nudged.load(Ordering::SeqCst), 0);
+    let profile = PeerReader::health_catching_up(&client, &peer)
+        .await
+        .unwrap();
+    assert_eq!(profile.repair_rounds_started, Some(3));
+    assert_eq!(nudged.load(Ordering::SeqCst), 1);
     catching.store(false, Ordering::SeqCst);
     assert_eq!(PeerReader::get(&client, &peer, absent).await.unwrap(), None);
     assert_eq!(

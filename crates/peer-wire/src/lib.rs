@@ -279,6 +279,10 @@ pub fn tail_path(from: EventKey) -> String {
 pub const EVENTS_PATH: &str = "/peer/v1/events";
 /// The path of the health route.
 pub const HEALTH_PATH: &str = "/peer/v1/health";
+
+/// [`HEALTH_PATH`] asked by a node catching up: the answering node starts a
+/// repair round soon.
+pub const HEALTH_CATCHING_UP_PATH: &str = "/peer/v1/health?catching_up=1";
 /// The path of the streamed scan route (`?from=KEY&to=KEY`).
 pub const SCAN_PATH: &str = "/peer/v1/scan";
 /// The route pattern of a single-event read, as axum 0.8 spells it.
