@@ -757,7 +757,13 @@ impl Coordinator {
         report.complete = report.settled && report.unreachable.is_empty();
         self.repair_stats().record(&report, now_ms, seq);
         self.catch_up().add_restored(report.fetched);
-        if report.complete {
+        // For the catch-up, a settled round that every member but fewer
+        // than RF - 1 answered will do: an event acknowledged with RF copies
+        // has RF - 1 holders besides this node, so one of them answered. (A
+        // member gone for good, e.g. after its goodbye, must not hold a
+        // catch-up forever.)
+        let enough = report.settled && report.unreachable.len() + 1 < rf;
+        if report.complete || enough {
             self.catch_up()
                 .own_round_complete(to_ms, opts.settle.as_millis() as u64);
         }
