@@ -371,10 +371,14 @@ async fn main() -> anyhow::Result<()> {
             EventKey::max_for_ms(alldata::keygen::MAX_TIMESTAMP_MS)
         ))
         .send()
-        .await?
-        .error_for_status()?
-        .bytes()
         .await?;
+    let status = parquet.status();
+    let parquet = parquet.bytes().await?;
+    anyhow::ensure!(
+        status.is_success(),
+        "the export from n1 answered {status}: {}",
+        String::from_utf8_lossy(&parquet)
+    );
     let exported = read_parquet_keys(parquet.clone())?;
     println!(
         "Batch layer: the Parquet export from n1 ({} bytes) holds {} rows; {} of the {} acknowledged events, none twice.",

@@ -437,7 +437,7 @@ async fn a_member_holding_other_bytes_than_the_decider_gets_them_quarantined_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_cluster_with_the_default_interval_catches_up_in_seconds() {
     let started = Instant::now();
-    let c = Cluster::start_with(3, 3, &[]).await;
+    let mut c = Cluster::start_with(3, 3, &[]).await;
     for i in 0..3 {
         c.wait_caught_up(i).await;
     }
@@ -447,4 +447,8 @@ async fn a_fresh_cluster_with_the_default_interval_catches_up_in_seconds() {
         took < Duration::from_secs(25),
         "caught up only after {took:?}: the members' rounds were not asked for"
     );
+    // A node joining by seed under an id the cluster never had is new, not
+    // a replaced disk: it does not catch up at all.
+    let j = c.add_joiner(0, &[]).await;
+    assert_eq!(health(&c, j).await["catching_up"], false);
 }

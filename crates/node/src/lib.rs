@@ -352,7 +352,13 @@ impl Node {
             futures::StreamExt::next(&mut storage.scan(alldata_coordinator::ScanRange::all(), 1))
                 .await
                 .is_none();
-        if empty && (!config.peers.is_empty() || joined.is_some()) {
+        // A node joining by seed under an id the cluster never had is new, not
+        // replaced: nothing to catch up on.
+        let known_before = match &joined {
+            Some(list) => list.knows(&config.id),
+            None => !config.peers.is_empty(),
+        };
+        if empty && known_before {
             if config.repair_interval.is_zero() {
                 tracing::warn!(
                     "the storage is empty and repair is disabled: this node will not catch up on what it held before"

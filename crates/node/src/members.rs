@@ -65,6 +65,14 @@ pub(crate) struct MemberList {
 }
 
 impl MemberList {
+    /// Whether `id` is in the list (a member, a client-key decider or a
+    /// removed one): a node joining under it was a member before.
+    pub(crate) fn knows(&self, id: &str) -> bool {
+        self.members.iter().any(|m| m.id == id)
+            || self.deciders.iter().any(|d| d.id == id)
+            || self.removed.iter().any(|r| r == id)
+    }
+
     /// The ids of members listed as down or left.
     pub(crate) fn down_members(&self) -> impl Iterator<Item = &str> {
         self.members
