@@ -452,3 +452,31 @@ async fn a_fresh_cluster_with_the_default_interval_catches_up_in_seconds() {
     let j = c.add_joiner(0, &[]).await;
     assert_eq!(health(&c, j).await["catching_up"], false);
 }
+
+/// A restarted node fills its digest index once its members are known, so
+/// client keys (indexed per decider) are answered from memory too: rounds
+/// after the restart read no event from storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_client_key_digests_come_from_memory() {
+    let mut c = Cluster::start_with(3, 3, REPAIR).await;
+    for i in 0..20 {
+        let key = alldata_coordinator::KeyGenerator::new()
+            .generate()
+            .to_string();
+        let (status, answer) = c.put(0, &key, "all", &format!(r#"{{"client":{i}}}"#)).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    c.kill(1);
+    c.spawn(1);
+    c.wait_healthy(1).await;
+    c.wait_caught_up(1).await;
+    let rounds = metric(&c, 0, "alldata_repair_rounds_total").await;
+    while metric(&c, 0, "alldata_repair_rounds_total").await < rounds + 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&c, 1, "alldata_repair_digest_cached_cells_total").await > 0);
+    assert_eq!(
+        metric(&c, 1, "alldata_repair_digest_scanned_events_total").await,
+        0
+    );
+}

@@ -235,23 +235,12 @@ impl Node {
         };
         let storage = Arc::new(storage);
         // Repair digests in memory: every key stored through the wrapper is
-        // added to its cell; one scan of the lookback fills the index before
-        // anything is written.
+        // added to its cell (the index is filled below, once the members are
+        // known).
         let digest_index = DigestIndex::new(
             config.repair.lookback + config.repair.settle + Duration::from_secs(60),
         );
         let indexed: Arc<dyn Storage> = digest_index.wrap(storage.clone());
-        let started = std::time::Instant::now();
-        match digest_index.build(storage.as_ref(), now_ms()).await {
-            Ok(events) => tracing::info!(
-                events,
-                took_ms = started.elapsed().as_millis() as u64,
-                "repair digest index built"
-            ),
-            Err(error) => {
-                tracing::warn!(%error, "repair digest index not built; digests are computed by scans")
-            }
-        }
         // Every event stored through this wrapper (local writes and peers'
         // replica writes) is published on the live feed `GET /events/tail`
         // and peers' tails read.
@@ -380,6 +369,20 @@ impl Node {
                     peer: p.to_string(),
                     source,
                 })?;
+        }
+        // One scan of the lookback fills the digest index, once the members
+        // are known (client keys are indexed per decider) and before
+        // anything is served or written.
+        let started = std::time::Instant::now();
+        match digest_index.build(storage.as_ref(), now_ms()).await {
+            Ok(events) => tracing::info!(
+                events,
+                took_ms = started.elapsed().as_millis() as u64,
+                "repair digest index built"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "repair digest index not built; digests are computed by scans")
+            }
         }
 
         let cluster = Arc::new(members::Cluster::new(
