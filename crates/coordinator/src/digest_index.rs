@@ -235,6 +235,12 @@ impl DigestIndex {
         })
     }
 
+    /// The cells held now (one per second of key time with writes, within
+    /// the horizon): what the index costs in memory.
+    pub fn cell_count(&self) -> usize {
+        self.lock().cells.len()
+    }
+
     /// Gives the index the node's member list (client keys' deciders follow
     /// it). Set once; later calls are ignored. Without it client keys are
     /// answered by scans.
@@ -313,6 +319,11 @@ impl DigestIndex {
     fn begin<'a>(&'a self, keys: impl Iterator<Item = &'a EventKey>) -> WriteGuard<'a> {
         let mut cells: Vec<u64> = Vec::new();
         let mut s = self.lock();
+        // Cells leave the window here too, not only when digests are asked
+        // for: with repair off everywhere nobody asks, and memory would grow.
+        if s.ready {
+            self.prune(&mut s);
+        }
         for key in keys {
             let cell = cell_of(key.timestamp_ms());
             if !s.building {

@@ -332,3 +332,25 @@ async fn a_write_before_the_build_makes_the_index_answer_by_scans() {
         .unwrap();
     assert_eq!(got.iter().map(|b| b.digest.count).sum::<u64>(), 1);
 }
+
+/// Cells older than the horizon leave on writes too, so the index stays
+/// bounded when nobody asks for digests (repair off everywhere).
+#[tokio::test]
+async fn cells_leave_the_window_on_writes_without_digest_requests() {
+    let raw = Arc::new(MemStorage::new());
+    let index = DigestIndex::new(Duration::from_secs(1));
+    index.build(raw.as_ref(), now_ms()).await.unwrap();
+    let storage = index.wrap(raw.clone());
+    let keys = alldata_coordinator::KeyGenerator::new().with_origin(7);
+    storage
+        .put(keys.generate(), Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    assert_eq!(index.cell_count(), 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    storage
+        .put(keys.generate(), Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    assert_eq!(index.cell_count(), 1, "the old second left the window");
+}
