@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use alldata_keygen::EventKey;
+use alldata_keygen::{Clock, EventKey, SystemClock};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -211,9 +211,7 @@ fn cell_of(ms: u64) -> u64 {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemClock.now_ms()
 }
 
 fn cell_range(cell: u64) -> ScanRange {

@@ -776,9 +776,7 @@ impl Coordinator {
     /// round that started after this node first asked. Call after each round
     /// while [`CatchUp::is_catching_up`](crate::catch_up::CatchUp::is_catching_up).
     pub async fn catch_up_step(&self) -> crate::catch_up::CatchUpPhase {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = alldata_keygen::Clock::now_ms(&alldata_keygen::SystemClock);
         if self.catch_up().phase() != crate::catch_up::CatchUpPhase::Members
             || !self.catch_up().members_askable(now_ms)
         {

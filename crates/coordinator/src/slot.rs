@@ -142,32 +142,20 @@ impl Slot {
         key: EventKey,
         event: Bytes,
         chosen: Chosen,
-        mut tracker: Tracker,
+        tracker: Tracker,
         decider: NodeId,
         targets: Vec<NodeId>,
         report: oneshot::Sender<ReplicationReport>,
     ) -> Self {
-        for _ in &targets {
-            tracker.started();
+        // `new` counts the decider's write; the others start with it.
+        let mut slot = Self::new(key, event, chosen, tracker, decider, Vec::new(), report);
+        for _ in 1..targets.len() {
+            slot.tracker.started();
         }
-        Self {
-            key,
-            event,
-            chosen,
-            tracker,
-            writes: Writes {
-                attempts: targets.len(),
-                pending: targets,
-                ..Writes::default()
-            },
-            phase: Phase::Running(report),
-            decider,
-            deferred: Vec::new(),
-            decided: false,
-            blocked: false,
-            decider_acked: false,
-            fast: true,
-        }
+        slot.writes.attempts = targets.len();
+        slot.writes.pending = targets;
+        slot.fast = true;
+        slot
     }
 
     /// Whether `node`'s result is a fast event's decider write ending (its
