@@ -104,13 +104,13 @@ async fn a_node_started_with_only_a_seed_is_known_everywhere_and_receives_replic
     })
     .await;
     println!("killed n3 declared down after {took:?}");
-    let replacements = metric(&c, 0, "alldata_coordinator_replacements_total").await;
+    let replacements = c.metric(0, "alldata_coordinator_replacements_total").await;
     for i in 0..40 {
         let (status, answer) = c.post(0, "all", &format!(r#"{{"after":{i}}}"#)).await;
         assert_eq!(status, 201, "{answer}");
     }
     assert_eq!(
-        metric(&c, 0, "alldata_coordinator_replacements_total").await,
+        c.metric(0, "alldata_coordinator_replacements_total").await,
         replacements,
         "a replica write was still aimed at the down node"
     );
@@ -135,13 +135,6 @@ async fn a_node_started_with_only_a_seed_is_known_everywhere_and_receives_replic
         },
     )
     .await;
-}
-
-async fn metric(c: &Cluster, i: usize, name: &str) -> u64 {
-    let (_, text) = c.get_text(i, "/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,13 +73,6 @@ async fn assert_exact_bytes(c: &Cluster, acked: &BTreeMap<String, String>, nodes
     }
 }
 
-async fn metric(c: &Cluster, i: usize, name: &str) -> u64 {
-    let (_, text) = c.get_text(i, "/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_written_while_a_node_was_down_reach_it_after_its_restart() {
     let mut c = Cluster::start_with(3, 3, REPAIR).await;
@@ -95,12 +88,12 @@ async fn events_written_while_a_node_was_down_reach_it_after_its_restart() {
     let repaired: u64 = {
         let mut sum = 0;
         for i in 0..3 {
-            sum += metric(&c, i, "alldata_repair_events_total").await;
+            sum += c.metric(i, "alldata_repair_events_total").await;
         }
         sum
     };
     assert_eq!(repaired, 200, "one copy per event, none twice");
-    assert!(metric(&c, 0, "alldata_repair_rounds_total").await > 0);
+    assert!(c.metric(0, "alldata_repair_rounds_total").await > 0);
     // /health says when the last complete round ran.
     let start = Instant::now();
     loop {
@@ -223,7 +216,7 @@ async fn measure_repair_bytes_in_sync_and_backlog_convergence() {
     loop {
         repaired = 0;
         for i in 0..3 {
-            repaired += metric(&c, i, "alldata_repair_events_total").await;
+            repaired += c.metric(i, "alldata_repair_events_total").await;
         }
         if repaired >= n as u64 {
             break;
@@ -247,10 +240,10 @@ async fn measure_repair_bytes_in_sync_and_backlog_convergence() {
 /// Node n1's repair protocol bytes, requests, rounds and mismatches.
 async fn repair_totals(c: &Cluster) -> (u64, u64, u64, u64) {
     (
-        metric(c, 0, "alldata_repair_protocol_bytes_total").await,
-        metric(c, 0, "alldata_repair_protocol_requests_total").await,
-        metric(c, 0, "alldata_repair_rounds_total").await,
-        metric(c, 0, "alldata_repair_mismatches_total").await,
+        c.metric(0, "alldata_repair_protocol_bytes_total").await,
+        c.metric(0, "alldata_repair_protocol_requests_total").await,
+        c.metric(0, "alldata_repair_rounds_total").await,
+        c.metric(0, "alldata_repair_mismatches_total").await,
     )
 }
 
@@ -286,7 +279,7 @@ async fn a_node_replaced_with_an_empty_disk_catches_up_before_deciding_or_answer
     let h = health(&c, 0).await;
     assert_eq!(h["status"], "catching_up", "{h}");
     assert_eq!(h["catching_up"], true);
-    assert_eq!(metric(&c, 0, "alldata_catching_up").await, 1);
+    assert_eq!(c.metric(0, "alldata_catching_up").await, 1);
 
     // Other bytes for keys it may have decided: never accepted; 503
     // catching_up where n1 decides and lacks the key, 409 elsewhere.
@@ -330,7 +323,7 @@ async fn a_node_replaced_with_an_empty_disk_catches_up_before_deciding_or_answer
     let keys = c.local_keys(0).await;
     assert_eq!(keys.len(), acked.len(), "n1 holds every acknowledged event");
     assert_exact_bytes(&c, &acked, &[0]).await;
-    assert_eq!(metric(&c, 0, "alldata_catching_up").await, 0);
+    assert_eq!(c.metric(0, "alldata_catching_up").await, 0);
     assert_eq!(health(&c, 0).await["status"], "ok");
     let (status, _) = c.get_text(1, &format!("/events/{absent}")).await;
     assert_eq!(status, 404);
@@ -375,22 +368,28 @@ async fn rounds_in_sync_answer_digests_from_memory_without_reading_events() {
     let mut before = Vec::new();
     for i in 0..3 {
         before.push((
-            metric(&c, i, "alldata_repair_rounds_total").await,
-            metric(&c, i, "alldata_repair_digest_cached_cells_total").await,
+            c.metric(i, "alldata_repair_rounds_total").await,
+            c.metric(i, "alldata_repair_digest_cached_cells_total")
+                .await,
         ));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (i, (rounds, cells)) in before.into_iter().enumerate() {
-        assert!(metric(&c, i, "alldata_repair_rounds_total").await >= rounds + 2);
-        assert!(metric(&c, i, "alldata_repair_digest_cached_cells_total").await > cells);
+        assert!(c.metric(i, "alldata_repair_rounds_total").await >= rounds + 2);
+        assert!(
+            c.metric(i, "alldata_repair_digest_cached_cells_total")
+                .await
+                > cells
+        );
         // Every digest (a node's own and its peers') came from memory: not
         // one event read for them since the start.
         assert_eq!(
-            metric(&c, i, "alldata_repair_digest_scanned_events_total").await,
+            c.metric(i, "alldata_repair_digest_scanned_events_total")
+                .await,
             0,
             "node {i}"
         );
-        assert_eq!(metric(&c, i, "alldata_repair_mismatches_total").await, 0);
+        assert_eq!(c.metric(i, "alldata_repair_mismatches_total").await, 0);
     }
 }
 
@@ -428,7 +427,7 @@ async fn a_member_holding_other_bytes_than_the_decider_gets_them_quarantined_and
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_exact_bytes(&c, &acked, &[0, 1, 2]).await;
-    assert_eq!(metric(&c, 0, "alldata_repair_quarantined_total").await, 1);
+    assert_eq!(c.metric(0, "alldata_repair_quarantined_total").await, 1);
 }
 
 /// A fresh cluster's nodes start empty, so they catch up too; with the
@@ -472,17 +471,22 @@ async fn after_a_restart_client_key_digests_come_from_memory() {
     c.wait_caught_up(1).await;
     // The others' rounds (and its own) ask it for digests.
     let start = Instant::now();
-    while metric(&c, 1, "alldata_repair_digest_cached_cells_total").await == 0 {
+    while c
+        .metric(1, "alldata_repair_digest_cached_cells_total")
+        .await
+        == 0
+    {
         assert!(start.elapsed() < BOUND, "no digest answered from memory");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let rounds = metric(&c, 1, "alldata_repair_rounds_total").await;
-    while metric(&c, 1, "alldata_repair_rounds_total").await < rounds + 3 {
+    let rounds = c.metric(1, "alldata_repair_rounds_total").await;
+    while c.metric(1, "alldata_repair_rounds_total").await < rounds + 3 {
         assert!(start.elapsed() < BOUND, "no repair rounds");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        metric(&c, 1, "alldata_repair_digest_scanned_events_total").await,
+        c.metric(1, "alldata_repair_digest_scanned_events_total")
+            .await,
         0
     );
 }

@@ -2,6 +2,8 @@
 //! decides and may have lost are refused, its "not found" does not count, and
 //! it ends after its own complete round and every member's.
 
+mod common;
+
 use std::time::Duration;
 
 use alldata_coordinator::catch_up::CatchUpPhase;
@@ -13,12 +15,7 @@ use alldata_coordinator::{
 };
 use bytes::Bytes;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use common::now_ms;
 
 fn node(net: &SimNetwork, id: &str, ids: &[&str]) -> Coordinator {
     let options = Options {

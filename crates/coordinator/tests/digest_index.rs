@@ -2,6 +2,8 @@
 //! writes, restarts, member changes, cancelled writes), and answered without
 //! reading events when nothing changed.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,20 +23,10 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 fn seed() -> u64 {
-    let seed = std::env::var("SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0xd1_6e57);
-    eprintln!("digest index seed {seed} (replay with SIM_SEED={seed})");
-    seed
+    common::seed_for("digest index", 0xd1_6e57)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use common::now_ms;
 
 fn topology(members: &[&str]) -> Arc<Topology> {
     let mut t = Topology::new(members[0].into(), Location::default());

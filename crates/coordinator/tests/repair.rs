@@ -1,6 +1,8 @@
 //! Anti-entropy repair: the digest arithmetic, the plan of one bucket, and
 //! rounds over a simulated cluster with nodes down, partitioned and wiped.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -18,20 +20,10 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 fn seed() -> u64 {
-    let seed = std::env::var("SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x7e9a1);
-    eprintln!("repair seed {seed} (replay with SIM_SEED={seed})");
-    seed
+    common::seed_for("repair", 0x7e9a1)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use common::now_ms;
 
 /// Rounds over everything written so far, without pacing.
 fn round_opts() -> RepairOptions {

@@ -313,6 +313,14 @@ impl Cluster {
     }
 
     /// `GET path` at node `i`: status and the whole body as text.
+    /// The value of metric `name` on node `i` (panics when it is absent).
+    pub async fn metric(&self, i: usize, name: &str) -> u64 {
+        let (_, text) = self.get_text(i, "/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
     pub async fn get_text(&self, i: usize, path: &str) -> (u16, String) {
         let r = self
             .client

@@ -41,12 +41,26 @@ pub fn opts(rf: usize, zone: usize, region: usize) -> Options {
 /// The seed for placement randomness: `SIM_SEED` if set, else fixed. Printed
 /// so a failure can be replayed.
 pub fn seed() -> u64 {
+    seed_for("placement", 0x5eed)
+}
+
+/// The seed of `what`: `SIM_SEED` if set, else `default`. Printed so a
+/// failure can be replayed.
+pub fn seed_for(what: &str, default: u64) -> u64 {
     let seed = std::env::var("SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed);
-    eprintln!("placement seed {seed} (replay with SIM_SEED={seed})");
+        .unwrap_or(default);
+    eprintln!("{what} seed {seed} (replay with SIM_SEED={seed})");
     seed
+}
+
+/// Unix time now, in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A coordinator on "local" (region "r0", zone "z0") with the given peers.
