@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use alldata_peer_wire::{MEMBERS_PATH, member_path};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
@@ -90,7 +91,7 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Members { target, json } => {
             let body = send(
                 client()?
-                    .get(target.url("/peer/v1/members"))
+                    .get(target.url(MEMBERS_PATH))
                     .bearer_auth(target.secret()?),
                 "members",
             )
@@ -115,19 +116,6 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// `/peer/v1/members/{id}`, the id percent-encoded.
-fn member_path(id: &str) -> String {
-    let mut path = String::from("/peer/v1/members/");
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            path.push(char::from(b));
-        } else {
-            path.push_str(&format!("%{b:02X}"));
-        }
-    }
-    path
 }
 
 /// The member list as a table, then the removed ids.
