@@ -214,6 +214,12 @@ impl std::fmt::Debug for FeedStorage {
 
 impl FeedStorage {
     fn publish(&self, key: EventKey, event: Bytes) {
+        // Nobody to tell: a subscriber that comes later replays from the
+        // storage (this write is complete) or starts from now. Checked first,
+        // so that a node without tails copies nothing.
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
         // A copy: the bytes may be a slice of a much larger request body,
         // which the ring must not keep alive.
         let kept = (event.len() <= FEED_INLINE_BYTES).then(|| Bytes::copy_from_slice(&event));
@@ -287,6 +293,23 @@ mod tests {
         drop(storage);
         drop(feed);
         assert_eq!(tail.next().await, None, "the feed is gone");
+    }
+
+    #[tokio::test]
+    async fn events_stored_while_nobody_listens_come_back_by_replay_only() {
+        // With no subscriber the feed publishes (and copies) nothing; a
+        // later subscriber gets such an event from its replay, not live.
+        let (storage, feed) = Feed::wrap(Arc::new(MemStorage::new()), 16);
+        let keys = KeyGenerator::new();
+        let (quiet, heard) = (keys.generate(), keys.generate());
+        storage.put(quiet, ev("quiet")).await.unwrap();
+        let mut live = feed.subscribe(None);
+        let mut resumed = feed.subscribe(Some(quiet));
+        storage.put(heard, ev("heard")).await.unwrap();
+        assert_eq!(live.next().await, Some(Ok((heard, ev("heard")))));
+        assert_eq!(resumed.next().await, Some(Ok((quiet, ev("quiet")))));
+        // From its scan or live (or both): either way `heard` comes next.
+        assert_eq!(resumed.next().await, Some(Ok((heard, ev("heard")))));
     }
 
     #[tokio::test]
