@@ -127,7 +127,7 @@ impl Guarded {
             .map(|event| {
                 let key = self.keys.generate();
                 let reserve = fast && fresh.len() < self.cap;
-                if reserve {
+                if reserve && !crate::no_decider() {
                     fresh.insert(key, Fresh::Writing(event.clone()));
                 }
                 (key, event, reserve)
@@ -191,7 +191,7 @@ impl Guarded {
     }
 
     fn check(&self, key: EventKey, event: &Bytes) -> Check {
-        if key.origin() != Some(self.origin) {
+        if crate::no_decider() || key.origin() != Some(self.origin) {
             return Check::Pass;
         }
         let fresh = self.lock();

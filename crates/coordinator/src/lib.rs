@@ -112,3 +112,25 @@ pub use outcome::{
 pub use storage::{EventStream, MemStorage, PutStatus, ScanRange, Storage, StorageFault};
 pub use topology::{Category, Locality, Location, NodeId, Peer, PeerChange, TopologyError};
 pub use transport::{NoPeers, PeerEventStream, PeerProfile, PeerReader, PeerTransport};
+
+/// Whether the decider is off: only in a build with the `bench-no-decider`
+/// feature and `ALLDATA_BENCH_NO_DECIDER=1` (see `scripts/bench-decider.sh`).
+/// Without the feature this is `false` and compiles away.
+#[cfg(feature = "bench-no-decider")]
+pub(crate) fn no_decider() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| {
+        let off = std::env::var("ALLDATA_BENCH_NO_DECIDER").is_ok_and(|v| v == "1");
+        if off {
+            tracing::warn!("ALLDATA_BENCH_NO_DECIDER=1: the decider is off, write-once across the cluster is NOT kept (benchmark build)");
+        }
+        off
+    })
+}
+
+/// See the `bench-no-decider` feature.
+#[cfg(not(feature = "bench-no-decider"))]
+#[inline(always)]
+pub(crate) const fn no_decider() -> bool {
+    false
+}

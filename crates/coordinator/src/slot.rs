@@ -241,7 +241,8 @@ impl Slot {
     /// The decider's copy is among the acknowledgements of every answer
     /// that is a success.
     pub(crate) fn verdict(&self, level: CommitLevel) -> Option<AnswerResult> {
-        let verdict = match (self.tracker.verdict(), self.decider_acked, self.decided) {
+        let decider_acked = self.decider_acked || crate::no_decider();
+        let verdict = match (self.tracker.verdict(), decider_acked, self.decided) {
             (Verdict::Unreachable, _, _) => Verdict::Unreachable,
             (v, true, _) => v,
             (_, false, false) => Verdict::Pending,
