@@ -1,6 +1,7 @@
 //! Puts per second through the coordinator with an in-memory transport that
 //! does no work beyond storing into memory: the cost of placement, spawning,
-//! commit tracking and bookkeeping, at RF 1 and RF 3.
+//! commit tracking and bookkeeping, at RF 1 and RF 3. Also the hash of an
+//! event's bytes that every write computes for repair's digest index.
 
 use alldata_coordinator::sim::SimNetwork;
 use alldata_coordinator::{CommitLevel, Coordinator, Locality, Location, Options, PutOptions};
@@ -64,5 +65,15 @@ fn puts(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, puts);
+fn value_hash(c: &mut Criterion) {
+    let event = vec![b'x'; 1024];
+    let mut group = c.benchmark_group("repair_value_hash");
+    group.throughput(Throughput::Bytes(event.len() as u64));
+    group.bench_function("1KiB", |b| {
+        b.iter(|| alldata_coordinator::repair::value_hash(std::hint::black_box(&event)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, puts, value_hash);
 criterion_main!(benches);
