@@ -181,7 +181,9 @@ pub(crate) fn json_response(status: StatusCode, body: impl Into<Body>) -> Respon
 }
 
 fn key_response(status: StatusCode, key: EventKey) -> Response {
-    let mut response = json_response(status, json!({ "key": key }).to_string());
+    // A key prints as a UUID (hex digits and hyphens): nothing to escape, and
+    // no JSON value tree to build per put.
+    let mut response = json_response(status, format!("{{\"key\":\"{key}\"}}"));
     if let Ok(location) = HeaderValue::from_str(&format!("/events/{key}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -591,5 +593,19 @@ mod tests {
             ]
         );
         assert!(ndjson_lines(&Bytes::new(), 0).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_key_answer_is_the_json_a_value_tree_would_print() {
+        let key = alldata_coordinator::KeyGenerator::new().generate();
+        let response = key_response(StatusCode::CREATED, key);
+        assert_eq!(
+            response.headers()[header::LOCATION],
+            format!("/events/{key}").as_str()
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(body, json!({ "key": key }).to_string().as_bytes());
     }
 }

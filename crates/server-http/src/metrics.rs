@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use alldata_coordinator::{CommitLevel, ReplicationReport, Stats};
+use alldata_coordinator::{CommitLevel, NodeId, ReplicationReport, Stats};
 
 const LEVELS: [CommitLevel; 3] = [CommitLevel::One, CommitLevel::Quorum, CommitLevel::All];
 
@@ -182,7 +182,7 @@ pub(crate) struct Metrics {
     reports_under_replicated: AtomicU64,
     reports_stopped_by_cap: AtomicU64,
     /// `(peer, outcome) -> count` of replica writes, from replication reports.
-    replica_writes: Mutex<BTreeMap<(String, &'static str), u64>>,
+    replica_writes: Mutex<BTreeMap<(NodeId, &'static str), u64>>,
     /// `status -> count` of every response.
     responses: Mutex<BTreeMap<u16, u64>>,
 }
@@ -256,10 +256,11 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         for holder in &report.holders {
-            *map.entry((holder.to_string(), "ok")).or_default() += 1;
+            // A node id is shared, not copied: no allocation per write.
+            *map.entry((holder.clone(), "ok")).or_default() += 1;
         }
         for failure in &report.failures {
-            *map.entry((failure.node.to_string(), failure.error.kind().as_str()))
+            *map.entry((failure.node.clone(), failure.error.kind().as_str()))
                 .or_default() += 1;
         }
     }
@@ -404,7 +405,7 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "alldata_replica_writes_total{{peer=\"{}\",outcome=\"{outcome}\"}} {n}",
-                escape(peer)
+                escape(peer.as_str())
             );
         }
 
