@@ -13,7 +13,7 @@ use crate::error::OptionsError;
 use crate::fresh::Guarded;
 use crate::health::{LocalHealth, PeerScores, StorageHealth};
 use crate::options::Options;
-use crate::outcome::{AtomicStats, ReplicationReport, Stats};
+use crate::outcome::{AtomicStats, ReplicationReport, ReportHook, Reports, Stats};
 use crate::storage::Storage;
 use crate::topology::{Locality, Location, NodeId, Peer, PeerChange, Topology, TopologyError};
 use crate::transport::{PeerReader, PeerTransport};
@@ -28,7 +28,7 @@ pub(crate) struct Inner {
     /// The guard in front of `storage` (the same object), which reserves the
     /// keys of fast appends (see `fresh.rs`).
     pub(crate) guard: Arc<Guarded>,
-    pub(crate) reports: broadcast::Sender<ReplicationReport>,
+    pub(crate) reports: Reports,
     pub(crate) stats: AtomicStats,
     /// Reads from peers for [`Coordinator::get`]; `None`: local reads only.
     pub(crate) reader: RwLock<Option<Arc<dyn PeerReader>>>,
@@ -83,7 +83,7 @@ impl Coordinator {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => rand::make_rng(),
         };
-        let (reports, _) = broadcast::channel(1024);
+        let reports = Reports::new(1024);
         let origin = origin_tag(local.as_str());
         let keys = Arc::new(KeyGenerator::new().with_origin(origin));
         let max_peer_reads = options.max_peer_reads;
@@ -310,6 +310,16 @@ impl Coordinator {
         self.inner.reports.subscribe()
     }
 
+    /// Calls `hook` with every put's final [`ReplicationReport`] from now on,
+    /// in the task that finished the put, for as long as the coordinator
+    /// lives. Cheaper than [`Coordinator::subscribe_reports`] (no copy, no
+    /// channel, no task to wake), so the hook must be quick and must not
+    /// block or wait: count, or update a map under a short lock. Hooks cannot
+    /// be removed; one that outlives its owner should hold it weakly.
+    pub fn on_report(&self, hook: ReportHook) {
+        self.inner.reports.add_hook(hook);
+    }
+
     /// Puts whose replica writes (including background ones) are still running;
     /// each event of a [`Coordinator::put_many`] batch counts until its own
     /// writes are done.
@@ -375,9 +385,7 @@ impl Coordinator {
     }
 
     /// What a finished event's report needs: RF, the counters, the report channel.
-    pub(crate) fn report_sinks(
-        &self,
-    ) -> (usize, &AtomicStats, &broadcast::Sender<ReplicationReport>) {
+    pub(crate) fn report_sinks(&self) -> (usize, &AtomicStats, &Reports) {
         (
             self.inner.options.replication_factor,
             &self.inner.stats,

@@ -107,7 +107,7 @@ pub use error::{
 pub use health::StorageHealth;
 pub use options::{Options, PutOptions};
 pub use outcome::{
-    Completion, PutAck, ReadFailure, ReadOutcome, ReadSource, ReplicationReport, Stats,
+    Completion, PutAck, ReadFailure, ReadOutcome, ReadSource, ReplicationReport, ReportHook, Stats,
 };
 pub use storage::{EventStream, MemStorage, PutStatus, ScanRange, Storage, StorageFault};
 pub use topology::{Category, Locality, Location, NodeId, Peer, PeerChange, TopologyError};

@@ -2,10 +2,11 @@
 //! read outcomes and counters.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use alldata_keygen::EventKey;
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::commit::CommitLevel;
 use crate::error::{ReplicaFailure, StorageError, TransportError};
@@ -80,6 +81,48 @@ pub struct Stats {
     pub replacements: u64,
     /// Puts whose writes finished with fewer than RF holders.
     pub under_replicated: u64,
+}
+
+/// Called with every finished put's [`ReplicationReport`], in the task that
+/// finished it (see [`Coordinator::on_report`](crate::Coordinator::on_report)).
+pub type ReportHook = Arc<dyn Fn(&ReplicationReport) + Send + Sync>;
+
+/// Where finished puts' reports go: the hooks, called in place, and the
+/// broadcast channel of [`Coordinator::subscribe_reports`](crate::Coordinator::subscribe_reports),
+/// sent a copy only while someone listens.
+pub(crate) struct Reports {
+    tx: broadcast::Sender<ReplicationReport>,
+    hooks: RwLock<Vec<ReportHook>>,
+}
+
+impl Reports {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            tx: broadcast::channel(capacity).0,
+            hooks: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<ReplicationReport> {
+        self.tx.subscribe()
+    }
+
+    pub(crate) fn add_hook(&self, hook: ReportHook) {
+        self.hooks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
+    }
+
+    /// Hands `report` to every hook and, when someone listens, to the channel.
+    pub(crate) fn publish(&self, report: &ReplicationReport) {
+        for hook in self.hooks.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            hook(report);
+        }
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(report.clone());
+        }
+    }
 }
 
 /// The coordinator's counters, updated lock-free by the puts.

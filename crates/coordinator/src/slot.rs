@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use alldata_keygen::EventKey;
 use bytes::Bytes;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use crate::commit::{CommitLevel, Tracker, Verdict};
 use crate::error::{PutError, ReplicaError, ReplicaFailure};
-use crate::outcome::{AtomicStats, ReplicationReport, bump};
+use crate::outcome::{AtomicStats, ReplicationReport, Reports, bump};
 use crate::placement::Chosen;
 use crate::storage::PutStatus;
 use crate::topology::{NodeId, Peer};
@@ -318,7 +318,7 @@ impl Slot {
         &mut self,
         replication_factor: usize,
         stats: &AtomicStats,
-        reports: &broadcast::Sender<ReplicationReport>,
+        reports: &Reports,
     ) -> bool {
         let done = match std::mem::replace(&mut self.phase, Phase::Finished) {
             Phase::Running(tx) | Phase::Answered(tx) => tx,
@@ -345,9 +345,7 @@ impl Slot {
         } else {
             tracing::trace!(key = %self.key, "event fully replicated");
         }
-        if reports.receiver_count() > 0 {
-            let _ = reports.send(report.clone());
-        }
+        reports.publish(&report);
         let _ = done.send(report);
         true
     }

@@ -185,6 +185,11 @@ async fn d6_failures_after_the_ack_are_replaced_and_reported() {
         Some(Fault::DelayedError(Duration::from_millis(100))),
     );
     let mut reports = n.coord.subscribe_reports();
+    let hooked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&hooked);
+    n.coord.on_report(std::sync::Arc::new(move |r| {
+        sink.lock().unwrap().push(r.clone())
+    }));
     let ack = n
         .coord
         .append_with(event(), PutOptions::level(CommitLevel::Quorum))
@@ -201,6 +206,11 @@ async fn d6_failures_after_the_ack_are_replaced_and_reported() {
         reports.recv().await.unwrap(),
         report,
         "the report is also broadcast"
+    );
+    assert_eq!(
+        *hooked.lock().unwrap(),
+        [report],
+        "the report reached the hook, once"
     );
     assert!(n.net.holders(&ack.key).len() == 3);
 }

@@ -6,7 +6,6 @@ use alldata_coordinator::{Coordinator, NodeId, ReplicationReport};
 use alldata_http_serve::ConnectionStats;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::sync::broadcast;
 
 use crate::config::ApiConfig;
 use crate::metrics::Counter;
@@ -52,14 +51,12 @@ impl ApiState {
     /// [`PeerReader`](alldata_coordinator::PeerReader); the health probe uses
     /// the same reader.
     ///
-    /// Called inside a tokio runtime, this spawns two cheap background tasks:
-    /// one follows the coordinator's replication reports (per-peer health,
-    /// replica-write and under-replication metrics) and ends when the
-    /// coordinator is dropped; the other probes peers every
-    /// [`ApiConfig::health_probe_interval`] (only when the coordinator has a
-    /// peer reader) and ends when
-    /// the state is dropped. Outside a runtime no task is spawned and health
-    /// comes only from reads.
+    /// The state counts every put's replication report (per-peer health,
+    /// replica-write and under-replication metrics) through a hook on the
+    /// coordinator ([`Coordinator::on_report`]). Called inside a tokio
+    /// runtime, it also spawns a cheap background task that probes peers
+    /// every [`ApiConfig::health_probe_interval`] (only when the coordinator
+    /// has a peer reader) and ends when the state is dropped.
     pub fn new(coordinator: Coordinator, config: ApiConfig) -> Self {
         let metrics = Arc::new(Metrics::default());
         let health = Arc::new(PeerHealth::default());
@@ -72,15 +69,20 @@ impl ApiState {
             tail_subscribers: Arc::default(),
             exports: Arc::default(),
         });
+        // Reports are counted in the task that finished the put (a hook, not
+        // a channel and a task to wake per put); held weakly, so a dropped
+        // state costs the coordinator nothing but the upgrade.
+        let local = inner.coordinator.topology().local().clone();
+        let (metrics, health) = (
+            Arc::downgrade(&inner.metrics),
+            Arc::downgrade(&inner.health),
+        );
+        inner.coordinator.on_report(Arc::new(move |report| {
+            if let (Some(metrics), Some(health)) = (metrics.upgrade(), health.upgrade()) {
+                record_report(report, &local, &metrics, &health);
+            }
+        }));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let reports = inner.coordinator.subscribe_reports();
-            let local = inner.coordinator.topology().local().clone();
-            runtime.spawn(follow_reports(
-                reports,
-                local,
-                Arc::clone(&inner.metrics),
-                Arc::clone(&inner.health),
-            ));
             if let (Some(_), Some(interval)) = (
                 inner.coordinator.peer_reader(),
                 inner.config.health_probe_interval,
@@ -158,32 +160,22 @@ impl ApiState {
     }
 }
 
-/// Follows the coordinator's replication reports until the coordinator is gone.
-async fn follow_reports(
-    mut reports: broadcast::Receiver<ReplicationReport>,
-    local: NodeId,
-    metrics: Arc<Metrics>,
-    health: Arc<PeerHealth>,
+/// Counts one finished put's report in the metrics and the peers' health.
+fn record_report(
+    report: &ReplicationReport,
+    local: &NodeId,
+    metrics: &Metrics,
+    health: &PeerHealth,
 ) {
-    loop {
-        match reports.recv().await {
-            Ok(report) => {
-                metrics.report(&report);
-                for holder in report.holders.iter().filter(|n| **n != local) {
-                    health.ok(holder);
-                }
-                for failure in report.failures.iter().filter(|f| f.node != local) {
-                    if failure.error.kind().is_unresponsive() {
-                        health.failed(&failure.node, failure.error.to_string());
-                    } else {
-                        health.ok(&failure.node);
-                    }
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(skipped)) => {
-                tracing::debug!(skipped, "replication reports skipped (slow follower)");
-            }
-            Err(broadcast::error::RecvError::Closed) => break,
+    metrics.report(report);
+    for holder in report.holders.iter().filter(|n| *n != local) {
+        health.ok(holder);
+    }
+    for failure in report.failures.iter().filter(|f| f.node != *local) {
+        if failure.error.kind().is_unresponsive() {
+            health.failed(&failure.node, failure.error.to_string());
+        } else {
+            health.ok(&failure.node);
         }
     }
 }
