@@ -82,14 +82,14 @@ impl ApiState {
                 record_report(report, &local, &metrics, &health);
             }
         }));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            if let (Some(_), Some(interval)) = (
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && let (Some(_), Some(interval)) = (
                 inner.coordinator.peer_reader(),
                 inner.config.health_probe_interval,
-            ) && !interval.is_zero()
-            {
-                runtime.spawn(probe_peers(Arc::downgrade(&inner), interval));
-            }
+            )
+            && !interval.is_zero()
+        {
+            runtime.spawn(probe_peers(Arc::downgrade(&inner), interval));
         }
         Self { inner }
     }
