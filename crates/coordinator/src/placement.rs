@@ -1,11 +1,11 @@
 //! Which peers receive the replicas of one put: a pure function of the topology,
 //! the policy and an injected RNG, so it can be property-tested exhaustively.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use rand::{Rng, RngExt};
 
-use crate::topology::{Category, NodeId, Peer, Topology};
+use crate::topology::{Category, NamedGroups, NodeId, Peer, Topology};
 
 /// How many replicas go where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +35,9 @@ pub struct NotEnoughNodes {
 #[derive(Debug, Clone, Default)]
 pub struct Chosen {
     used: HashSet<NodeId>,
-    per_group: BTreeMap<(Category, String), usize>,
+    /// Replicas per zone or region chosen so far (a few entries: looked
+    /// through, no key to allocate per lookup).
+    per_group: Vec<(Category, String, usize)>,
 }
 
 impl Chosen {
@@ -62,10 +64,23 @@ impl Chosen {
 
     pub(crate) fn record(&mut self, peer: &Peer) {
         self.used.insert(peer.id.clone());
-        *self
+        let (category, group) = (peer.locality.category(), peer.locality.group());
+        match self
             .per_group
-            .entry((peer.locality.category(), peer.locality.group().to_owned()))
-            .or_default() += 1;
+            .iter_mut()
+            .find(|(c, g, _)| *c == category && g == group)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => self.per_group.push((category, group.to_owned(), 1)),
+        }
+    }
+
+    /// Replicas chosen so far in `group` of `category`.
+    fn in_group(&self, category: Category, group: &str) -> usize {
+        self.per_group
+            .iter()
+            .find(|(c, g, _)| *c == category && g == group)
+            .map_or(0, |(_, _, n)| *n)
     }
 }
 
@@ -172,7 +187,7 @@ pub fn replacement(
     ];
     let mut out = Vec::with_capacity(1);
     for category in order {
-        if pick_spread(&topology.groups(category), 1, chosen, rng, &mut out) == 1 {
+        if pick_spread(topology.groups(category), 1, chosen, rng, &mut out) == 1 {
             return out.pop();
         }
     }
@@ -183,7 +198,7 @@ pub fn replacement(
 /// fewest replicas of this put so far: distinct zones/regions first, then spread.
 /// Returns how many were picked.
 fn pick_spread(
-    groups: &BTreeMap<&str, Vec<&Peer>>,
+    groups: &NamedGroups,
     n: usize,
     chosen: &mut Chosen,
     rng: &mut impl Rng,
@@ -195,13 +210,10 @@ fn pick_spread(
     while picked < n {
         candidates.clear();
         for (name, peers) in groups {
+            let name = name.as_str();
             if peers.iter().any(|p| !chosen.contains(&p.id)) {
                 let category = peers[0].locality.category();
-                let count = chosen
-                    .per_group
-                    .get(&(category, (*name).to_owned()))
-                    .copied()
-                    .unwrap_or(0);
+                let count = chosen.in_group(category, name);
                 candidates.push((name, count));
             }
         }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use alldata_keygen::{EventKey, origin_tag};
 
@@ -222,7 +222,17 @@ pub struct Topology {
     /// Origin tags of members removed for good: their generated keys are
     /// decided like client keys from then on.
     retired: BTreeSet<u16>,
+    /// [`Topology::groups`] of each peer category, made once per topology
+    /// (placement asks for them on every put); emptied by every change of
+    /// the peers.
+    groups: OnceLock<[NamedGroups; 3]>,
 }
+
+/// Peers of one category by zone or region name.
+pub(crate) type NamedGroups = BTreeMap<String, Vec<Peer>>;
+
+/// The groups of the local node's own category: none.
+static NO_GROUPS: NamedGroups = BTreeMap::new();
 
 impl Topology {
     /// A topology with only the local node.
@@ -234,6 +244,7 @@ impl Topology {
             not_deciders: BTreeSet::new(),
             down: BTreeSet::new(),
             retired: BTreeSet::new(),
+            groups: OnceLock::new(),
         }
     }
 
@@ -307,6 +318,9 @@ impl Topology {
                 tag,
             });
         }
+        if self.peers.get(&peer.id) != Some(&peer) {
+            self.groups = OnceLock::new();
+        }
         match self.peers.get_mut(&peer.id) {
             Some(known) if *known == peer => Ok(PeerChange::Unchanged),
             Some(known) => {
@@ -337,6 +351,7 @@ impl Topology {
 
     /// Removes a peer (and its marks); returns whether it was known.
     pub fn drop_peer(&mut self, id: &NodeId) -> bool {
+        self.groups = OnceLock::new();
         self.down.remove(id);
         self.not_deciders.remove(id);
         self.peers.remove(id).is_some()
@@ -470,16 +485,29 @@ impl Topology {
     /// Peers of one category grouped by zone (other zones) or region (other
     /// regions), down peers included (placement avoids those by marking them
     /// used, see `placement::place_avoiding`).
-    pub(crate) fn groups(&self, category: Category) -> BTreeMap<&str, Vec<&Peer>> {
-        let mut groups: BTreeMap<&str, Vec<&Peer>> = BTreeMap::new();
-        for p in self
-            .peers
-            .values()
-            .filter(|p| p.locality.category() == category)
-        {
-            groups.entry(p.locality.group()).or_default().push(p);
+    pub(crate) fn groups(&self, category: Category) -> &NamedGroups {
+        let groups = self.groups.get_or_init(|| {
+            let mut groups: [NamedGroups; 3] = Default::default();
+            for p in self.peers.values() {
+                let at = match p.locality.category() {
+                    Category::Local => continue,
+                    Category::LocalZone => 0,
+                    Category::OtherZone => 1,
+                    Category::OtherRegion => 2,
+                };
+                groups[at]
+                    .entry(p.locality.group().to_owned())
+                    .or_default()
+                    .push(p.clone());
+            }
+            groups
+        });
+        match category {
+            Category::Local => &NO_GROUPS,
+            Category::LocalZone => &groups[0],
+            Category::OtherZone => &groups[1],
+            Category::OtherRegion => &groups[2],
         }
-        groups
     }
 }
 
@@ -510,6 +538,36 @@ fn score(bytes: &[u8], node: &NodeId) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn group_names(t: &Topology, category: Category) -> Vec<String> {
+        t.groups(category).keys().cloned().collect()
+    }
+
+    #[test]
+    fn the_cached_groups_follow_every_change_of_the_peers() {
+        let mut t = Topology::new("a".into(), Location::new("r1", "z1"));
+        t.add_peer_at("b".into(), "b:1", &Location::new("r1", "z2"))
+            .unwrap();
+        assert_eq!(group_names(&t, Category::OtherZone), ["z2"]);
+        t.add_peer_at("c".into(), "c:1", &Location::new("r1", "z3"))
+            .unwrap();
+        assert_eq!(group_names(&t, Category::OtherZone), ["z2", "z3"]);
+        // A clone keeps what it had; the original moves on.
+        let before = t.clone();
+        t.add_peer_at("c".into(), "c:1", &Location::new("r2", "z1"))
+            .unwrap();
+        assert_eq!(group_names(&before, Category::OtherZone), ["z2", "z3"]);
+        assert_eq!(group_names(&t, Category::OtherZone), ["z2"]);
+        assert_eq!(group_names(&t, Category::OtherRegion), ["r2"]);
+        assert!(t.groups(Category::Local).is_empty());
+        t.drop_peer(&"b".into());
+        assert!(group_names(&t, Category::OtherZone).is_empty());
+        t.retire(&"c".into());
+        assert!(group_names(&t, Category::OtherRegion).is_empty());
+        t.add_peer_at("d".into(), "d:1", &Location::new("r1", "z1"))
+            .unwrap();
+        assert_eq!(t.groups(Category::LocalZone)[""].len(), 1);
+    }
 
     fn peer(id: &str, locality: Locality) -> Peer {
         Peer {
