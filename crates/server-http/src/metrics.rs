@@ -183,8 +183,43 @@ pub(crate) struct Metrics {
     reports_stopped_by_cap: AtomicU64,
     /// `(peer, outcome) -> count` of replica writes, from replication reports.
     replica_writes: Mutex<BTreeMap<(NodeId, &'static str), u64>>,
-    /// `status -> count` of every response.
-    responses: Mutex<BTreeMap<u16, u64>>,
+    /// Responses by status code (100 to 599, the only codes HTTP has):
+    /// counted without a lock on every request.
+    responses: StatusCounts,
+}
+
+/// A counter per HTTP status code.
+struct StatusCounts([AtomicU64; 500]);
+
+impl Default for StatusCounts {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl std::fmt::Debug for StatusCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl StatusCounts {
+    fn count(&self, status: u16) {
+        if let Some(n) = status
+            .checked_sub(100)
+            .and_then(|i| self.0.get(usize::from(i)))
+        {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `(status, count)` of the codes seen, in order.
+    fn iter(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        (100u16..).zip(&self.0).filter_map(|(status, n)| {
+            let n = n.load(Ordering::Relaxed);
+            (n > 0).then_some((status, n))
+        })
+    }
 }
 
 impl Metrics {
@@ -236,8 +271,7 @@ impl Metrics {
     }
 
     pub(crate) fn response(&self, status: u16) {
-        let mut map = self.responses.lock().unwrap_or_else(|e| e.into_inner());
-        *map.entry(status).or_default() += 1;
+        self.responses.count(status);
     }
 
     /// Counts a put's final replication outcome.
@@ -378,12 +412,7 @@ impl Metrics {
             "counter",
             "HTTP responses by status code.",
         );
-        for (status, n) in self
-            .responses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        for (status, n) in self.responses.iter() {
             let _ = writeln!(
                 out,
                 "alldata_api_responses_total{{status=\"{status}\"}} {n}"
@@ -490,6 +519,18 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_counts_keep_every_http_code_in_order_and_ignore_the_rest() {
+        let counts = StatusCounts::default();
+        for status in [503, 201, 201, 100, 599, 99, 600, 0, u16::MAX] {
+            counts.count(status);
+        }
+        assert_eq!(
+            counts.iter().collect::<Vec<_>>(),
+            [(100, 1), (201, 2), (503, 1), (599, 1)]
+        );
+    }
 
     #[test]
     fn histogram_is_cumulative_and_counts_match() {
