@@ -40,8 +40,23 @@ impl PeerHealth {
     }
 
     pub(crate) fn ok(&self, node: &NodeId) {
+        self.ok_all(std::iter::once(node));
+    }
+
+    /// [`PeerHealth::ok`] for several nodes at once (one lock, one clock
+    /// read: every put's report names its holders).
+    pub(crate) fn ok_all<'a>(&self, nodes: impl Iterator<Item = &'a NodeId>) {
         let now = Instant::now();
-        self.with(|m| m.entry(node.clone()).or_default().last_ok = Some(now));
+        self.with(|m| {
+            for node in nodes {
+                match m.get_mut(node) {
+                    Some(seen) => seen.last_ok = Some(now),
+                    None => {
+                        m.entry(node.clone()).or_default().last_ok = Some(now);
+                    }
+                }
+            }
+        });
     }
 
     pub(crate) fn failed(&self, node: &NodeId, error: String) {

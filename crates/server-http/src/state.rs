@@ -168,9 +168,7 @@ fn record_report(
     health: &PeerHealth,
 ) {
     metrics.report(report);
-    for holder in report.holders.iter().filter(|n| *n != local) {
-        health.ok(holder);
-    }
+    health.ok_all(report.holders.iter().filter(|n| *n != local));
     for failure in report.failures.iter().filter(|f| f.node != *local) {
         if failure.error.kind().is_unresponsive() {
             health.failed(&failure.node, failure.error.to_string());
