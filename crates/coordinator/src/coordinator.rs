@@ -314,8 +314,9 @@ impl Coordinator {
     /// in the task that finished the put, for as long as the coordinator
     /// lives. Cheaper than [`Coordinator::subscribe_reports`] (no copy, no
     /// channel, no task to wake), so the hook must be quick and must not
-    /// block or wait: count, or update a map under a short lock. Hooks cannot
-    /// be removed; one that outlives its owner should hold it weakly.
+    /// block, wait or panic (it runs inside the put's driver), nor call
+    /// `on_report` itself: count, or update a map under a short lock. Hooks
+    /// cannot be removed; one that outlives its owner should hold it weakly.
     pub fn on_report(&self, hook: ReportHook) {
         self.inner.reports.add_hook(hook);
     }
