@@ -17,6 +17,18 @@ use tokio::net::TcpListener;
 
 const SECRET: &str = "repair-secret";
 
+/// `state` served on 127.0.0.1 until the test ends, as peer `p1`.
+async fn served(state: PeerState) -> Peer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, state, std::future::pending()));
+    Peer {
+        id: "p1".into(),
+        address: addr.to_string(),
+        locality: Locality::LocalZone,
+    }
+}
+
 fn members() -> Arc<Topology> {
     let mut t = Topology::new("p1".into(), Location::default());
     for id in ["a", "b"] {
@@ -43,14 +55,7 @@ async fn digests_and_key_lists_match_the_local_computation_and_need_the_secret()
     let topology = members();
     let state = PeerState::new(storage.clone(), ServerConfig::new(SECRET))
         .with_topology(Arc::new(move || Arc::clone(&topology)));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, state, std::future::pending()));
-    let peer = Peer {
-        id: "p1".into(),
-        address: addr.to_string(),
-        locality: Locality::LocalZone,
-    };
+    let peer = served(state).await;
     let client = HttpTransport::new(ClientConfig::new(SECRET)).unwrap();
     let a = NodeId::new("a");
     let range = ScanRange::all();
@@ -98,14 +103,7 @@ async fn the_quarantine_route_moves_aside_only_the_named_bytes_and_needs_the_sec
     let loser = Bytes::from_static(b"{\"v\":\"loser\"}");
     storage.put(key, loser.clone()).await.unwrap();
     let state = PeerState::new(storage.clone(), ServerConfig::new(SECRET));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, state, std::future::pending()));
-    let peer = Peer {
-        id: "p1".into(),
-        address: addr.to_string(),
-        locality: Locality::LocalZone,
-    };
+    let peer = served(state).await;
     let stranger = HttpTransport::new(ClientConfig::new("wrong")).unwrap();
     assert!(matches!(
         PeerTransport::quarantine(&stranger, &peer, key, value_hash(&loser)).await,
@@ -158,14 +156,7 @@ async fn a_node_catching_up_is_not_a_holder_and_refuses_decider_writes_it_cannot
         }
     };
     let state = PeerState::new(storage.clone(), ServerConfig::new(SECRET)).with_node(hooks);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, state, std::future::pending()));
-    let peer = Peer {
-        id: "p1".into(),
-        address: addr.to_string(),
-        locality: Locality::LocalZone,
-    };
+    let peer = served(state).await;
     let client = HttpTransport::new(ClientConfig::new(SECRET)).unwrap();
     let absent = KeyGenerator::new().generate();
     // "Not found" does not count; a scan does not answer.
