@@ -34,7 +34,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::error::StorageError;
-use crate::repair::{BucketDigest, Digest, bucket_start, entry_hash, value_hash};
+use crate::repair::{BucketDigest, Digest, bucket_start, decided_by, entry_hash, value_hash};
 use crate::storage::{EventStream, PutStatus, ScanRange, Storage};
 use crate::topology::{NodeId, Topology};
 
@@ -471,7 +471,7 @@ impl DigestIndex {
             while let Some(item) = events.next().await {
                 let (key, event) = item?;
                 n += 1;
-                if topology.repair_decider(&key).as_ref() == Some(decider) {
+                if decided_by(topology, &key, decider) {
                     sums.entry(bucket_start(key.timestamp_ms(), bucket_ms))
                         .or_default()
                         .add_entry(&key, value_hash(&event));

@@ -318,20 +318,19 @@ impl Topology {
                 tag,
             });
         }
-        if self.peers.get(&peer.id) != Some(&peer) {
-            self.groups = OnceLock::new();
-        }
-        match self.peers.get_mut(&peer.id) {
-            Some(known) if *known == peer => Ok(PeerChange::Unchanged),
+        let change = match self.peers.get_mut(&peer.id) {
+            Some(known) if *known == peer => return Ok(PeerChange::Unchanged),
             Some(known) => {
                 *known = peer;
-                Ok(PeerChange::Updated)
+                PeerChange::Updated
             }
             None => {
                 self.peers.insert(peer.id.clone(), peer);
-                Ok(PeerChange::Added)
+                PeerChange::Added
             }
-        }
+        };
+        self.groups = OnceLock::new();
+        Ok(change)
     }
 
     /// Adds a peer at an absolute location, classified relative to the local node.
