@@ -385,7 +385,7 @@ impl Coordinator {
         &self.inner.transport
     }
 
-    /// What a finished event's report needs: RF, the counters, the report channel.
+    /// What a finished event's report needs: RF, the counters, where reports go.
     pub(crate) fn report_sinks(&self) -> (usize, &AtomicStats, &Reports) {
         (
             self.inner.options.replication_factor,

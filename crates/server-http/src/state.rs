@@ -73,13 +73,10 @@ impl ApiState {
         // a channel and a task to wake per put); held weakly, so a dropped
         // state costs the coordinator nothing but the upgrade.
         let local = inner.coordinator.topology().local().clone();
-        let (metrics, health) = (
-            Arc::downgrade(&inner.metrics),
-            Arc::downgrade(&inner.health),
-        );
+        let state = Arc::downgrade(&inner);
         inner.coordinator.on_report(Arc::new(move |report| {
-            if let (Some(metrics), Some(health)) = (metrics.upgrade(), health.upgrade()) {
-                record_report(report, &local, &metrics, &health);
+            if let Some(state) = state.upgrade() {
+                record_report(report, &local, &state.metrics, &state.health);
             }
         }));
         if let Ok(runtime) = tokio::runtime::Handle::try_current()
