@@ -175,6 +175,26 @@ pub async fn bucket_digests(
     Ok(out)
 }
 
+/// [`bucket_digests`], answered from `index` where one is kept (see
+/// [`DigestIndex::digests`](crate::digest_index::DigestIndex::digests)).
+pub async fn digests(
+    index: Option<&crate::digest_index::DigestIndex>,
+    storage: &dyn Storage,
+    topology: &Topology,
+    decider: &NodeId,
+    range: ScanRange,
+    bucket_ms: u64,
+) -> Result<Vec<BucketDigest>, StorageError> {
+    match index {
+        Some(index) => {
+            index
+                .digests(storage, topology, decider, range, bucket_ms)
+                .await
+        }
+        None => bucket_digests(storage, topology, decider, range, bucket_ms).await,
+    }
+}
+
 /// The keys in `range` that `storage` holds and `decider` decides, each with
 /// the [`value_hash`] of its bytes, in key order, at most `limit` of them.
 pub async fn decided_keys(
@@ -610,11 +630,8 @@ impl Coordinator {
         let range = ScanRange::new(EventKey::min_for_ms(from_ms), EventKey::max_for_ms(to_ms));
         let storage = self.storage().as_ref();
 
-        let local = match self.digest_index() {
-            Some(index) => index.digests(storage, &topo, &me, range, bucket_ms).await,
-            None => bucket_digests(storage, &topo, &me, range, bucket_ms).await,
-        };
-        let local = match local {
+        let index = self.digest_index().map(Arc::as_ref);
+        let local = match digests(index, storage, &topo, &me, range, bucket_ms).await {
             Ok(d) => d,
             Err(error) => {
                 tracing::warn!(%error, "repair: local digest failed");

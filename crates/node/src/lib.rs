@@ -455,10 +455,8 @@ impl Node {
                     repairs.then(|| (stats.rounds_started(), stats.last_settled_round()))
                 }),
                 catching_up: Arc::new(move || catching.catch_up().is_catching_up()),
-                guards: Arc::new(move |key| {
-                    guards.catch_up().is_catching_up()
-                        && guards.catch_up().guards(&guards.topology(), key)
-                }),
+                // Asked only while catching up (see `NodeHooks::guards`).
+                guards: Arc::new(move |key| guards.catch_up().guards(&guards.topology(), key)),
                 nudge_repair: {
                     let nudge = Arc::clone(&repair_nudge);
                     Arc::new(move || nudge.notify_one())

@@ -209,7 +209,8 @@ pub struct NodeHooks {
     /// (`GET /peer/v1/events/{key}` answers `503 catching_up` instead of 404).
     pub catching_up: Arc<dyn Fn() -> bool + Send + Sync>,
     /// Whether a replica write of this key must be refused when the key is
-    /// absent here (this node decides it and is catching up).
+    /// absent here (this node decides it and is catching up). Asked only
+    /// while `catching_up` answers true.
     pub guards: Arc<dyn Fn(&EventKey) -> bool + Send + Sync>,
     /// Asks the node to start a repair round soon: a member catching up
     /// asked (`GET /peer/v1/health?catching_up=1`).
@@ -466,7 +467,14 @@ async fn put_events(
         .partition(|(_, (_, event))| limit.is_none_or(|max| event.len() <= max));
     let n = fit.len() + too_large.len();
     let storage = Arc::clone(&state.inner.storage);
-    let guards = state.inner.node.as_ref().map(|n| Arc::clone(&n.guards));
+    // Only while the node catches up is there anything to check (the
+    // batch is not split otherwise).
+    let guards = state
+        .inner
+        .node
+        .as_ref()
+        .filter(|n| (n.catching_up)())
+        .map(|n| Arc::clone(&n.guards));
     let statuses = tokio::spawn(async move {
         let mut statuses: Vec<Option<EventStatus>> = vec![None; n];
         // This node decides these keys and is catching up: a key it lacks
@@ -764,15 +772,10 @@ async fn digest(
         }
     };
     let storage = state.inner.storage.as_ref();
-    let digests = match &state.inner.digest_index {
-        Some(index) => {
-            index
-                .digests(storage, &topology, &decider, range, bucket_ms)
-                .await
-        }
-        None => repair::bucket_digests(storage, &topology, &decider, range, bucket_ms).await,
-    }
-    .map_err(|e| PeerError::Storage(e.to_string()))?;
+    let index = state.inner.digest_index.as_deref();
+    let digests = repair::digests(index, storage, &topology, &decider, range, bucket_ms)
+        .await
+        .map_err(|e| PeerError::Storage(e.to_string()))?;
     Ok(repair_body(wire::encode_digests(&digests)))
 }
 
