@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use alldata_peer_wire::{MEMBERS_PATH, member_path};
+use alldata_peer_wire::{MEMBERS_PATH, base_url, member_path};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
@@ -49,12 +49,7 @@ struct Target {
 
 impl Target {
     fn url(&self, path: &str) -> String {
-        let base = self.node.trim_end_matches('/');
-        if base.starts_with("http://") || base.starts_with("https://") {
-            format!("{base}{path}")
-        } else {
-            format!("http://{base}{path}")
-        }
+        format!("{}{path}", base_url(&self.node))
     }
 
     fn secret(&self) -> anyhow::Result<String> {

@@ -70,7 +70,7 @@ use alldata_coordinator::{
     EventKey, NodeId, Peer, PeerEventStream, PeerProfile, PeerReader, PeerTransport, PutStatus,
     ScanRange, TransportError,
 };
-use alldata_peer_wire::{Durability, Profile, ScanDecoder, ScanItem};
+use alldata_peer_wire::{Durability, Profile, ScanDecoder, ScanItem, base_url};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -286,16 +286,6 @@ fn check_frameable(event: &Bytes) -> Result<(), TransportError> {
         )));
     }
     Ok(())
-}
-
-/// The base URL of a peer address: `host:port` becomes `http://host:port`.
-fn base_url(address: &str) -> String {
-    let address = address.trim_end_matches('/');
-    if address.starts_with("http://") || address.starts_with("https://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    }
 }
 
 /// One peer's queue: the sender task's channel and the budget of event bytes
@@ -568,25 +558,6 @@ impl HttpTransport {
     pub async fn members(&self, address: &str) -> Result<Bytes, TransportError> {
         let url = format!("{}{}", base_url(address), alldata_peer_wire::MEMBERS_PATH);
         match self.shared.get(&url).await? {
-            (StatusCode::OK, body) => Ok(body),
-            (status, body) => Err(status_error(status, body)),
-        }
-    }
-
-    /// Asks the node whose peer endpoint is at `address` to remove member
-    /// `id` for good; its JSON answer.
-    pub async fn remove_member(&self, address: &str, id: &str) -> Result<Bytes, TransportError> {
-        let url = format!(
-            "{}{}",
-            base_url(address),
-            alldata_peer_wire::member_path(id)
-        );
-        let request = self.shared.request(Method::DELETE, &url, Bytes::new())?;
-        match self
-            .shared
-            .exchange(request, self.shared.config.attempt_timeout)
-            .await?
-        {
             (StatusCode::OK, body) => Ok(body),
             (status, body) => Err(status_error(status, body)),
         }

@@ -300,15 +300,18 @@ pub const MEMBER_ROUTE: &str = "/peer/v1/members/{id}";
 
 /// The path of member `id` (percent-encoded outside `A-Za-z0-9-._~`).
 pub fn member_path(id: &str) -> String {
-    let mut path = format!("{MEMBERS_PATH}/");
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            path.push(char::from(b));
-        } else {
-            path.push_str(&format!("%{b:02X}"));
-        }
+    format!("{MEMBERS_PATH}/{}", repair::encode_component(id))
+}
+
+/// The base URL of a peer endpoint's address: `host:port` becomes
+/// `http://host:port`; a URL is kept (without a trailing `/`).
+pub fn base_url(address: &str) -> String {
+    let address = address.trim_end_matches('/');
+    if address.starts_with("http://") || address.starts_with("https://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
     }
-    path
 }
 
 /// The authentication scheme's prefix of the `Authorization` header.
@@ -334,9 +337,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn base_urls_get_a_scheme_and_lose_a_trailing_slash() {
+        assert_eq!(base_url("127.0.0.1:7101"), "http://127.0.0.1:7101");
+        assert_eq!(base_url("http://h:1/"), "http://h:1");
+        assert_eq!(base_url("https://h:1"), "https://h:1");
+    }
+
+    #[test]
     fn member_paths_are_percent_encoded() {
         assert_eq!(member_path("n-1_a.b~"), "/peer/v1/members/n-1_a.b~");
         assert_eq!(member_path("a/b c"), "/peer/v1/members/a%2Fb%20c");
+        assert_eq!(member_path("é"), "/peer/v1/members/%C3%A9");
     }
 
     #[test]

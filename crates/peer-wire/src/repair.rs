@@ -22,7 +22,7 @@ pub const DIGEST_ENTRY_LEN: usize = 24;
 
 /// `decider`, percent-encoded for a query string (every byte but ASCII
 /// letters, digits, `-`, `_`, `.` and `~`).
-fn encode_component(text: &str) -> String {
+pub(crate) fn encode_component(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
