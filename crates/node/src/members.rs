@@ -304,10 +304,9 @@ impl MembersAdmin for Admin {
             if !known && !already {
                 return Err(format!("no member {id}"));
             }
-            match cluster.membership.get() {
-                Some(m) => m.remove(&id).await.map_err(|e| e.to_string())?,
-                // Without gossip: this node only.
-                None => cluster.member_removed(&id),
+            // Without gossip: this node only.
+            if let Some(m) = cluster.membership.get() {
+                m.remove(&id).await.map_err(|e| e.to_string())?;
             }
             // The membership's listener has run; make sure this node's
             // topology is updated even when gossip already knew the id as
