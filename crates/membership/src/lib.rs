@@ -267,9 +267,8 @@ enum Command {
     Leave(oneshot::Sender<()>),
 }
 
-#[derive(Default)]
 struct Shared {
-    me: Option<MemberInfo>,
+    me: MemberInfo,
     members: BTreeMap<String, MemberView>,
     removed: BTreeSet<String>,
 }
@@ -299,7 +298,7 @@ impl Membership {
         let seed = config.rng_seed.unwrap_or_else(|| rand::rng().random());
         tracing::info!(id = %config.identity.id, seed, "membership: gossip RNG seed");
         let shared = Arc::new(Mutex::new(Shared {
-            me: Some(config.identity.clone()),
+            me: config.identity.clone(),
             members: BTreeMap::new(),
             removed: config.removed.clone(),
         }));
@@ -345,11 +344,11 @@ impl Membership {
     /// others by id. Removed ids are not listed.
     pub fn members(&self) -> Vec<MemberView> {
         let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        let me = shared.me.clone().map(|info| MemberView {
-            info,
+        let me = MemberView {
+            info: shared.me.clone(),
             state: MemberState::Alive,
-        });
-        me.into_iter()
+        };
+        std::iter::once(me)
             .chain(shared.members.values().cloned())
             .collect()
     }
@@ -610,7 +609,7 @@ impl Driver {
                     incarnation = me.incarnation,
                     "membership: rejoined after being declared down"
                 );
-                self.shared.lock().unwrap_or_else(|e| e.into_inner()).me = Some(me);
+                self.shared.lock().unwrap_or_else(|e| e.into_inner()).me = me;
             }
             OwnedNotification::Defunct => {
                 tracing::warn!("membership: this node was declared down");
@@ -625,7 +624,7 @@ impl Driver {
             return;
         }
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        if shared.removed.contains(&m.id) || shared.me.as_ref().is_some_and(|me| me.id == m.id) {
+        if shared.removed.contains(&m.id) || shared.me.id == m.id {
             return;
         }
         let changed = match shared.members.get(&m.id) {
@@ -703,11 +702,8 @@ impl Driver {
     /// Records `id` as removed; `local` when the request came to this node.
     fn remove(&mut self, id: String, local: bool) {
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        if id.is_empty()
-            || shared.removed.contains(&id)
-            || shared.me.as_ref().is_some_and(|me| me.id == id)
-        {
-            if shared.me.as_ref().is_some_and(|me| me.id == id) && !shared.removed.contains(&id) {
+        if id.is_empty() || shared.removed.contains(&id) || shared.me.id == id {
+            if shared.me.id == id && !shared.removed.contains(&id) {
                 tracing::warn!("membership: this node was removed from the cluster; stop it");
             }
             return;
