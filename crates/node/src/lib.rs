@@ -293,15 +293,7 @@ impl Node {
                     },
                 );
                 for p in config.peers.iter().filter(|p| !removed.contains(&p.id)) {
-                    deciders.insert(
-                        p.id.clone(),
-                        members::Decider {
-                            id: p.id.clone(),
-                            peer_address: p.address.clone(),
-                            region: p.location.region.clone(),
-                            zone: p.location.zone.clone(),
-                        },
-                    );
+                    deciders.insert(p.id.clone(), members::Decider::from(p));
                 }
             }
         }
@@ -310,21 +302,22 @@ impl Node {
         }
         let local_decides = deciders.contains_key(&config.id);
         coordinator.set_local_decides_client_keys(local_decides);
-        for d in deciders
-            .values()
-            .filter(|d| d.id != config.id && joined.is_some())
-        {
-            coordinator
-                .add_member_at(
-                    d.id.as_str(),
-                    d.peer_address.as_str(),
-                    &alldata_coordinator::Location::new(&d.region, &d.zone),
-                    true,
-                )
-                .map_err(|source| NodeError::Peer {
-                    peer: d.id.clone(),
-                    source,
-                })?;
+        // A joiner learns the static members from the seed's list (a node
+        // with static peers adds them below).
+        if joined.is_some() {
+            for d in deciders.values().filter(|d| d.id != config.id) {
+                coordinator
+                    .add_member_at(
+                        d.id.as_str(),
+                        d.peer_address.as_str(),
+                        &alldata_coordinator::Location::new(&d.region, &d.zone),
+                        true,
+                    )
+                    .map_err(|source| NodeError::Peer {
+                        peer: d.id.clone(),
+                        source,
+                    })?;
+            }
         }
         // Members the seed sees down or gone: not placed on until gossip
         // says they are up (gossip never reports a member down that it
@@ -580,12 +573,7 @@ impl Node {
             })?;
         self.coordinator
             .set_decides_client_keys(&alldata_coordinator::NodeId::new(&peer.id), true);
-        self.cluster.add_decider(members::Decider {
-            id: peer.id.clone(),
-            peer_address: peer.address.clone(),
-            region: peer.location.region.clone(),
-            zone: peer.location.zone.clone(),
-        });
+        self.cluster.add_decider(members::Decider::from(peer));
         if let Some(m) = self.cluster.membership()
             && let Ok(mut addrs) = tokio::net::lookup_host(peer.address.as_str()).await
             && let Some(addr) = addrs.next()

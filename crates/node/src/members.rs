@@ -39,6 +39,18 @@ pub(crate) struct Decider {
     pub(crate) zone: String,
 }
 
+impl From<&crate::PeerSpec> for Decider {
+    /// A static peer decides client keys.
+    fn from(peer: &crate::PeerSpec) -> Self {
+        Self {
+            id: peer.id.clone(),
+            peer_address: peer.address.clone(),
+            region: peer.location.region.clone(),
+            zone: peer.location.zone.clone(),
+        }
+    }
+}
+
 /// One member in the list the node serves.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct MemberEntry {
